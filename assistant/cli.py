@@ -1,0 +1,260 @@
+"""The `mtp-assistant` command.
+
+    mtp-assistant train REPO [--out DIR] [options]     train or fine-tune on a repository
+    mtp-assistant train --resume DIR                   continue an interrupted run
+    mtp-assistant eval MODEL --repo PATH               per-head validation loss and accuracy
+    mtp-assistant models list|show|add|remove|default  manage the model store
+
+Errors the user can fix are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from assistant.store import ModelStore, StoreError
+from assistant.training.corpus import CorpusError
+from models.checkpoint import ModelFileError, read_config
+from models.config import PRESETS
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class CliError(Exception):
+    pass
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train (or fine-tune) an MTP model on a code repository")
+    p.add_argument("repo", nargs="?", help="repository to train on (default: the current directory)")
+    p.add_argument("--out", help="run directory (default: runs/<repo name>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    m = p.add_argument_group("model (from scratch)")
+    m.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    m.add_argument("--dim", type=int)
+    m.add_argument("--n-layers", type=int, help="all blocks, heads included (Meta's convention)")
+    m.add_argument("--n-heads", type=int, help="attention heads")
+    m.add_argument("--n-kv-heads", type=int)
+    m.add_argument("--n-future", type=int, help="number of output heads (tokens predicted per position)")
+    m.add_argument("--max-seq-len", type=int)
+    m.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte")
+    m.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    f = p.add_argument_group("fine-tuning")
+    f.add_argument("--base", metavar="MODEL", help="start from this model (path or store name)")
+    f.add_argument("--finetune", choices=("full", "heads"), default="full", help="train every weight or the heads only")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=int, default=1000)
+    o.add_argument("--batch-size", type=int, default=8)
+    o.add_argument("--grad-accum", type=int, default=1)
+    o.add_argument("--seq-len", type=int, default=256)
+    o.add_argument("--lr", type=float, default=1e-3)
+    o.add_argument("--warmup", type=int, default=50)
+    o.add_argument("--weight-decay", type=float, default=0.1)
+    o.add_argument("--grad-clip", type=float, default=1.0)
+    o.add_argument("--head-weights", type=_floats, help="per-head loss weights, e.g. 1,0.5,0.5,0.5")
+    o.add_argument("--fim-rate", type=float, default=0.5)
+    o.add_argument("--spm-rate", type=float, default=0.5)
+    o.add_argument("--checkpoint-every", type=int, default=100)
+    o.add_argument("--eval-every", type=int, default=100)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from assistant.training.trainer import TrainConfig, TrainError, train
+
+    try:
+        if args.resume:
+            final = train(resume_dir=args.resume, show_progress=not args.quiet)
+        else:
+            repo = Path(args.repo or ".")
+            overrides = {
+                key: value
+                for key, value in {
+                    "dim": args.dim,
+                    "n_layers": args.n_layers,
+                    "n_heads": args.n_heads,
+                    "n_kv_heads": args.n_kv_heads,
+                    "n_future_tokens": args.n_future,
+                    "max_seq_len": args.max_seq_len,
+                }.items()
+                if value is not None
+            }
+            base = str(ModelStore().resolve(args.base)) if args.base else None
+            config = TrainConfig(
+                repo=str(repo),
+                out_dir=args.out or str(Path("runs") / (repo.resolve().name or "repo")),
+                preset=args.preset,
+                model_overrides=overrides,
+                base_model=base,
+                finetune=args.finetune,
+                tokenizer=args.tokenizer,
+                bpe_vocab_size=args.vocab_size,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                grad_accum=args.grad_accum,
+                seq_len=args.seq_len,
+                lr=args.lr,
+                warmup_steps=args.warmup,
+                weight_decay=args.weight_decay,
+                grad_clip=args.grad_clip,
+                head_weights=args.head_weights,
+                fim_rate=args.fim_rate,
+                spm_rate=args.spm_rate,
+                checkpoint_every=args.checkpoint_every,
+                eval_every=args.eval_every,
+                seed=args.seed,
+                device=args.device,
+            )
+            final = train(config, show_progress=not args.quiet)
+    except (TrainError, StoreError, ValueError) as e:
+        raise CliError(str(e)) from None
+    print(f"model written to {final}")
+    return 0
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="per-head validation loss and top-1 accuracy of a model on a repository")
+    p.add_argument("model", nargs="?", default="default", help="model directory or store name")
+    p.add_argument("--repo", required=True, help="repository to evaluate on")
+    p.add_argument("--split", choices=("val", "train", "all"), default="val")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--max-windows", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from assistant.training.evaluation import evaluate_on_repo
+
+    try:
+        result = evaluate_on_repo(
+            ModelStore().resolve(args.model), args.repo, args.split, args.seq_len, args.max_windows
+        )
+    except (StoreError, ModelFileError, CorpusError, ValueError) as e:
+        raise CliError(str(e)) from None
+    stats = result.stats
+    if args.json:
+        print(json.dumps({
+            "files": result.files,
+            "tokens": result.tokens,
+            "loss_per_head": stats.loss.tolist(),
+            "accuracy_per_head": stats.accuracy.tolist(),
+        }))
+        return 0
+    print(f"{args.split} split: {result.files} files, {result.tokens} scored positions")
+    print(f"{'head':>4}  {'predicts':>8}  {'loss':>7}  {'top-1':>6}")
+    for i, (loss, acc) in enumerate(zip(stats.loss.tolist(), stats.accuracy.tolist())):
+        print(f"{i + 1:>4}  {'t+' + str(i + 1):>8}  {loss:7.4f}  {acc:6.1%}")
+    return 0
+
+
+def _add_models_parser(sub) -> None:
+    p = sub.add_parser("models", help="list, show, add, remove models and set the default")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="models in the store").set_defaults(func=cmd_models_list)
+    show = msub.add_parser("show", help="a model's configuration and provenance")
+    show.add_argument("model", nargs="?", default="default")
+    show.set_defaults(func=cmd_models_show)
+    add = msub.add_parser("add", help="copy a model directory into the store")
+    add.add_argument("path")
+    add.add_argument("--name")
+    add.add_argument("--default", action="store_true", help="make it the default model")
+    add.set_defaults(func=cmd_models_add)
+    rm = msub.add_parser("remove", help="delete a model from the store")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_models_remove)
+    default = msub.add_parser("default", help="set the default model")
+    default.add_argument("name")
+    default.set_defaults(func=cmd_models_default)
+
+
+def cmd_models_list(args) -> int:
+    store = ModelStore()
+    entries = store.list()
+    if not entries:
+        print(f"no models in {store.models_dir}")
+        return 0
+    for entry in entries:
+        try:
+            config, tokenizer, _ = read_config(entry.path)
+            desc = f"{config.n_future_tokens} heads, dim {config.dim}, {config.n_layers} blocks, {tokenizer.get('kind')} tokens"
+        except ModelFileError as e:
+            desc = f"unreadable: {e.problem}"
+        print(f"{'*' if entry.is_default else ' '} {entry.name:<24} {desc}")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    try:
+        path = ModelStore().resolve(args.model)
+        config, tokenizer, provenance = read_config(path)
+    except (StoreError, ModelFileError) as e:
+        raise CliError(str(e)) from None
+    print(json.dumps({"path": str(path), "model": config.to_dict(), "tokenizer": tokenizer, "provenance": provenance}, indent=2))
+    return 0
+
+
+def cmd_models_add(args) -> int:
+    try:
+        entry = ModelStore().add(args.path, args.name, args.default)
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    print(f"added {entry.name} at {entry.path}" + (" (default)" if entry.is_default else ""))
+    return 0
+
+
+def cmd_models_remove(args) -> int:
+    try:
+        ModelStore().remove(args.name)
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    print(f"removed {args.name}")
+    return 0
+
+
+def cmd_models_default(args) -> int:
+    try:
+        ModelStore().set_default(args.name)
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    print(f"default model: {args.name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtp-assistant", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_models_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"mtp-assistant: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("mtp-assistant: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

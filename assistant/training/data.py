@@ -1,0 +1,98 @@
+"""Training windows from a corpus: documents -> (FIM) tokens -> packed, fixed-size windows.
+
+The stream is a pure function of (seed, epoch, document order): each epoch shuffles the
+documents with its own seeded RNG and each document gets its own FIM RNG. Its whole
+position fits in a small state dict, so a resumed run sees exactly the windows an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import torch
+
+from assistant.fim import FimConfig, document_tokens
+
+
+class WindowStream:
+    """Endless stream of windows of `seq_len + n_future` tokens over the training texts.
+
+    Consecutive windows overlap by n_future tokens so that every token is an input once:
+    a window's last n_future tokens serve only as targets of the heads.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        tokenizer: Any,
+        seq_len: int,
+        n_future: int,
+        seed: int,
+        fim: FimConfig = FimConfig(),
+    ):
+        if not texts:
+            raise ValueError("no training documents")
+        self.texts = list(texts)
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+        self.window = seq_len + n_future
+        self.seed = seed
+        self.fim = fim
+        # Position in the stream.
+        self.epoch = 0
+        self.doc_cursor = 0
+        self.buffer: list[int] = []
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.texts)))
+        random.Random(f"{self.seed}:order:{epoch}").shuffle(order)
+        return order
+
+    def _next_document(self) -> list[int]:
+        order = self._epoch_order(self.epoch)
+        doc = order[self.doc_cursor]
+        rng = random.Random(f"{self.seed}:fim:{self.epoch}:{doc}")
+        tokens = document_tokens(self.texts[doc], self.tokenizer, rng, self.fim)
+        self.doc_cursor += 1
+        if self.doc_cursor == len(order):
+            self.epoch, self.doc_cursor = self.epoch + 1, 0
+        return tokens
+
+    def next_windows(self, count: int) -> torch.Tensor:
+        """The next `count` windows: (count, seq_len + n_future) int64."""
+        rows = []
+        for _ in range(count):
+            while len(self.buffer) < self.window:
+                self.buffer.extend(self._next_document())
+            rows.append(self.buffer[: self.window])
+            del self.buffer[: self.seq_len]  # keep the overlap
+        return torch.tensor(rows, dtype=torch.long)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "doc_cursor": self.doc_cursor, "buffer": torch.tensor(self.buffer, dtype=torch.long)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.doc_cursor = int(state["doc_cursor"])
+        self.buffer = [int(t) for t in state["buffer"].tolist()]
+
+
+def evaluation_windows(
+    texts: Sequence[str], tokenizer: Any, seq_len: int, n_future: int, max_windows: int
+) -> torch.Tensor:
+    """Fixed validation windows: the texts in order, plain (no FIM), cut without overlap
+    between inputs. Shorter than seq_len when the texts are short. (N, T + n_future)."""
+    tokens: list[int] = []
+    for text in texts:
+        tokens.extend(tokenizer.encode(text))
+        tokens.append(tokenizer.eot_id)
+        if len(tokens) >= max_windows * seq_len + n_future:
+            break
+    if len(tokens) <= n_future:
+        raise ValueError(f"validation texts give only {len(tokens)} tokens, need more than {n_future}")
+    seq_len = min(seq_len, len(tokens) - n_future)
+    window = seq_len + n_future
+    count = min(max_windows, (len(tokens) - n_future) // seq_len)
+    return torch.tensor([tokens[i * seq_len : i * seq_len + window] for i in range(count)], dtype=torch.long)

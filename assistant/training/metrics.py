@@ -1,0 +1,94 @@
+"""Where a run reports itself: a JSONL metrics file and a progress bar on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class MetricsWriter:
+    """Appends one JSON object per line; flushed per record so readers can tail it.
+
+    On resume, records past the checkpoint's step (written after the last checkpoint of
+    the interrupted run) are dropped so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True, truncate_after_step: int | None = None):
+        self.enabled = enabled
+        self._file = None
+        if not enabled:
+            return
+        if truncate_after_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= truncate_after_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line from a crash: drop it
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All complete records of a metrics file (a torn last line is skipped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class ProgressReporter:
+    """A rich progress bar with the latest loss, on stderr (stdout stays clean)."""
+
+    def __init__(self, total: int, completed: int, enabled: bool = True):
+        self.enabled = enabled
+        console = Console(file=sys.stderr)
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task("train", total=total, completed=completed, info="")
+        self._last_val = ""
+
+    def __enter__(self) -> "ProgressReporter":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def advance(self, record: dict[str, Any]) -> None:
+        info = f"loss {record['loss']:.3f}  {record['tokens_per_s']:.0f} tok/s{self._last_val}"
+        self._progress.update(self._task, advance=1, info=info)
+
+    def note(self, val_record: dict[str, Any]) -> None:
+        heads = " ".join(f"{a:.2f}" for a in val_record["accuracy_per_head"])
+        self._last_val = f"  val {val_record['loss']:.3f} acc[{heads}]"
+        if self.enabled:
+            self._progress.console.print(f"step {val_record['step']}: val loss {val_record['loss']:.4f}, accuracy per head {heads}")

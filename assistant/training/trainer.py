@@ -1,0 +1,400 @@
+"""The training loop: from scratch or fine-tuning, resumable, one process or torchrun.
+
+Layout of an output directory:
+    train_config.json   the settings of the run (a resumed run reads them back)
+    metrics.jsonl       one JSON record per step and per evaluation
+    checkpoint/         latest checkpoint: a loadable model directory + trainer_state.pt
+    model/              the final model, written when the run completes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from assistant.fim import FimConfig
+from assistant.training.corpus import Corpus, CorpusConfig, CorpusError, build_corpus
+from assistant.training.data import WindowStream, evaluation_windows
+from assistant.training.evaluation import evaluate
+from assistant.training.distributed import World, average_gradients, init_world, shutdown, sum_across
+from assistant.training.metrics import MetricsWriter, ProgressReporter
+from models.checkpoint import ModelFileError, load_model, save_model, write_atomic
+from models.config import PRESETS, ConfigError, ModelConfig
+from models.loss import mtp_forward_backward, split_window
+from models.tokenizer import ByteTokenizer, train_bpe
+from models.transformer import MTPTransformer
+
+TRAIN_CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+FINAL_MODEL_DIR = "model"
+TRAINER_STATE_FILE = "trainer_state.pt"
+
+
+class TrainError(Exception):
+    """A run that cannot start or continue; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    repo: str
+    out_dir: str
+    # The model: a preset with optional overrides, or a base model to fine-tune.
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    base_model: str | None = None
+    finetune: str = "full"  # "full": every weight; "heads": the n head blocks only
+    tokenizer: str = "byte"  # "byte" or "bpe" (from scratch only)
+    bpe_vocab_size: int = 4096
+    # Optimisation.
+    steps: int = 1000
+    batch_size: int = 8  # sequences per optimizer step, over all ranks and micro-batches
+    grad_accum: int = 1
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    head_weights: tuple[float, ...] | None = None
+    # Data.
+    fim_rate: float = 0.5
+    spm_rate: float = 0.5
+    val_fraction: float = 0.1
+    # Bookkeeping.
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    eval_windows: int = 16
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps > 0,
+            "batch_size": self.batch_size > 0,
+            "grad_accum": self.grad_accum > 0 and self.batch_size % self.grad_accum == 0,
+            "seq_len": self.seq_len > 0,
+            "lr": self.lr > 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "checkpoint_every": self.checkpoint_every > 0,
+            "eval_every": self.eval_every > 0,
+            "eval_windows": self.eval_windows > 0,
+            "grad_clip": self.grad_clip >= 0,
+            "finetune": self.finetune in ("full", "heads"),
+            "tokenizer": self.tokenizer in ("byte", "bpe"),
+            "preset": self.preset in PRESETS,
+            "val_fraction": 0 <= self.val_fraction < 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            name = bad[0]
+            hint = " (must divide batch_size)" if name == "grad_accum" else ""
+            hint = f" (one of {', '.join(PRESETS)})" if name == "preset" else hint
+            raise TrainError(f"invalid setting {name}={getattr(self, name)!r}{hint}")
+        if self.finetune == "heads" and self.base_model is None:
+            raise TrainError("--finetune heads needs a base model to start from")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        data["betas"] = tuple(data["betas"])
+        if data.get("head_weights") is not None:
+            data["head_weights"] = tuple(data["head_weights"])
+        return cls(**data)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --- setting up a run ---
+
+
+@dataclass
+class RunParts:
+    model: MTPTransformer
+    tokenizer: Any
+    trainable: list[torch.nn.Parameter]
+    provenance: dict[str, Any]
+
+
+def _load_corpus(config: TrainConfig) -> Corpus:
+    try:
+        return build_corpus(config.repo, CorpusConfig(val_fraction=config.val_fraction))
+    except CorpusError as e:
+        raise TrainError(str(e)) from None
+
+
+def _build_model(config: TrainConfig, corpus: Corpus, device: torch.device) -> RunParts:
+    if config.base_model is not None:
+        try:
+            base = load_model(config.base_model)
+        except ModelFileError as e:
+            raise TrainError(f"base model: {e}") from None
+        if config.model_overrides:
+            raise TrainError("model settings cannot change when fine-tuning a base model")
+        model, tokenizer = base.model, base.tokenizer
+        provenance = {"base_model": str(config.base_model), "base_provenance": base.provenance}
+    else:
+        if config.tokenizer == "bpe":
+            tokenizer = train_bpe((f.text for f in corpus.train), config.bpe_vocab_size)
+        else:
+            tokenizer = ByteTokenizer()
+        try:
+            model_config = PRESETS[config.preset].replace(vocab_size=tokenizer.vocab_size, **config.model_overrides)
+        except (ConfigError, TypeError) as e:
+            raise TrainError(f"model settings: {e}") from None
+        torch.manual_seed(config.seed)
+        model = MTPTransformer(model_config)
+        provenance = {}
+    if config.seq_len > model.config.max_seq_len:
+        raise TrainError(f"seq_len {config.seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
+    if config.head_weights is not None and len(config.head_weights) != model.n_future:
+        raise TrainError(f"{len(config.head_weights)} head weights given for a model with {model.n_future} heads")
+    model.to(device).train()
+    trainable = _set_trainable(model, config.finetune)
+    provenance |= {
+        "trained_by": "mtp-assistant train",
+        "repo": str(Path(config.repo).resolve()),
+        "finetune": config.finetune if config.base_model else None,
+        "tokenizer": tokenizer.kind,
+        "corpus": corpus.summary(),
+    }
+    return RunParts(model, tokenizer, trainable, provenance)
+
+
+def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    # Decay matrices only; norms' gains stay free.
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+# --- checkpoints ---
+
+
+def _save_checkpoint(out: Path, parts: RunParts, optimizer, stream: WindowStream, step: int, provenance: dict) -> None:
+    """Write the checkpoint beside the old one, then swap: a crash leaves one intact."""
+    tmp, final, old = out / f"{CHECKPOINT_DIR}.tmp", out / CHECKPOINT_DIR, out / f"{CHECKPOINT_DIR}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(tmp, parts.model, parts.tokenizer, provenance | {"steps": step})
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "data": stream.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+    }
+    torch.save(state, tmp / TRAINER_STATE_FILE)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _find_checkpoint(out: Path) -> Path | None:
+    for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old"):  # .old: a crash between the two renames
+        if (out / name / TRAINER_STATE_FILE).is_file():
+            return out / name
+    return None
+
+
+# --- the loop ---
+
+
+def train(
+    config: TrainConfig | None = None,
+    resume_dir: str | Path | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Run (or resume) training; returns the final model directory.
+
+    Give `config` for a new run, or `resume_dir` to continue the run there from its last
+    checkpoint with its saved settings. `on_step(step, record)` is called after every
+    optimizer step (the TUI and tests hook in here).
+    """
+    if resume_dir is not None:
+        out = Path(resume_dir)
+        try:
+            config = TrainConfig.from_json(json.loads((out / TRAIN_CONFIG_FILE).read_text()))
+        except FileNotFoundError:
+            raise TrainError(f"{out / TRAIN_CONFIG_FILE}: missing, nothing to resume") from None
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise TrainError(f"{out / TRAIN_CONFIG_FILE}: unreadable ({e})") from None
+        checkpoint = _find_checkpoint(out)
+        if checkpoint is None:
+            raise TrainError(f"{out}: no checkpoint to resume from")
+    else:
+        assert config is not None, "give a config or a directory to resume"
+        out = Path(config.out_dir)
+        if (out / TRAIN_CONFIG_FILE).exists():
+            raise TrainError(f"{out} already holds a run: resume it with --resume {out} or pick another --out")
+        checkpoint = None
+
+    device = resolve_device(config.device)
+    world = init_world(device.type)
+    if config.batch_size % (world.size * config.grad_accum):
+        raise TrainError(f"batch_size {config.batch_size} must divide by ranks x grad_accum ({world.size * config.grad_accum})")
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+
+    created_out = not out.exists()
+    try:
+        corpus = _load_corpus(config)
+        if checkpoint is not None:
+            parts = _build_resumed(config, load_model(checkpoint), device)
+        else:
+            parts = _build_model(config, corpus, device)
+    except BaseException:
+        if created_out and world.is_main:
+            shutil.rmtree(out, ignore_errors=True)  # leave nothing half-written behind
+        shutdown(world)
+        raise
+
+    model, tokenizer = parts.model, parts.tokenizer
+    optimizer = _optimizer(parts.trainable, config)
+    fim = FimConfig(rate=config.fim_rate, spm_rate=config.spm_rate)
+    stream = WindowStream([f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim)
+    val_texts = [f.text for f in corpus.val] or [f.text for f in corpus.train]  # a one-file repo validates on itself
+    val_windows = evaluation_windows(val_texts, tokenizer, config.seq_len, model.n_future, config.eval_windows)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    start_step = 0
+    if checkpoint is not None:
+        state = torch.load(checkpoint / TRAINER_STATE_FILE, weights_only=True)
+        start_step = int(state["step"])
+        optimizer.load_state_dict(state["optimizer"])
+        stream.load_state_dict(state["data"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(_as_python_rng_state(state["python_rng"]))
+
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / TRAIN_CONFIG_FILE, (json.dumps(config.to_json(), indent=2) + "\n").encode())
+    metrics = MetricsWriter(out / METRICS_FILE, enabled=world.is_main, truncate_after_step=start_step)
+    progress = ProgressReporter(config.steps, start_step, enabled=show_progress and world.is_main)
+    local_batch = config.batch_size // (world.size * config.grad_accum)
+
+    try:
+        with progress:
+            for step in range(start_step, config.steps):
+                t0 = time.perf_counter()
+                lr = learning_rate(step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                stats_sum = torch.zeros(3, model.n_future)
+                for _ in range(config.grad_accum):
+                    # Every rank reads the same global windows and keeps its own rows.
+                    windows = stream.next_windows(config.batch_size // config.grad_accum)
+                    rows = windows[world.rank * local_batch : (world.rank + 1) * local_batch].to(device)
+                    inputs, targets = split_window(rows, model.n_future)
+                    stats = mtp_forward_backward(
+                        model,
+                        inputs,
+                        targets,
+                        config.head_weights,
+                        loss_scale=1.0 / config.grad_accum,
+                        train_trunk=config.finetune == "full",
+                        autocast=autocast,
+                    )
+                    stats_sum += torch.stack([stats.loss.cpu() * stats.count.cpu(), stats.correct.cpu(), stats.count.cpu()])
+                average_gradients(parts.trainable, world)
+                grad_norm = torch.nn.utils.clip_grad_norm_(parts.trainable, config.grad_clip or float("inf"))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                stats_sum = sum_across(stats_sum, world)
+                seconds = time.perf_counter() - t0
+                record = {
+                    "step": step + 1,
+                    "split": "train",
+                    "lr": lr,
+                    "loss": float((stats_sum[0] / stats_sum[2]).sum()),
+                    "loss_per_head": (stats_sum[0] / stats_sum[2]).tolist(),
+                    "accuracy_per_head": (stats_sum[1] / stats_sum[2]).tolist(),
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": float(stats_sum[2, 0]) / seconds,
+                    "time": time.time(),
+                }
+                metrics.write(record)
+                done = step + 1
+                if done % config.eval_every == 0 or done == config.steps:
+                    val = evaluate(model, val_windows, autocast=autocast)
+                    val_record = {
+                        "step": done,
+                        "split": "val",
+                        "loss": float(val.loss.sum()),
+                        "loss_per_head": val.loss.tolist(),
+                        "accuracy_per_head": val.accuracy.tolist(),
+                        "time": time.time(),
+                    }
+                    metrics.write(val_record)
+                    progress.note(val_record)
+                if world.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
+                    _save_checkpoint(out, parts, optimizer, stream, done, parts.provenance)
+                progress.advance(record)
+                if on_step is not None:
+                    on_step(done, record)
+    finally:
+        metrics.close()
+        shutdown(world)
+
+    final = out / FINAL_MODEL_DIR
+    if world.is_main:
+        tmp = out / f"{FINAL_MODEL_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(out / CHECKPOINT_DIR, tmp, ignore=shutil.ignore_patterns(TRAINER_STATE_FILE))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final
+
+
+def _set_trainable(model: MTPTransformer, finetune: str) -> list[torch.nn.Parameter]:
+    """Freeze what the run does not train; return the parameters it does, in a fixed order."""
+    head_params = {id(p) for block in model.head_blocks() for p in block.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(finetune == "full" or id(p) in head_params)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _build_resumed(config: TrainConfig, loaded, device: torch.device) -> RunParts:
+    """Parts of a resumed run: the checkpoint's weights and tokenizer, the run's freezing."""
+    model = loaded.model.to(device).train()
+    return RunParts(model, loaded.tokenizer, _set_trainable(model, config.finetune), dict(loaded.provenance))
+
+
+def _as_python_rng_state(state) -> tuple:
+    # torch.load returns the tuple as saved; lists only if a future format changes that.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

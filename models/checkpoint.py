@@ -1,0 +1,183 @@
+"""A model on disk: a directory with config.json, model.safetensors (+ tokenizer.json).
+
+config.json:
+    {"format": "mtp-assistant/1",
+     "model": {...ModelConfig...},
+     "tokenizer": {"kind": "byte" | "bpe", "vocab_size": ..., "special_tokens": {...}},
+     "provenance": {...how it was made: free-form, for the model card...}}
+
+Weights are safetensors only: nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from models.config import ConfigError, ModelConfig
+from models.tokenizer import TokenizerError, load_tokenizer
+from models.transformer import MTPTransformer
+
+FORMAT = "mtp-assistant/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ModelFileError(Exception):
+    """A model directory that cannot be loaded; the message names the file and the problem."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass
+class LoadedModel:
+    model: MTPTransformer
+    tokenizer: Any  # models.tokenizer.ByteTokenizer | BPETokenizer
+    config: ModelConfig
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(
+    model_dir: Path | str,
+    model: MTPTransformer,
+    tokenizer: Any,
+    provenance: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write config.json, model.safetensors and the tokenizer's files into model_dir."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().to("cpu", dtype or t.dtype).contiguous() for name, t in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": FORMAT})
+        os.replace(tmp, model_dir / WEIGHTS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    tokenizer.save(model_dir)
+    config = {
+        "format": FORMAT,
+        "model": model.config.to_dict(),
+        "tokenizer": tokenizer.to_config(),
+        "provenance": provenance or {},
+    }
+    write_atomic(model_dir / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    return model_dir
+
+
+def read_config(model_dir: Path | str) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
+    """Parse and validate config.json: (model config, tokenizer section, provenance)."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise ModelFileError(model_dir, "model directory does not exist")
+    if not model_dir.is_dir():
+        raise ModelFileError(model_dir, "not a directory (a model is a directory with config.json and model.safetensors)")
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFileError(path, "missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(path, f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(path, "must hold a JSON object")
+    if data.get("format") != FORMAT:
+        raise ModelFileError(path, f"unknown format {data.get('format')!r}, expected {FORMAT!r}")
+    for section in ("model", "tokenizer"):
+        if not isinstance(data.get(section), dict):
+            raise ModelFileError(path, f"missing the {section!r} section")
+    try:
+        config = ModelConfig.from_dict(data["model"])
+    except (ConfigError, TypeError) as e:
+        raise ModelFileError(path, f"bad model config: {e}") from None
+    provenance = data.get("provenance") or {}
+    return config, data["tokenizer"], provenance
+
+
+def _read_weights(path: Path, model: MTPTransformer) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelFileError(path, "missing")
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            missing = sorted(set(expected) - names)
+            unexpected = sorted(names - set(expected))
+            if missing or unexpected:
+                parts = []
+                if missing:
+                    parts.append(f"missing tensors {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
+                if unexpected:
+                    parts.append(f"unexpected tensors {unexpected[:5]}" + (" ..." if len(unexpected) > 5 else ""))
+                raise ModelFileError(path, "does not match config.json: " + "; ".join(parts))
+            tensors = {}
+            for name in sorted(names):
+                tensor = f.get_tensor(name)
+                if tuple(tensor.shape) != expected[name]:
+                    raise ModelFileError(
+                        path, f"tensor {name} has shape {tuple(tensor.shape)}, config.json implies {expected[name]}"
+                    )
+                if not tensor.is_floating_point():
+                    raise ModelFileError(path, f"tensor {name} has non-float dtype {tensor.dtype}")
+                tensors[name] = tensor
+    except ModelFileError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(path, f"not a readable safetensors file ({e})") from None
+    return tensors
+
+
+def load_model(
+    model_dir: Path | str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    model_dir = Path(model_dir)
+    config, tokenizer_config, provenance = read_config(model_dir)
+    try:
+        tokenizer = load_tokenizer(model_dir, tokenizer_config)
+    except TokenizerError as e:
+        raise ModelFileError(model_dir, str(e)) from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ModelFileError(
+            model_dir / CONFIG_FILE,
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}",
+        )
+    with torch.device("meta"):
+        model = MTPTransformer(config)  # shapes only; real tensors come from the file
+    tensors = _read_weights(model_dir / WEIGHTS_FILE, model)
+    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, assign=True)
+    # Buffers (RoPE tables) are not saved: rebuild them on the real device.
+    model.rope_cos, model.rope_sin = MTPTransformer.rope_buffers(config)
+    model = model.to(device=device)
+    model.eval()
+    return LoadedModel(model, tokenizer, config, provenance, model_dir)

@@ -1,0 +1,105 @@
+"""Model architecture settings, validated when loaded from config.json.
+
+`n_layers` counts every transformer block, heads included, as in Meta's released
+`params.json`: `layers` holds the trunk plus head 1 (n_layers - n_future + 1 blocks)
+and `extra_heads` holds heads 2..n (n_future - 1 blocks). A model with more heads
+therefore has the same parameter count as its next-token twin (paper Sec. 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A model config that cannot describe a valid model."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dim: int = 256
+    n_layers: int = 8
+    n_heads: int = 8
+    n_kv_heads: int | None = None  # None: same as n_heads (no GQA)
+    vocab_size: int = 261
+    multiple_of: int = 32  # SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    n_future_tokens: int = 4
+    max_seq_len: int = 2048
+
+    def __post_init__(self) -> None:
+        positive = ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "n_future_tokens", "max_seq_len")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0):
+            raise ConfigError(f"n_kv_heads must be a positive integer or null, got {self.n_kv_heads!r}")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.ffn_dim_multiplier is not None and (
+            not isinstance(self.ffn_dim_multiplier, (int, float)) or self.ffn_dim_multiplier <= 0
+        ):
+            raise ConfigError(f"ffn_dim_multiplier must be a positive number or null, got {self.ffn_dim_multiplier!r}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if (self.dim // self.n_heads) % 2:
+            raise ConfigError(f"head dim dim/n_heads ({self.dim // self.n_heads}) must be even for RoPE")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+        if self.n_future_tokens > self.n_layers:
+            raise ConfigError(
+                f"n_future_tokens ({self.n_future_tokens}) cannot exceed n_layers ({self.n_layers}): "
+                "every head is one of the model's blocks"
+            )
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def n_trunk_layers(self) -> int:
+        """Blocks shared by all heads (`layers` minus its last block, head 1)."""
+        return self.n_layers - self.n_future_tokens
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        # Llama's rule: 2/3 of 4*dim, scaled, rounded up to multiple_of.
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"model config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Sizes we recommend; see BENCHMARKS.md for their training throughput on a 2-core CPU.
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(dim=64, n_layers=4, n_heads=4, n_future_tokens=4, max_seq_len=512),
+    "small": ModelConfig(dim=256, n_layers=8, n_heads=8, n_future_tokens=4, max_seq_len=1024),
+    "base": ModelConfig(dim=512, n_layers=12, n_heads=8, n_kv_heads=4, n_future_tokens=4, max_seq_len=2048),
+}

@@ -1,0 +1,264 @@
+"""Tokenizers for the completion model: a trivial byte tokenizer and a byte-level BPE.
+
+Both kinds share one contract that the rest of the project relies on:
+
+* ``encode`` never emits a special id, so text that happens to contain
+  "<|endoftext|>" (this file, for one) cannot forge document or FIM boundaries;
+  callers insert special ids explicitly.
+* every token maps to exact bytes (``token_bytes``), so streaming output can be
+  assembled byte by byte even when a token ends in the middle of a UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_sep|>")
+
+# Names used in config.json, in SPECIAL_TOKENS order.
+SPECIAL_NAMES = ("eot", "fim_prefix", "fim_middle", "fim_suffix", "file_sep")
+
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+
+
+class TokenizerError(Exception):
+    """A tokenizer could not be built or loaded; the message names the file, if any."""
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable-character table, which the ByteLevel pre-tokenizer uses.
+
+    `tokenizers` only exposes the alphabet as an unordered list
+    (``pre_tokenizers.ByteLevel.alphabet()``), not the mapping, so we rebuild it:
+    printable Latin-1 bytes map to themselves, the rest to U+0100 onwards in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_TO_SYMBOL = _bytes_to_unicode()
+_SYMBOL_TO_BYTE = {symbol: b for b, symbol in _BYTE_TO_SYMBOL.items()}
+# If `tokenizers` ever changed its alphabet, every decoded byte would be wrong; fail at import instead.
+assert set(_SYMBOL_TO_BYTE) == set(pre_tokenizers.ByteLevel.alphabet()), "ByteLevel alphabet changed"
+
+
+class _TableTokenizer:
+    """Shared behaviour: each id maps to a fixed byte string held in ``_table``."""
+
+    kind: str
+
+    def __init__(self, table: list[bytes], special_ids: tuple[int, ...]) -> None:
+        self._table = table
+        self.vocab_size = len(table)
+        self.eot_id, self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id, self.file_sep_id = special_ids
+        self.special_ids = frozenset(special_ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        # Checked explicitly: a negative id would otherwise index from the end of the table.
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} out of range for a vocabulary of {self.vocab_size}")
+        return self._table[token_id]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return b"".join(self.token_bytes(i) for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def to_config(self) -> dict:
+        specials = (self.eot_id, self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id, self.file_sep_id)
+        return {
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "special_tokens": dict(zip(SPECIAL_NAMES, specials)),
+        }
+
+
+class ByteTokenizer(_TableTokenizer):
+    """ids 0..255 are raw bytes, 256..260 are SPECIAL_TOKENS in order. Needs no files."""
+
+    kind = "byte"
+
+    def __init__(self) -> None:
+        table = [bytes([b]) for b in range(256)] + [s.encode("utf-8") for s in SPECIAL_TOKENS]
+        super().__init__(table, tuple(range(256, 256 + len(SPECIAL_TOKENS))))
+
+    def encode(self, text: str | bytes) -> list[int]:
+        # Specials live above 255, so no input can produce one.
+        return list(text.encode("utf-8") if isinstance(text, str) else text)
+
+    def save(self, model_dir: Path) -> None:
+        """Nothing to write: the byte vocabulary is fixed."""
+
+
+class BPETokenizer(_TableTokenizer):
+    """A byte-level BPE `tokenizers.Tokenizer` with SPECIAL_TOKENS at ids 0..4.
+
+    Only encoding is delegated to `tokenizers`; decoding goes through our own byte
+    table so that partial UTF-8 sequences survive (its ByteLevel decoder returns str).
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, path: Path | None = None) -> None:
+        """Wrap ``tokenizer``; ``path`` is only used to name the file in error messages."""
+        _check_layout(tokenizer, path)
+        # Not stored in tokenizer.json, so it must be set every time: treat special-token
+        # text in the input as ordinary text.
+        tokenizer.encode_special_tokens = True
+        self._tok = tokenizer
+
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        table = []
+        for token_id in range(size):
+            token = tokenizer.id_to_token(token_id)
+            if token is None:
+                raise TokenizerError(f"vocabulary has no token with id {token_id} (ids must be contiguous)", path)
+            if token_id < len(SPECIAL_TOKENS):
+                table.append(token.encode("utf-8"))
+            elif all(symbol in _SYMBOL_TO_BYTE for symbol in token):
+                table.append(bytes(_SYMBOL_TO_BYTE[symbol] for symbol in token))
+            else:
+                raise TokenizerError(f"token {token_id} ({token!r}) is not made of ByteLevel symbols", path)
+        super().__init__(table, tuple(range(len(SPECIAL_TOKENS))))
+
+    def encode(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def save(self, model_dir: Path) -> None:
+        """Write model_dir/tokenizer.json atomically, so a crash never leaves a torn file."""
+        model_dir = Path(model_dir)
+        fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{TOKENIZER_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self._tok.to_str(pretty=True))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, model_dir / TOKENIZER_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _check_layout(tok: tokenizers.Tokenizer, path: Path | None) -> None:
+    """Reject tokenizers whose encodings would not round-trip through our byte table."""
+    if not isinstance(tok.model, models.BPE):
+        raise TokenizerError(f"model is {type(tok.model).__name__}, expected BPE", path)
+    pre = tok.pre_tokenizer
+    if not isinstance(pre, pre_tokenizers.ByteLevel) or pre.add_prefix_space:
+        raise TokenizerError("pre-tokenizer must be ByteLevel with add_prefix_space=False", path)
+    if tok.normalizer is not None:
+        # A normalizer rewrites the input, so decode(encode(text)) would differ from text.
+        raise TokenizerError("tokenizer has a normalizer; byte-exact round trips need none", path)
+    for expected_id, special in enumerate(SPECIAL_TOKENS):
+        actual = tok.token_to_id(special)
+        if actual != expected_id:
+            raise TokenizerError(f"special token {special} has id {actual}, expected {expected_id}", path)
+    vocab = tok.get_vocab(with_added_tokens=False)
+    missing = [s for s in _SYMBOL_TO_BYTE if s not in vocab]
+    if missing:
+        # Without every byte symbol some inputs would have no encoding at all.
+        raise TokenizerError(f"vocabulary lacks {len(missing)} of the 256 ByteLevel byte symbols", path)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+    """Train a byte-level BPE on ``texts``.
+
+    ``vocab_size`` is an upper bound: a small corpus can run out of merges first,
+    so read the result's ``vocab_size``.
+    """
+    minimum = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small: byte-level BPE needs at least {minimum} "
+            f"(256 byte symbols + {len(SPECIAL_TOKENS)} special tokens)"
+        )
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),  # listed first, so they get ids 0..4
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable, seen or not
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return BPETokenizer(tok)
+
+
+def load_tokenizer(model_dir: Path, config: dict) -> ByteTokenizer | BPETokenizer:
+    """Build the tokenizer described by config.json's "tokenizer" section ``config``.
+
+    Checks that the tokenizer found matches what the model was trained with: a silent
+    mismatch in special ids or vocabulary size would produce garbage, not an error.
+    """
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_FILE
+    if not isinstance(config, dict):
+        raise TokenizerError(f'"tokenizer" section must be an object, got {type(config).__name__}', config_path)
+    kind = config.get("kind")
+    if kind == "byte":
+        tok: ByteTokenizer | BPETokenizer = ByteTokenizer()
+        found_in = "the byte tokenizer"
+    elif kind == "bpe":
+        tokenizer_path = model_dir / TOKENIZER_FILE
+        tok = BPETokenizer(_read_tokenizer_file(tokenizer_path), tokenizer_path)
+        found_in = TOKENIZER_FILE
+    else:
+        raise TokenizerError(f'unknown tokenizer kind {kind!r} (expected "byte" or "bpe")', config_path)
+
+    actual = tok.to_config()
+    if config.get("vocab_size") != actual["vocab_size"]:
+        raise TokenizerError(
+            f"vocab_size mismatch: {CONFIG_FILE} says {config.get('vocab_size')!r}, "
+            f"{found_in} has {actual['vocab_size']}",
+            config_path,
+        )
+    stored = config.get("special_tokens")
+    if stored != actual["special_tokens"]:
+        stored = stored if isinstance(stored, dict) else {}
+        wrong = [
+            f"{name}: {stored.get(name)!r} in {CONFIG_FILE}, {i} in {found_in}"
+            for name, i in actual["special_tokens"].items()
+            if stored.get(name) != i
+        ]
+        wrong += [f"unknown name {name!r} in {CONFIG_FILE}" for name in stored if name not in actual["special_tokens"]]
+        raise TokenizerError(f"special token id mismatch ({'; '.join(wrong)})", config_path)
+    return tok
+
+
+def _read_tokenizer_file(path: Path) -> tokenizers.Tokenizer:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TokenizerError("missing; a bpe model needs its tokenizer.json next to config.json", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"cannot read: {e}", path) from e
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"not valid JSON: {e}", path) from e
+    try:
+        return tokenizers.Tokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises a bare Exception for schema errors
+        raise TokenizerError(f"not a tokenizers file: {e}", path) from e

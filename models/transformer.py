@@ -1,0 +1,268 @@
+"""A Llama-style multi-token-prediction transformer in Meta's released layout.
+
+    tokens -> tok_embeddings -> layers[:-1] (trunk) -> z
+    head 1      : layers[-1](z)      -> norm -> output   predicts token t+1
+    head i >= 2 : extra_heads[i-2](z) -> norm -> output   predicts token t+i
+
+Every head reads the same z (the input of the last block of `layers`) and one final
+norm and output matrix serve all heads. The main path (`layers` + norm + output) is a
+plain Llama, which is what lets llama.cpp run it and Meta's checkpoints load as they are.
+
+Heads are numbered from 0 in code: head 0 is the next-token head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 for stability under bf16/fp16, as Meta's reference does.
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (max_seq_len, head_dim // 2)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]), Meta's (and llama.cpp's LLAMA) convention.
+
+    x: (B, T, H, hd); cos, sin: (T, hd/2).
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+@dataclass
+class LayerCache:
+    """Keys and values of one block, written in place at absolute positions."""
+
+    k: torch.Tensor  # (B, max_len, n_kv_heads, hd)
+    v: torch.Tensor  # (B, max_len, n_kv_heads, hd)
+
+
+class KVCache:
+    """One LayerCache per block, `layers` first then `extra_heads`.
+
+    Positions are absolute, so rolling back rejected tokens needs no copying: the next
+    forward simply writes over them (attention never looks past its own position).
+    """
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        n_blocks = config.n_layers  # trunk + every head's block
+        shape = (batch, max_len, config.kv_heads, config.head_dim)
+        self.max_len = max_len
+        self.layers = [
+            LayerCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+            for _ in range(n_blocks)
+        ]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.kv_heads
+        self.head_dim = config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, D)
+        cos: torch.Tensor,  # (T, hd/2) for positions start_pos..start_pos+T-1
+        sin: torch.Tensor,
+        start_pos: int,
+        cache: LayerCache | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+
+        if cache is not None:
+            end = start_pos + T
+            cache.k[:B, start_pos:end] = k
+            cache.v[:B, start_pos:end] = v
+            k, v = cache.k[:B, :end], cache.v[:B, :end]
+        elif start_pos != 0:
+            raise ValueError("start_pos > 0 needs a KV cache")
+
+        if self.n_kv_heads != self.n_heads:  # grouped-query attention: share each kv head
+            repeat = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(repeat, dim=2)
+            v = v.repeat_interleave(repeat, dim=2)
+
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T or S, hd)
+        if start_pos == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new token sees every cached position
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:  # T new queries after start_pos cached keys: causal with an offset
+            S = k.shape[2]
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = config.ffn_hidden_dim
+        self.w1 = nn.Linear(config.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.dim, bias=False)
+        self.w3 = nn.Linear(config.dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+
+    def forward(self, x, cos, sin, start_pos: int = 0, cache: LayerCache | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class MTPTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.n_future = config.n_future_tokens
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_trunk_layers + 1))
+        self.extra_heads = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_future_tokens - 1))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        cos, sin = self.rope_buffers(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        if self.output.weight.device.type != "meta":  # a model built to load weights into skips init
+            self.reset_parameters()
+
+    @staticmethod
+    def rope_buffers(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.device("cpu"):
+            return rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # GPT-2 style: N(0, 0.02), residual projections scaled down by depth so the
+        # residual stream's variance does not grow with the number of blocks.
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(param)
+            else:
+                std = residual_std if name.endswith(("wo.weight", "w2.weight")) else 0.02
+                with torch.no_grad():
+                    param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+    # --- the pieces, used by the memory-efficient loss and by the decoding engines ---
+
+    def head_blocks(self) -> list[TransformerBlock]:
+        """The block of each head, head 0 (next token) first."""
+        return [self.layers[-1], *self.extra_heads]
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        return [*self.tok_embeddings.parameters(), *(p for block in self.layers[:-1] for p in block.parameters())]
+
+    def _rope(self, start_pos: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start_pos + length
+        if end > self.config.max_seq_len:
+            raise ValueError(f"sequence of {end} positions exceeds max_seq_len {self.config.max_seq_len}")
+        return self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+
+    def trunk(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """tokens (B, T) -> z (B, T, D), the input every head reads."""
+        cos, sin = self._rope(start_pos, tokens.shape[1])
+        h = self.tok_embeddings(tokens)
+        for i, block in enumerate(self.layers[:-1]):
+            h = block(h, cos, sin, start_pos, cache.layers[i] if cache else None)
+        return h
+
+    def head_hidden(self, z: torch.Tensor, head: int, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """z (B, T, D) -> head's normalised hidden state (B, T, D), ready for `output`."""
+        if not 0 <= head < self.n_future:
+            raise ValueError(f"head {head} out of range for a model with {self.n_future} heads")
+        cos, sin = self._rope(start_pos, z.shape[1])
+        block_index = self.config.n_trunk_layers + head  # cache slot: layers first, then extra heads
+        h = self.head_blocks()[head](z, cos, sin, start_pos, cache.layers[block_index] if cache else None)
+        return self.norm(h)
+
+    # --- whole-model forwards ---
+
+    def forward(self, tokens: torch.Tensor, heads: Sequence[int] | None = None) -> torch.Tensor:
+        """Training/evaluation forward without a cache.
+
+        tokens (B, T) -> logits (B, len(heads), T, V); heads default to all of them.
+        Holds every head's logits at once: use models.loss for memory-efficient training.
+        """
+        heads = range(self.n_future) if heads is None else heads
+        z = self.trunk(tokens)
+        return torch.stack([self.output(self.head_hidden(z, head)) for head in heads], dim=1)
+
+    def new_cache(self, batch: int = 1, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        param = self.output.weight
+        return KVCache(
+            self.config,
+            batch,
+            max_len or self.config.max_seq_len,
+            device=device or param.device,
+            dtype=dtype or param.dtype,
+        )
+
+    def forward_cached(
+        self,
+        tokens: torch.Tensor,  # (B, T) new tokens at positions start_pos..start_pos+T-1
+        start_pos: int,
+        cache: KVCache,
+        heads: Sequence[int] = (0,),
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Inference forward with a KV cache: logits (B, len(heads), T or 1, V).
+
+        Only the blocks of `heads` run, so only their caches advance: a caller that
+        uses head i later must have passed it for every earlier position too.
+        """
+        z = self.trunk(tokens, start_pos, cache)
+        if last_only:
+            # Heads still need every new position in their caches, but only the
+            # last position is unembedded (the output matrix dominates small models).
+            outs = [self.head_hidden(z, head, start_pos, cache)[:, -1:] for head in heads]
+        else:
+            outs = [self.head_hidden(z, head, start_pos, cache) for head in heads]
+        return torch.stack([self.output(h) for h in outs], dim=1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
