@@ -109,11 +109,13 @@ def mtp_forward_backward(
         with autocast:
             logits = model.output(model.head_hidden(z_leaf, head))  # (B, T, V)
         loss, correct, count = _head_loss(logits, targets[:, head])
+        # Autograd keeps what it needs (the log-probabilities); holding the logits
+        # through the backward would add a second (B, T, V) tensor to the peak.
+        del logits
         (loss * (weight * loss_scale)).backward()
         losses.append(loss.detach().float())
         corrects.append(correct.float())
         counts.append(count.float())
-        del logits, loss  # free this head's logits before the next head runs
 
     if train_trunk:
         z.backward(z_leaf.grad)

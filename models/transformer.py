@@ -242,27 +242,35 @@ class MTPTransformer(nn.Module):
             dtype=dtype or param.dtype,
         )
 
-    def forward_cached(
+    def forward_hidden(
         self,
         tokens: torch.Tensor,  # (B, T) new tokens at positions start_pos..start_pos+T-1
         start_pos: int,
         cache: KVCache,
         heads: Sequence[int] = (0,),
-        last_only: bool = False,
     ) -> torch.Tensor:
-        """Inference forward with a KV cache: logits (B, len(heads), T or 1, V).
+        """Inference forward with a KV cache, stopping before the unembedding.
 
+        Returns the heads' normalised hidden states (B, len(heads), T, D); apply
+        `self.output` to the positions whose logits are needed (the output matrix
+        dominates small models, and decoding rarely needs every head everywhere).
         Only the blocks of `heads` run, so only their caches advance: a caller that
         uses head i later must have passed it for every earlier position too.
         """
         z = self.trunk(tokens, start_pos, cache)
-        if last_only:
-            # Heads still need every new position in their caches, but only the
-            # last position is unembedded (the output matrix dominates small models).
-            outs = [self.head_hidden(z, head, start_pos, cache)[:, -1:] for head in heads]
-        else:
-            outs = [self.head_hidden(z, head, start_pos, cache) for head in heads]
-        return torch.stack([self.output(h) for h in outs], dim=1)
+        return torch.stack([self.head_hidden(z, head, start_pos, cache) for head in heads], dim=1)
+
+    def forward_cached(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int,
+        cache: KVCache,
+        heads: Sequence[int] = (0,),
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """`forward_hidden` plus the unembedding: logits (B, len(heads), T or 1, V)."""
+        hidden = self.forward_hidden(tokens, start_pos, cache, heads)
+        return self.output(hidden[:, :, -1:] if last_only else hidden)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -27,6 +27,10 @@ def _rss_mib() -> float:
 
 
 def child(args) -> None:
+    # A naive run that would exhaust the machine fails with MemoryError instead of
+    # waking the OOM killer (address space, so the cap sits above the resident peak).
+    cap = int(args.mem_limit_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     import torch
 
     from models.config import ModelConfig
@@ -69,6 +73,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--heads", default="1,2,4,8")
+    parser.add_argument("--mem-limit-gib", type=float, default=20.0, help="address-space cap per run")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="efficient", help=argparse.SUPPRESS)
@@ -82,8 +87,8 @@ def main() -> None:
     for n in (int(x) for x in args.heads.split(",")):
         for method in ("naive", "efficient"):
             cmd = [sys.executable, "-m", "assistant.training.bench_backward", "--child", "--method", method, "--n", str(n)]
-            for flag in ("vocab", "batch", "seq", "dim", "layers", "steps"):
-                cmd += [f"--{flag}", str(getattr(args, flag))]
+            for flag in ("vocab", "batch", "seq", "dim", "layers", "steps", "mem_limit_gib"):
+                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 results.append({"method": method, "n": n, "error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]})
@@ -91,7 +96,8 @@ def main() -> None:
                 results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), file=sys.stderr)
 
-    base = next((r for r in results if r.get("n") == 1 and r.get("method") == "efficient" and "peak_mib" in r), None)
+    # The baseline is plain next-token training: n = 1 with one ordinary backward.
+    base = next((r for r in results if r.get("n") == 1 and r.get("method") == "naive" and "peak_mib" in r), None)
     print(f"vocab {args.vocab}, batch x seq {args.batch}x{args.seq}, dim {args.dim}, {args.layers} blocks, median of {args.steps} steps")
     print("| n | method | params | step s | peak RSS MiB | step memory MiB | memory vs n=1 | time vs naive |")
     print("|---|---|---|---|---|---|---|---|")

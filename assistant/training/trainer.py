@@ -15,6 +15,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +284,8 @@ def train(
         raise
 
     model, tokenizer = parts.model, parts.tokenizer
+    if show_progress and world.is_main:
+        print(describe_run(corpus, model, tokenizer), file=sys.stderr)
     optimizer = _optimizer(parts.trainable, config)
     fim = FimConfig(rate=config.fim_rate, spm_rate=config.spm_rate)
     stream = WindowStream([f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim)
@@ -378,6 +381,18 @@ def train(
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     return final
+
+
+def describe_run(corpus: Corpus, model: MTPTransformer, tokenizer: Any) -> str:
+    summary = corpus.summary()
+    skipped = ", ".join(f"{reason} {count}" for reason, count in summary["skipped"].items() if count)
+    return (
+        f"corpus: {summary['train']['files']} train files ({summary['train']['bytes'] / 1e3:.0f} kB), "
+        f"{summary['val']['files']} validation files ({summary['val']['bytes'] / 1e3:.0f} kB); "
+        f"skipped: {skipped or 'nothing'}\n"
+        f"model: {model.num_parameters() / 1e6:.2f}M parameters, {model.n_future} heads, "
+        f"{model.config.n_layers} blocks of dim {model.config.dim}, {tokenizer.kind} tokenizer ({tokenizer.vocab_size} tokens)"
+    )
 
 
 def _set_trainable(model: MTPTransformer, finetune: str) -> list[torch.nn.Parameter]:

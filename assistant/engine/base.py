@@ -1,0 +1,100 @@
+"""The decoding engine interface: token ids in, token ids and stats out.
+
+An engine knows nothing of editors. The completion service and the benchmark talk to
+any backend (torch today, llama.cpp next) through `Engine.generate`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 64
+    # Heads used: 1 is plain autoregressive decoding, k > 1 drafts with heads 2..k.
+    # None means all of the model's heads.
+    k: int | None = None
+    temperature: float = 0.0  # 0: greedy; > 0: sampling (speculative sampling when k > 1)
+    seed: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    time_cap_s: float | None = None  # checked between forward passes
+    reuse_prefix: bool = True  # keep the KV cache of the longest common prefix between calls
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class DecodeStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV came from the previous call
+    new_tokens: int = 0
+    forward_passes: int = 0  # the prefill included: it yields the first new token
+    draft_proposed: list[int] = field(default_factory=list)  # per draft position (heads 2..k)
+    draft_accepted: list[int] = field(default_factory=list)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.new_tokens / self.forward_passes if self.forward_passes else 0.0
+
+    @property
+    def acceptance(self) -> list[float]:
+        """Fraction of drafts accepted at each draft position (head 2 first)."""
+        return [a / p if p else 0.0 for a, p in zip(self.draft_accepted, self.draft_proposed)]
+
+    @property
+    def tokens_per_s(self) -> float:
+        total = self.prefill_s + self.decode_s
+        return self.new_tokens / total if total > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "reused_tokens": self.reused_tokens,
+            "new_tokens": self.new_tokens,
+            "forward_passes": self.forward_passes,
+            "tokens_per_forward": self.tokens_per_forward,
+            "acceptance": self.acceptance,
+            "prefill_ms": self.prefill_s * 1e3,
+            "decode_ms": self.decode_s * 1e3,
+        }
+
+
+# Why a generation ended.
+STOP_MAX_TOKENS = "max_tokens"
+STOP_TOKEN = "stop_token"
+STOP_STRING = "stop_string"
+STOP_TIME = "time_cap"
+STOP_CANCELLED = "cancelled"
+STOP_CONTEXT = "context_full"
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # new tokens; a stop token is not included
+    text: str  # their text, cut before a stop string
+    stop_reason: str
+    stats: DecodeStats
+
+
+class Engine(Protocol):
+    n_future: int
+    max_seq_len: int
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        config: GenerationConfig = GenerationConfig(),
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult: ...

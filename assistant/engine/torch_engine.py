@@ -1,0 +1,104 @@
+"""The torch decoding backend: CPU or CUDA, full or half precision.
+
+Keeps one KV cache between calls and reuses its longest common prefix with the new
+prompt: an editor asks again and again about nearly the same text.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import torch
+
+from assistant.engine.base import GenerationConfig, GenerationResult
+from assistant.engine.speculative import decode
+from models.transformer import KVCache, MTPTransformer
+
+
+class _TorchStepOutput:
+    def __init__(self, model: MTPTransformer, hidden: torch.Tensor):
+        self.model = model
+        self.hidden = hidden  # (k, T, D) normalised hidden states of heads 1..k
+
+    def next_logits(self) -> torch.Tensor:
+        return self.model.output(self.hidden[0]).float()  # (T, V)
+
+    def draft_logits(self, index: int) -> torch.Tensor:
+        return self.model.output(self.hidden[1:, index]).float()  # (k - 1, V)
+
+
+class _TorchStepModel:
+    def __init__(self, model: MTPTransformer, cache: KVCache, device: torch.device):
+        self.model, self.cache, self.device = model, cache, device
+
+    def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> _TorchStepOutput:
+        x = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        hidden = self.model.forward_hidden(x, start_pos, self.cache, heads=range(k))  # (1, k, T, D)
+        return _TorchStepOutput(self.model, hidden[0])
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the earliest stop string."""
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+class TorchEngine:
+    def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
+        self.device = torch.device(device)
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.tokenizer = tokenizer
+        self.n_future = model.n_future
+        self.max_seq_len = model.config.max_seq_len
+        self._cache: KVCache | None = None
+        self._cache_k = 0  # heads whose blocks filled the cache: only they can reuse it
+        self._cached: list[int] = []  # tokens whose KV is valid, in position order
+        self._lock = threading.Lock()  # one generation at a time on the shared cache
+
+    @classmethod
+    def from_dir(cls, model_dir, device: str = "cpu", dtype=torch.float32) -> "TorchEngine":
+        from models.checkpoint import load_model
+
+        loaded = load_model(model_dir, device=device)
+        return cls(loaded.model, loaded.tokenizer, device, dtype)
+
+    def reset(self) -> None:
+        self._cached = []
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: Sequence[int],
+        config: GenerationConfig = GenerationConfig(),
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("the prompt must hold at least one token")
+        if len(prompt) >= self.max_seq_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context of {self.max_seq_len}")
+        k = min(config.k or self.n_future, self.n_future)
+        with self._lock:
+            if self._cache is None:
+                self._cache = self.model.new_cache(batch=1)
+            reusable = config.reuse_prefix and self._cache_k == k
+            # At least the last prompt token is fed again: its logits start the decoding.
+            start = min(common_prefix_length(prompt, self._cached), len(prompt) - 1) if reusable else 0
+            self._cached = []  # invalid while the cache is being written
+            outcome = decode(
+                _TorchStepModel(self.model, self._cache, self.device),
+                prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel,
+            )
+            self._cache_k = k
+            self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
+        text = cut_at_stop_strings(self.tokenizer.decode(outcome.tokens), config.stop_strings)
+        return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats)
