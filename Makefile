@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/demo
 
-.PHONY: setup run test test-slow bench-backward clean
+.PHONY: setup run test test-slow bench-backward bench-model bench-decode clean
 
 # The CPU build of torch goes in first: with no torch installed, pip would resolve
 # `torch` to a multi-GB CUDA build. llama-cpp-python builds from source (~5 min on
@@ -34,6 +34,18 @@ test-slow: setup
 
 bench-backward: setup
 	$(PY) -m assistant.training.bench_backward
+
+# A 4-head byte model trained on this Python's standard library (about 75 minutes on
+# 2 CPU cores): the model BENCHMARKS.md's decoding figures were measured with.
+STDLIB = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])" 2>/dev/null)
+BENCH_MODEL ?= runs/stdlib-byte4
+bench-model: setup
+	$(VENV)/bin/mtp-assistant train $(STDLIB) --out $(BENCH_MODEL) --preset small --dim 192 --n-heads 6 \
+		--n-layers 14 --n-future 4 --seq-len 256 --batch-size 16 --steps 2200 --lr 2e-3 --warmup 100 \
+		--eval-every 200 --checkpoint-every 100 --seed 0
+
+bench-decode: setup
+	$(VENV)/bin/mtp-assistant bench --model $(BENCH_MODEL)/model --max-new 128 --out $(BENCH_MODEL)/bench.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -4,6 +4,8 @@
     mtp-assistant train --resume DIR                   continue an interrupted run
     mtp-assistant eval MODEL --repo PATH               per-head validation loss and accuracy
     mtp-assistant models list|show|add|remove|default  manage the model store
+    mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
+    mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
 
 Errors the user can fix are one line on stderr and a non-zero exit, never a traceback.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -235,12 +238,118 @@ def cmd_models_default(args) -> int:
     return 0
 
 
+def _add_complete_parser(sub) -> None:
+    p = sub.add_parser("complete", help="print the completion at a cursor in a file, and its stats on stderr")
+    p.add_argument("file")
+    p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
+    p.add_argument("--col", type=int, required=True, help="1-based column of the cursor, in characters")
+    p.add_argument("--model", default="default", help="model directory or store name")
+    p.add_argument("--engine", default="torch", choices=("torch",))
+    p.add_argument("--k", type=int, help="heads used for drafting (1 = plain decoding; default: all)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--multiline", action="store_true", help="do not stop at the end of the line")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--time-cap", type=float, help="seconds")
+    p.set_defaults(func=cmd_complete)
+
+
+def cmd_complete(args) -> int:
+    from assistant.completion.prompt import PromptBudget, build_prompt, split_at
+    from assistant.engine import load_engine
+    from assistant.engine.base import GenerationConfig
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"{args.file}: cannot read ({e})") from None
+    try:
+        prefix, suffix = split_at(text, args.line - 1, args.col - 1)
+        engine = load_engine(ModelStore().resolve(args.model), args.engine)
+        # The prompt leaves room in the model's context for the completion.
+        budget = PromptBudget(max_tokens=min(1024, engine.max_seq_len - args.max_tokens - engine.n_future))
+        prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
+        config = GenerationConfig(
+            max_new_tokens=args.max_tokens,
+            k=args.k,
+            temperature=args.temperature,
+            stop_token_ids=(engine.tokenizer.eot_id,),
+            stop_strings=() if args.multiline else ("\n",),
+            time_cap_s=args.time_cap,
+        )
+        result = engine.generate(prompt, config)
+    except (StoreError, ModelFileError, ValueError) as e:
+        raise CliError(str(e)) from None
+    print(result.text)
+    s = result.stats
+    acceptance = " ".join(f"{a:.2f}" for a in s.acceptance) or "-"
+    print(
+        f"{s.new_tokens} tokens in {s.forward_passes} forwards ({s.tokens_per_forward:.2f} per forward), "
+        f"prefill {s.prefill_s * 1e3:.1f} ms ({s.prompt_tokens} prompt tokens), decode {s.decode_s * 1e3:.1f} ms, "
+        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="decoding speed: plain vs self-speculative with k = 1..n heads")
+    p.add_argument("--model", default="default", help="model directory or store name")
+    p.add_argument("--engine", default="torch", choices=("torch",))
+    p.add_argument("--prompts", default="humaneval", help="'humaneval' (the 164 problems) or a directory of held-out code")
+    p.add_argument("--limit", type=int, help="use the first N prompts")
+    p.add_argument("--max-new", type=int, default=128, help="tokens to generate per prompt")
+    p.add_argument("--k", help="comma-separated head counts to compare (default: 1..n)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", help="also write the results as JSON here")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    import platform
+
+    import torch
+
+    from assistant.bench import BenchConfig, directory_prompts, humaneval_prompts, run_bench
+    from assistant.engine import load_engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model_dir = ModelStore().resolve(args.model)
+        engine = load_engine(model_dir, args.engine)
+        prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
+        ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
+    except (StoreError, ModelFileError, CorpusError, ValueError) as e:
+        raise CliError(str(e)) from None
+    config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit)
+    result = run_bench(
+        engine, engine.tokenizer, prompts, config,
+        progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", file=sys.stderr, flush=True),
+    )
+    print(file=sys.stderr)
+    result.meta = {
+        "model": str(model_dir), "engine": args.engine, "prompts": args.prompts, "max_new": args.max_new,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+    }
+    print(f"model {model_dir}, engine {args.engine}, {result.prompts} prompts ({args.prompts}), "
+          f"{args.max_new} new tokens each, greedy; {result.meta['machine']}")
+    print(f"head top-1 accuracy on the plain continuation: {' '.join(f'{a:.2f}' for a in result.head_accuracy)}")
+    print(result.table())
+    if result.mismatches:
+        print(f"WARNING: {result.mismatches} runs differ from plain greedy decoding", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0 if not result.mismatches else EXIT_ERROR
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-assistant", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_models_parser(sub)
+    _add_complete_parser(sub)
+    _add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,16 @@
+"""Decoding engines behind one interface (see base.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ENGINES = ("torch",)
+
+
+def load_engine(model_dir: Path | str, engine: str = "torch", device: str = "cpu"):
+    """An engine for the model in model_dir."""
+    if engine == "torch":
+        from assistant.engine.torch_engine import TorchEngine
+
+        return TorchEngine.from_dir(model_dir, device=device)
+    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")

@@ -160,6 +160,14 @@ def _git_ls_files(root: Path) -> list[str] | None:
         )
         if inside.returncode != 0 or inside.stdout.strip() != "true":
             return None
+        # A directory the enclosing repository ignores (a virtualenv, pyenv's Pythons
+        # inside ~/.pyenv) was still asked for by name: read its own .gitignore files.
+        ignored = subprocess.run(
+            ["git", "-C", str(root), "check-ignore", "-q", "."],
+            capture_output=True, env=env, timeout=30,
+        )
+        if ignored.returncode == 0:
+            return None
         listed = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
             capture_output=True, env=env, timeout=300,

@@ -203,11 +203,13 @@ def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.o
 # --- checkpoints ---
 
 
-def _save_checkpoint(out: Path, parts: RunParts, optimizer, stream: WindowStream, step: int, provenance: dict) -> None:
+def _save_checkpoint(
+    out: Path, parts: RunParts, optimizer, stream: WindowStream, step: int, provenance: dict, tokens_per_step: int
+) -> None:
     """Write the checkpoint beside the old one, then swap: a crash leaves one intact."""
     tmp, final, old = out / f"{CHECKPOINT_DIR}.tmp", out / CHECKPOINT_DIR, out / f"{CHECKPOINT_DIR}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, parts.model, parts.tokenizer, provenance | {"steps": step})
+    save_model(tmp, parts.model, parts.tokenizer, provenance | {"steps": step, "tokens_seen": step * tokens_per_step})
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -365,7 +367,9 @@ def train(
                     metrics.write(val_record)
                     progress.note(val_record)
                 if world.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
-                    _save_checkpoint(out, parts, optimizer, stream, done, parts.provenance)
+                    _save_checkpoint(
+                        out, parts, optimizer, stream, done, parts.provenance, config.batch_size * config.seq_len
+                    )
                 progress.advance(record)
                 if on_step is not None:
                     on_step(done, record)

@@ -81,6 +81,16 @@ def test_git_mode_limited_to_subdirectory(no_parent_repo):
     assert all_paths(c) == ["a.py", "b.py"]
 
 
+def test_directory_ignored_by_the_enclosing_repo_is_read_as_asked(no_parent_repo):
+    """Pointing at e.g. ~/.pyenv/versions/X/lib/python3.11 inside pyenv's own git clone."""
+    root = no_parent_repo / "repo"
+    write(root, {".gitignore": "versions/\n", "tool.py": code(1),
+                 "versions/lib/a.py": code(2), "versions/lib/.gitignore": "skip.py\n", "versions/lib/skip.py": code(3)})
+    git(root, "init")
+    assert all_paths(build_corpus(root)) == ["tool.py"]
+    assert all_paths(build_corpus(root / "versions" / "lib")) == ["a.py"]
+
+
 @pytest.mark.parametrize("git_available", [True, False])
 def test_walk_mode_respects_nested_gitignore(no_parent_repo, monkeypatch, git_available):
     root = no_parent_repo

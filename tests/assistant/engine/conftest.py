@@ -1,10 +1,7 @@
 import pytest
 import torch
 
-from assistant.training.trainer import TrainConfig, train
-from models.checkpoint import load_model
 from models.config import ModelConfig
-from models.tokenizer import ByteTokenizer
 from models.transformer import MTPTransformer
 
 
@@ -12,28 +9,3 @@ def random_model(n_future=4, vocab_size=261, seed=0, dim=32, n_layers=6) -> MTPT
     torch.manual_seed(seed)
     config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=4, vocab_size=vocab_size, n_future_tokens=n_future, max_seq_len=256)
     return MTPTransformer(config).eval()
-
-
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory):
-    """A 4-head byte model trained for seconds on repetitive code: its heads agree often."""
-    repo = tmp_path_factory.mktemp("repo")
-    body = "".join(
-        f"def add_{i}(x, y):\n    return x + y + {i}\n\n\nclass Point{i}:\n    def __init__(self, x, y):\n"
-        f"        self.x = x\n        self.y = y\n\n"
-        for i in range(40)
-    )
-    (repo / "a.py").write_text(body)
-    (repo / "b.py").write_text(body.replace("add", "sub").replace("+", "-"))
-    out = tmp_path_factory.mktemp("run") / "run"
-    config = TrainConfig(
-        repo=str(repo), out_dir=str(out), model_overrides={"dim": 48, "n_layers": 5, "n_heads": 4, "max_seq_len": 256},
-        steps=120, batch_size=8, seq_len=96, lr=5e-3, warmup_steps=10, fim_rate=0.0, eval_every=1000,
-        checkpoint_every=1000, device="cpu",
-    )
-    return load_model(train(config, show_progress=False)), body
-
-
-@pytest.fixture
-def byte_tokenizer():
-    return ByteTokenizer()
