@@ -35,13 +35,13 @@ test-slow: setup
 bench-backward: setup
 	$(PY) -m assistant.training.bench_backward
 
-# A 4-head byte model trained on this Python's standard library (about 75 minutes on
+# A 4-head byte model trained on this Python's standard library (about 35 minutes on
 # 2 CPU cores): the model BENCHMARKS.md's decoding figures were measured with.
 STDLIB = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])" 2>/dev/null)
 BENCH_MODEL ?= runs/stdlib-byte4
 bench-model: setup
 	$(VENV)/bin/mtp-assistant train $(STDLIB) --out $(BENCH_MODEL) --preset small --dim 192 --n-heads 6 \
-		--n-layers 14 --n-future 4 --seq-len 256 --batch-size 16 --steps 2200 --lr 2e-3 --warmup 100 \
+		--n-layers 14 --n-future 4 --seq-len 256 --batch-size 16 --steps 1000 --lr 2e-3 --warmup 60 \
 		--eval-every 200 --checkpoint-every 100 --seed 0
 
 bench-decode: setup

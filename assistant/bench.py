@@ -97,14 +97,15 @@ class BenchResult:
 
     def table(self) -> str:
         lines = [
-            "| k | tokens/forward (median) | implied by head accuracy | tokens/s (median) | speedup vs k=1 (median) | acceptance per draft head |",
-            "|---|---|---|---|---|---|",
+            "| k | tokens/forward (median) | implied by head accuracy | tokens/s (median) | speedup vs k=1 (median) "
+            "| acceptance per draft head | time outside the model |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
             acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
             lines.append(
                 f"| {r['k']} | {r['tokens_per_forward']:.2f} | {r['implied_tokens_per_forward']:.2f} | "
-                f"{r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {acceptance} |"
+                f"{r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {acceptance} | {r['loop_overhead']:.0%} |"
             )
         return "\n".join(lines)
 
@@ -137,7 +138,9 @@ def run_bench(
         for k in ks:
             generate(prompt, k)
 
-    per_k: dict[int, dict[str, list[float]]] = {k: {"tpf": [], "tps": [], "speedup": [], "acc": []} for k in ks}
+    per_k: dict[int, dict[str, list[float]]] = {
+        k: {"tpf": [], "tps": [], "speedup": [], "acc": [], "overhead": []} for k in ks
+    }
     hits = [0] * n
     scored = [0] * n
     result = BenchResult(prompts=len(encoded))
@@ -155,6 +158,7 @@ def run_bench(
             per_k[k]["tps"].append(s.tokens_per_s)
             per_k[k]["speedup"].append(plain_time / (s.prefill_s + s.decode_s))
             per_k[k]["acc"].append(s.acceptance)
+            per_k[k]["overhead"].append(s.loop_overhead)
         h, c = head_accuracy(engine.model, prompt, plain.tokens)
         hits = [a + b for a, b in zip(hits, h)]
         scored = [a + b for a, b in zip(scored, c)]
@@ -174,5 +178,6 @@ def run_bench(
             "tokens_per_s": statistics.median(data["tps"]),
             "speedup": statistics.median(data["speedup"]),
             "acceptance": acceptance,
+            "loop_overhead": statistics.median(data["overhead"]),
         })
     return result

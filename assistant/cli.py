@@ -238,6 +238,11 @@ def cmd_models_default(args) -> int:
     return 0
 
 
+def _add_device_arguments(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+
+
 def _add_complete_parser(sub) -> None:
     p = sub.add_parser("complete", help="print the completion at a cursor in a file, and its stats on stderr")
     p.add_argument("file")
@@ -250,6 +255,7 @@ def _add_complete_parser(sub) -> None:
     p.add_argument("--multiline", action="store_true", help="do not stop at the end of the line")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--time-cap", type=float, help="seconds")
+    _add_device_arguments(p)
     p.set_defaults(func=cmd_complete)
 
 
@@ -264,7 +270,7 @@ def cmd_complete(args) -> int:
         raise CliError(f"{args.file}: cannot read ({e})") from None
     try:
         prefix, suffix = split_at(text, args.line - 1, args.col - 1)
-        engine = load_engine(ModelStore().resolve(args.model), args.engine)
+        engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype)
         # The prompt leaves room in the model's context for the completion.
         budget = PromptBudget(max_tokens=min(1024, engine.max_seq_len - args.max_tokens - engine.n_future))
         prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
@@ -301,6 +307,7 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--k", help="comma-separated head counts to compare (default: 1..n)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", help="also write the results as JSON here")
+    _add_device_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -316,7 +323,7 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     try:
         model_dir = ModelStore().resolve(args.model)
-        engine = load_engine(model_dir, args.engine)
+        engine = load_engine(model_dir, args.engine, args.device, args.dtype)
         prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
         ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
     except (StoreError, ModelFileError, CorpusError, ValueError) as e:
@@ -329,10 +336,11 @@ def cmd_bench(args) -> int:
     print(file=sys.stderr)
     result.meta = {
         "model": str(model_dir), "engine": args.engine, "prompts": args.prompts, "max_new": args.max_new,
+        "device": args.device, "dtype": args.dtype,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }
-    print(f"model {model_dir}, engine {args.engine}, {result.prompts} prompts ({args.prompts}), "
-          f"{args.max_new} new tokens each, greedy; {result.meta['machine']}")
+    print(f"model {model_dir}, engine {args.engine} ({args.device}, {args.dtype}), {result.prompts} prompts "
+          f"({args.prompts}), {args.max_new} new tokens each, greedy; {result.meta['machine']}")
     print(f"head top-1 accuracy on the plain continuation: {' '.join(f'{a:.2f}' for a in result.head_accuracy)}")
     print(result.table())
     if result.mismatches:

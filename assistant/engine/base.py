@@ -43,6 +43,13 @@ class DecodeStats:
     draft_accepted: list[int] = field(default_factory=list)
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    model_s: float = 0.0  # inside the backend's forwards and unembeddings; the rest is the loop
+
+    @property
+    def loop_overhead(self) -> float:
+        """Share of the wall time spent outside the model: the Python decoding loop."""
+        total = self.prefill_s + self.decode_s
+        return max(0.0, total - self.model_s) / total if total > 0 else 0.0
 
     @property
     def tokens_per_forward(self) -> float:
@@ -68,6 +75,7 @@ class DecodeStats:
             "acceptance": self.acceptance,
             "prefill_ms": self.prefill_s * 1e3,
             "decode_ms": self.decode_s * 1e3,
+            "model_ms": self.model_s * 1e3,
         }
 
 

@@ -60,36 +60,36 @@ class DecodeOutcome:
     stats: DecodeStats
 
 
-class _Chooser:
-    """Greedy or sampled choice of tokens, and the matching accept rule."""
+class _Greedy:
+    """Greedy choice: a row of logits becomes its argmax, computed for all rows at once."""
+
+    def prepare(self, logits: torch.Tensor) -> list[int]:
+        return logits.argmax(-1).tolist()  # (R, V) -> R ids
+
+    def pick(self, row: int) -> int:
+        return row
+
+    def verify(self, target: int, draft: int, draft_row: int) -> tuple[bool, int]:
+        """Accept the draft if head 1 agrees; else head 1's own token comes next."""
+        return target == draft, target
+
+
+class _Sampling:
+    """Sampling at a temperature, with the speculative-sampling accept rule."""
 
     def __init__(self, temperature: float, seed: int):
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed)
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+    def prepare(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.double() / self.temperature, dim=-1)  # (R, V) probabilities
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.float() / self.temperature, dim=-1)
+    def pick(self, row: torch.Tensor) -> int:
+        return int(torch.multinomial(row, 1, generator=self.generator))
 
-    def pick(self, dist: torch.Tensor) -> int:
-        """dist: logits when greedy, probabilities when sampling."""
-        if self.greedy:
-            return int(dist.argmax())
-        return int(torch.multinomial(dist, 1, generator=self.generator))
-
-    def draft_dists(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.greedy else self.probs(logits)
-
-    def verify(self, target_logits: torch.Tensor, draft: int, draft_dist: torch.Tensor) -> tuple[bool, torch.Tensor]:
-        """Accept or reject one draft; returns (accepted, distribution of the next token
-        when rejected: head 1's own argmax when greedy, the residual when sampling)."""
-        if self.greedy:
-            return int(target_logits.argmax()) == draft, target_logits
-        p, q = self.probs(target_logits), draft_dist
-        if torch.rand((), generator=self.generator) * q[draft] < p[draft]:  # u < p/q without dividing by 0
+    def verify(self, p: torch.Tensor, draft: int, q: torch.Tensor) -> tuple[bool, torch.Tensor]:
+        """Accept with probability min(1, p/q); else the next token follows max(0, p - q)."""
+        if torch.rand((), generator=self.generator, dtype=torch.float64) * q[draft] < p[draft]:  # u < p/q, no division
             return True, p
         residual = (p - q).clamp(min=0)
         total = residual.sum()
@@ -109,7 +109,7 @@ def decode(
     """Generate after `prompt`, whose first `start_pos` tokens are already cached."""
     if not 0 <= start_pos < len(prompt):
         raise ValueError(f"start_pos {start_pos} must leave at least one of {len(prompt)} prompt tokens to feed")
-    chooser = _Chooser(config.temperature, config.seed)
+    chooser = _Greedy() if config.temperature == 0 else _Sampling(config.temperature, config.seed)
     stats = DecodeStats(
         prompt_tokens=len(prompt), reused_tokens=start_pos, draft_proposed=[0] * (k - 1), draft_accepted=[0] * (k - 1)
     )
@@ -136,17 +136,21 @@ def decode(
     started = time.perf_counter()
     if config.max_new_tokens == 0:
         return DecodeOutcome([], STOP_MAX_TOKENS, start_pos, stats)
+    clock = time.perf_counter()
     out = model.forward(prompt[start_pos:], start_pos, k)
+    last = len(prompt) - start_pos - 1
+    next_logits = out.next_logits()[last : last + 1]  # (1, V)
+    draft_logits = out.draft_logits(last) if k > 1 else None  # (k - 1, V)
+    stats.model_s += time.perf_counter() - clock
     stats.forward_passes = 1
     position = len(prompt)  # next cache position to write; everything before is cached
-    last = len(prompt) - start_pos - 1
-    next_dist = chooser.draft_dists(out.next_logits()[last])
-    draft_dists = chooser.draft_dists(out.draft_logits(last)) if k > 1 else None
+    next_row = chooser.prepare(next_logits)[0]
+    draft_rows = chooser.prepare(draft_logits) if k > 1 else []
     stats.prefill_s = time.perf_counter() - started
 
     reason = None
     while True:
-        token = chooser.pick(next_dist)
+        token = chooser.pick(next_row)
         reason = emit(token)
         if reason is not None:
             break
@@ -161,19 +165,22 @@ def decode(
         if room < 0:
             reason = STOP_CONTEXT
             break
-        drafts = [chooser.pick(draft_dists[i]) for i in range(room)] if draft_dists is not None else []
+        drafts = [chooser.pick(draft_rows[i]) for i in range(room)]
 
+        clock = time.perf_counter()
         out = model.forward([token, *drafts], position, k)
-        stats.forward_passes += 1
         verify_logits = out.next_logits()  # (1 + room, V)
+        stats.model_s += time.perf_counter() - clock
+        stats.forward_passes += 1
+        verify_rows = chooser.prepare(verify_logits)
         accepted = 0
-        next_dist = None
+        next_row = None
         for i in range(len(drafts)):
             stats.draft_proposed[i] += 1  # unconditional: acceptance[i] = P(at least i + 1 drafts accepted)
         for i, draft in enumerate(drafts):
-            ok, dist = chooser.verify(verify_logits[i], draft, draft_dists[i])
+            ok, row = chooser.verify(verify_rows[i], draft, draft_rows[i])
             if not ok:
-                next_dist = dist
+                next_row = row
                 break
             stats.draft_accepted[i] += 1
             accepted += 1
@@ -183,9 +190,13 @@ def decode(
         position += 1 + accepted  # the token and the accepted drafts are now cached
         if reason is not None:
             break
-        if next_dist is None:  # every draft accepted: head 1's own next token
-            next_dist = chooser.draft_dists(verify_logits[accepted])
-        draft_dists = chooser.draft_dists(out.draft_logits(accepted)) if k > 1 else None
+        if next_row is None:  # every draft accepted: head 1's own next token
+            next_row = verify_rows[accepted]
+        if k > 1:
+            clock = time.perf_counter()
+            draft_logits = out.draft_logits(accepted)
+            stats.model_s += time.perf_counter() - clock
+            draft_rows = chooser.prepare(draft_logits)
 
     stats.new_tokens = len(tokens)
     stats.decode_s = time.perf_counter() - started - stats.prefill_s
