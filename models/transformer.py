@@ -31,9 +31,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 for stability under bf16/fp16, as Meta's reference does.
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        # Normalise in (at least) fp32 for stability under bf16/fp16, as Meta's reference
+        # does; the fused op matters: small models are bound by the number of ops.
+        compute = _compute_dtype(x)
+        return F.rms_norm(x.to(compute), (x.shape[-1],), self.weight.to(compute), self.eps).type_as(x)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,16 +48,19 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Te
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_rotation(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The complex rotations e^{i angle} for some positions: (T, hd/2), complex."""
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.complex(cos.to(compute), sin.to(compute))
+
+
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]), Meta's (and llama.cpp's LLAMA) convention.
 
-    x: (B, T, H, hd); cos, sin: (T, hd/2).
+    x: (B, T, H, hd); rotation: (T, hd/2) complex, from rope_rotation.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
-    real, imag = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    pairs = torch.view_as_complex(x.to(rotation.real.dtype).unflatten(-1, (-1, 2)))  # (B, T, H, hd/2)
+    return torch.view_as_real(pairs * rotation[None, :, None, :]).flatten(-2).type_as(x)
 
 
 @dataclass
@@ -94,14 +102,13 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, D)
-        cos: torch.Tensor,  # (T, hd/2) for positions start_pos..start_pos+T-1
-        sin: torch.Tensor,
+        rotation: torch.Tensor,  # (T, hd/2) complex, for positions start_pos..start_pos+T-1
         start_pos: int,
         cache: LayerCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), rotation)
+        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rotation)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
 
         if cache is not None:
@@ -149,8 +156,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x, cos, sin, start_pos: int = 0, cache: LayerCache | None = None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+    def forward(self, x, rotation, start_pos: int = 0, cache: LayerCache | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rotation, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -197,27 +204,28 @@ class MTPTransformer(nn.Module):
     def trunk_parameters(self) -> list[nn.Parameter]:
         return [*self.tok_embeddings.parameters(), *(p for block in self.layers[:-1] for p in block.parameters())]
 
-    def _rope(self, start_pos: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope(self, start_pos: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """RoPE rotations for positions start_pos..start_pos+length-1: (length, hd/2) complex."""
         end = start_pos + length
         if end > self.config.max_seq_len:
             raise ValueError(f"sequence of {end} positions exceeds max_seq_len {self.config.max_seq_len}")
-        return self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+        return rope_rotation(self.rope_cos[start_pos:end], self.rope_sin[start_pos:end], dtype)
 
     def trunk(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """tokens (B, T) -> z (B, T, D), the input every head reads."""
-        cos, sin = self._rope(start_pos, tokens.shape[1])
         h = self.tok_embeddings(tokens)
+        rotation = self.rope(start_pos, tokens.shape[1], h.dtype)
         for i, block in enumerate(self.layers[:-1]):
-            h = block(h, cos, sin, start_pos, cache.layers[i] if cache else None)
+            h = block(h, rotation, start_pos, cache.layers[i] if cache else None)
         return h
 
     def head_hidden(self, z: torch.Tensor, head: int, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """z (B, T, D) -> head's normalised hidden state (B, T, D), ready for `output`."""
         if not 0 <= head < self.n_future:
             raise ValueError(f"head {head} out of range for a model with {self.n_future} heads")
-        cos, sin = self._rope(start_pos, z.shape[1])
+        rotation = self.rope(start_pos, z.shape[1], z.dtype)
         block_index = self.config.n_trunk_layers + head  # cache slot: layers first, then extra heads
-        h = self.head_blocks()[head](z, cos, sin, start_pos, cache.layers[block_index] if cache else None)
+        h = self.head_blocks()[head](z, rotation, start_pos, cache.layers[block_index] if cache else None)
         return self.norm(h)
 
     # --- whole-model forwards ---

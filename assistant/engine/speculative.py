@@ -115,6 +115,7 @@ def decode(
     )
     stop_ids = set(config.stop_token_ids)
     stop_strings = [s.encode("utf-8") for s in config.stop_strings if s]
+    longest_stop = max(map(len, stop_strings), default=1)
     deadline = None if config.time_cap_s is None else time.perf_counter() + config.time_cap_s
     tokens: list[int] = []
     text = bytearray()
@@ -125,8 +126,10 @@ def decode(
             return STOP_TOKEN
         tokens.append(token)
         if stop_strings:
-            text.extend(token_bytes(token))
-            tail = bytes(text[-(max(map(len, stop_strings)) + 64) :])
+            piece = token_bytes(token)
+            text.extend(piece)
+            # A new occurrence must end inside this token's bytes.
+            tail = bytes(text[-(len(piece) + longest_stop - 1) :])
             if any(s in tail for s in stop_strings):
                 return STOP_STRING
         if len(tokens) >= config.max_new_tokens:

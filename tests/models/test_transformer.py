@@ -30,16 +30,16 @@ def test_every_head_reads_the_input_of_the_last_layer():
     assert logits.shape == (2, 3, 10, 50)
     # Recompute by hand from z = input of layers[-1].
     z = model.tok_embeddings(tokens)
-    cos, sin = model.rope_cos[:10], model.rope_sin[:10]
+    rotation = model.rope(0, 10, z.dtype)
     for block in model.layers[:-1]:
-        z = block(z, cos, sin)
+        z = block(z, rotation)
     for head, block in enumerate([model.layers[-1], *model.extra_heads]):
-        expected = model.output(model.norm(block(z, cos, sin)))
+        expected = model.output(model.norm(block(z, rotation)))
         torch.testing.assert_close(logits[:, head], expected)
     # The main path is a plain Llama: head 0 through all of `layers`.
     h = model.tok_embeddings(tokens)
     for block in model.layers:
-        h = block(h, cos, sin)
+        h = block(h, rotation)
     torch.testing.assert_close(logits[:, 0], model.output(model.norm(h)))
 
 
