@@ -105,7 +105,7 @@ class BenchResult:
             acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
             lines.append(
                 f"| {r['k']} | {r['tokens_per_forward']:.2f} | {r['implied_tokens_per_forward']:.2f} | "
-                f"{r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {acceptance} | {r['loop_overhead']:.0%} |"
+                f"{r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {acceptance} | {r['loop_overhead']:.1%} |"
             )
         return "\n".join(lines)
 
