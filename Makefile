@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml
 # model on this repository's own source and prints its per-head validation scores.
 run: setup
 	rm -rf $(RUN_DIR)
-	$(VENV)/bin/mtp-assistant train . --out $(RUN_DIR) --preset tiny --steps 300 --seq-len 128 \
-		--batch-size 8 --lr 3e-3 --warmup 30 --eval-every 100 --checkpoint-every 100
+	$(VENV)/bin/mtp-assistant train . --out $(RUN_DIR) --preset tiny --steps 1000 --seq-len 128 \
+		--batch-size 8 --lr 5e-3 --warmup 50 --eval-every 250 --checkpoint-every 250
 	$(VENV)/bin/mtp-assistant eval $(RUN_DIR)/model --repo . --seq-len 128
+	$(VENV)/bin/mtp-assistant complete models/config.py --line 96 --col 5 --model $(RUN_DIR)/model --multiline --max-tokens 48
 
 test: setup
 	$(PY) -m pytest -q

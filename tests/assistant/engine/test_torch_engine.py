@@ -12,7 +12,7 @@ from assistant.engine.base import GenerationConfig
 from assistant.engine.torch_engine import TorchEngine, cut_at_stop_strings
 from models.tokenizer import ByteTokenizer
 
-from .conftest import random_model
+from .helpers import random_model
 
 
 def prompts(seed: int, count: int, vocab: int = 261) -> list[list[int]]:

@@ -1,4 +1,5 @@
-import pytest
+"""Models made in the tests."""
+
 import torch
 
 from models.config import ModelConfig
