@@ -20,6 +20,7 @@ from pathlib import Path
 
 from assistant.store import ModelStore, StoreError
 from assistant.training.corpus import CorpusError
+from assistant.training.trainer import TrainError
 from models.checkpoint import ModelFileError, read_config
 from models.config import PRESETS
 
@@ -29,6 +30,12 @@ EXIT_ERROR = 1
 
 class CliError(Exception):
     pass
+
+
+# Errors the user can fix (bad paths, settings, model files): one line, no traceback.
+# ValueError is included because settings are validated with it (GenerationConfig,
+# PromptBudget, a cursor outside the file).
+USER_ERRORS = (CliError, StoreError, ModelFileError, CorpusError, TrainError, ValueError)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -77,54 +84,51 @@ def _add_train_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from assistant.training.trainer import TrainConfig, TrainError, train
+    from assistant.training.trainer import TrainConfig, train
 
-    try:
-        if args.resume:
-            final = train(resume_dir=args.resume, show_progress=not args.quiet)
-        else:
-            repo = Path(args.repo or ".")
-            overrides = {
-                key: value
-                for key, value in {
-                    "dim": args.dim,
-                    "n_layers": args.n_layers,
-                    "n_heads": args.n_heads,
-                    "n_kv_heads": args.n_kv_heads,
-                    "n_future_tokens": args.n_future,
-                    "max_seq_len": args.max_seq_len,
-                }.items()
-                if value is not None
-            }
-            base = str(ModelStore().resolve(args.base)) if args.base else None
-            config = TrainConfig(
-                repo=str(repo),
-                out_dir=args.out or str(Path("runs") / (repo.resolve().name or "repo")),
-                preset=args.preset,
-                model_overrides=overrides,
-                base_model=base,
-                finetune=args.finetune,
-                tokenizer=args.tokenizer,
-                bpe_vocab_size=args.vocab_size,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                grad_accum=args.grad_accum,
-                seq_len=args.seq_len,
-                lr=args.lr,
-                warmup_steps=args.warmup,
-                weight_decay=args.weight_decay,
-                grad_clip=args.grad_clip,
-                head_weights=args.head_weights,
-                fim_rate=args.fim_rate,
-                spm_rate=args.spm_rate,
-                checkpoint_every=args.checkpoint_every,
-                eval_every=args.eval_every,
-                seed=args.seed,
-                device=args.device,
-            )
-            final = train(config, show_progress=not args.quiet)
-    except (TrainError, StoreError, ValueError) as e:
-        raise CliError(str(e)) from None
+    if args.resume:
+        final = train(resume_dir=args.resume, show_progress=not args.quiet)
+    else:
+        repo = Path(args.repo or ".")
+        overrides = {
+            key: value
+            for key, value in {
+                "dim": args.dim,
+                "n_layers": args.n_layers,
+                "n_heads": args.n_heads,
+                "n_kv_heads": args.n_kv_heads,
+                "n_future_tokens": args.n_future,
+                "max_seq_len": args.max_seq_len,
+            }.items()
+            if value is not None
+        }
+        base = str(ModelStore().resolve(args.base)) if args.base else None
+        config = TrainConfig(
+            repo=str(repo),
+            out_dir=args.out or str(Path("runs") / (repo.resolve().name or "repo")),
+            preset=args.preset,
+            model_overrides=overrides,
+            base_model=base,
+            finetune=args.finetune,
+            tokenizer=args.tokenizer,
+            bpe_vocab_size=args.vocab_size,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            seq_len=args.seq_len,
+            lr=args.lr,
+            warmup_steps=args.warmup,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            head_weights=args.head_weights,
+            fim_rate=args.fim_rate,
+            spm_rate=args.spm_rate,
+            checkpoint_every=args.checkpoint_every,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            device=args.device,
+        )
+        final = train(config, show_progress=not args.quiet)
     print(f"model written to {final}")
     return 0
 
@@ -143,12 +147,7 @@ def _add_eval_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from assistant.training.evaluation import evaluate_on_repo
 
-    try:
-        result = evaluate_on_repo(
-            ModelStore().resolve(args.model), args.repo, args.split, args.seq_len, args.max_windows
-        )
-    except (StoreError, ModelFileError, CorpusError, ValueError) as e:
-        raise CliError(str(e)) from None
+    result = evaluate_on_repo(ModelStore().resolve(args.model), args.repo, args.split, args.seq_len, args.max_windows)
     stats = result.stats
     if args.json:
         print(json.dumps({
@@ -202,38 +201,26 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_show(args) -> int:
-    try:
-        path = ModelStore().resolve(args.model)
-        config, tokenizer, provenance = read_config(path)
-    except (StoreError, ModelFileError) as e:
-        raise CliError(str(e)) from None
+    path = ModelStore().resolve(args.model)
+    config, tokenizer, provenance = read_config(path)
     print(json.dumps({"path": str(path), "model": config.to_dict(), "tokenizer": tokenizer, "provenance": provenance}, indent=2))
     return 0
 
 
 def cmd_models_add(args) -> int:
-    try:
-        entry = ModelStore().add(args.path, args.name, args.default)
-    except StoreError as e:
-        raise CliError(str(e)) from None
+    entry = ModelStore().add(args.path, args.name, args.default)
     print(f"added {entry.name} at {entry.path}" + (" (default)" if entry.is_default else ""))
     return 0
 
 
 def cmd_models_remove(args) -> int:
-    try:
-        ModelStore().remove(args.name)
-    except StoreError as e:
-        raise CliError(str(e)) from None
+    ModelStore().remove(args.name)
     print(f"removed {args.name}")
     return 0
 
 
 def cmd_models_default(args) -> int:
-    try:
-        ModelStore().set_default(args.name)
-    except StoreError as e:
-        raise CliError(str(e)) from None
+    ModelStore().set_default(args.name)
     print(f"default model: {args.name}")
     return 0
 
@@ -268,23 +255,20 @@ def cmd_complete(args) -> int:
         text = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CliError(f"{args.file}: cannot read ({e})") from None
-    try:
-        prefix, suffix = split_at(text, args.line - 1, args.col - 1)
-        engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype)
-        # The prompt leaves room in the model's context for the completion.
-        budget = PromptBudget(max_tokens=min(1024, engine.max_seq_len - args.max_tokens - engine.n_future))
-        prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
-        config = GenerationConfig(
-            max_new_tokens=args.max_tokens,
-            k=args.k,
-            temperature=args.temperature,
-            stop_token_ids=(engine.tokenizer.eot_id,),
-            stop_strings=() if args.multiline else ("\n",),
-            time_cap_s=args.time_cap,
-        )
-        result = engine.generate(prompt, config)
-    except (StoreError, ModelFileError, ValueError) as e:
-        raise CliError(str(e)) from None
+    prefix, suffix = split_at(text, args.line - 1, args.col - 1)
+    engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype)
+    # The prompt leaves room in the model's context for the completion.
+    budget = PromptBudget(max_tokens=min(1024, engine.max_seq_len - args.max_tokens - engine.n_future))
+    prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
+    config = GenerationConfig(
+        max_new_tokens=args.max_tokens,
+        k=args.k,
+        temperature=args.temperature,
+        stop_token_ids=(engine.tokenizer.eot_id,),
+        stop_strings=() if args.multiline else ("\n",),
+        time_cap_s=args.time_cap,
+    )
+    result = engine.generate(prompt, config)
     print(result.text)
     s = result.stats
     acceptance = " ".join(f"{a:.2f}" for a in s.acceptance) or "-"
@@ -321,13 +305,10 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        model_dir = ModelStore().resolve(args.model)
-        engine = load_engine(model_dir, args.engine, args.device, args.dtype)
-        prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
-        ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
-    except (StoreError, ModelFileError, CorpusError, ValueError) as e:
-        raise CliError(str(e)) from None
+    model_dir = ModelStore().resolve(args.model)
+    engine = load_engine(model_dir, args.engine, args.device, args.dtype)
+    prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
+    ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
     config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit)
     result = run_bench(
         engine, engine.tokenizer, prompts, config,
@@ -365,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CliError as e:
+    except USER_ERRORS as e:
         print(f"mtp-assistant: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
