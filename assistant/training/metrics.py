@@ -58,11 +58,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class ProgressReporter:
-    """A rich progress bar with the latest loss, on stderr (stdout stays clean)."""
+    """A rich progress bar with the latest loss, on stderr (stdout stays clean).
 
-    def __init__(self, total: int, completed: int, enabled: bool = True):
+    When stderr is not a terminal (a background run writing to a log) the bar cannot
+    redraw, so a plain line is printed every `log_every` steps instead.
+    """
+
+    def __init__(self, total: int, completed: int, enabled: bool = True, log_every: int | None = None):
         self.enabled = enabled
         console = Console(file=sys.stderr)
+        self._plain = enabled and not console.is_terminal
+        self._log_every = log_every or max(1, total // 20)
+        self._total = total
+        self._done = completed
         self._progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -86,6 +94,9 @@ class ProgressReporter:
     def advance(self, record: dict[str, Any]) -> None:
         info = f"loss {record['loss']:.3f}  {record['tokens_per_s']:.0f} tok/s{self._last_val}"
         self._progress.update(self._task, advance=1, info=info)
+        self._done += 1
+        if self._plain and (self._done % self._log_every == 0 or self._done == self._total):
+            self._progress.console.print(f"step {self._done}/{self._total}: {info}", soft_wrap=True)
 
     def note(self, val_record: dict[str, Any]) -> None:
         heads = " ".join(f"{a:.2f}" for a in val_record["accuracy_per_head"])
