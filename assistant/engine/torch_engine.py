@@ -17,25 +17,31 @@ from models.transformer import KVCache, MTPTransformer
 
 
 class _TorchStepOutput:
-    def __init__(self, model: MTPTransformer, hidden: torch.Tensor):
-        self.model = model
+    def __init__(self, unembedding: torch.Tensor, hidden: torch.Tensor):
+        self.unembedding = unembedding  # (V, D), at least fp32
         self.hidden = hidden  # (k, T, D) normalised hidden states of heads 1..k
 
     def next_logits(self) -> torch.Tensor:
-        return self.model.output(self.hidden[0]).float()  # (T, V)
+        return self._logits(self.hidden[0])  # (T, V)
 
     def draft_logits(self, index: int) -> torch.Tensor:
-        return self.model.output(self.hidden[1:, index]).float()  # (k - 1, V)
+        return self._logits(self.hidden[1:, index])  # (k - 1, V)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # Logits in fp32 even for a half-precision model: rounded to bf16, the top two
+        # logits tie exactly far more often, and a tie can break differently in a
+        # verify forward than in a plain one.
+        return hidden.to(self.unembedding.dtype) @ self.unembedding.T
 
 
 class _TorchStepModel:
-    def __init__(self, model: MTPTransformer, cache: KVCache, device: torch.device):
-        self.model, self.cache, self.device = model, cache, device
+    def __init__(self, model: MTPTransformer, unembedding: torch.Tensor, cache: KVCache, device: torch.device):
+        self.model, self.unembedding, self.cache, self.device = model, unembedding, cache, device
 
     def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> _TorchStepOutput:
         x = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         hidden = self.model.forward_hidden(x, start_pos, self.cache, heads=range(k))  # (1, k, T, D)
-        return _TorchStepOutput(self.model, hidden[0])
+        return _TorchStepOutput(self.unembedding, hidden[0])
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -56,6 +62,8 @@ class TorchEngine:
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
+        weight = self.model.output.weight.detach()
+        self._unembedding = weight if weight.dtype == torch.float64 else weight.float()
         self.tokenizer = tokenizer
         self.n_future = model.n_future
         self.max_seq_len = model.config.max_seq_len
@@ -95,7 +103,7 @@ class TorchEngine:
             start = min(common_prefix_length(prompt, self._cached), len(prompt) - 1) if reusable else 0
             self._cached = []  # invalid while the cache is being written
             outcome = decode(
-                _TorchStepModel(self.model, self._cache, self.device),
+                _TorchStepModel(self.model, self._unembedding, self._cache, self.device),
                 prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel,
             )
             self._cache_k = k
