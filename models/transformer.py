@@ -33,12 +33,13 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in (at least) fp32 for stability under bf16/fp16, as Meta's reference
         # does; the fused op matters: small models are bound by the number of ops.
-        compute = _compute_dtype(x)
+        compute = compute_dtype(x.dtype)
         return F.rms_norm(x.to(compute), (x.shape[-1],), self.weight.to(compute), self.eps).type_as(x)
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision for numerically sensitive steps: at least fp32, fp64 when given fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +51,7 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Te
 
 def rope_rotation(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The complex rotations e^{i angle} for some positions: (T, hd/2), complex."""
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    compute = compute_dtype(dtype)
     return torch.complex(cos.to(compute), sin.to(compute))
 
 

@@ -46,10 +46,13 @@ class DecodeStats:
     model_s: float = 0.0  # inside the backend's forwards and unembeddings; the rest is the loop
 
     @property
+    def wall_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    @property
     def loop_overhead(self) -> float:
         """Share of the wall time spent outside the model: the Python decoding loop."""
-        total = self.prefill_s + self.decode_s
-        return max(0.0, total - self.model_s) / total if total > 0 else 0.0
+        return max(0.0, self.wall_s - self.model_s) / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def tokens_per_forward(self) -> float:
@@ -62,21 +65,7 @@ class DecodeStats:
 
     @property
     def tokens_per_s(self) -> float:
-        total = self.prefill_s + self.decode_s
-        return self.new_tokens / total if total > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "reused_tokens": self.reused_tokens,
-            "new_tokens": self.new_tokens,
-            "forward_passes": self.forward_passes,
-            "tokens_per_forward": self.tokens_per_forward,
-            "acceptance": self.acceptance,
-            "prefill_ms": self.prefill_s * 1e3,
-            "decode_ms": self.decode_s * 1e3,
-            "model_ms": self.model_s * 1e3,
-        }
+        return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
 
 # Why a generation ended.
@@ -86,6 +75,12 @@ STOP_STRING = "stop_string"
 STOP_TIME = "time_cap"
 STOP_CANCELLED = "cancelled"
 STOP_CONTEXT = "context_full"
+
+
+def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the earliest stop string (every backend's result text)."""
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return text[: min(cuts)] if cuts else text
 
 
 @dataclass

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
-from assistant.engine.base import GenerationConfig, GenerationResult
+from assistant.engine.base import GenerationConfig, GenerationResult, cut_at_stop_strings
 from assistant.engine.speculative import decode
-from models.transformer import KVCache, MTPTransformer
+from models.transformer import KVCache, MTPTransformer, compute_dtype
 
 
 class _TorchStepOutput:
@@ -52,18 +52,12 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
-    """The text before the earliest stop string."""
-    cuts = [text.find(s) for s in stop_strings if s and s in text]
-    return text[: min(cuts)] if cuts else text
-
-
 class TorchEngine:
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         weight = self.model.output.weight.detach()
-        self._unembedding = weight if weight.dtype == torch.float64 else weight.float()
+        self._unembedding = weight.to(compute_dtype(weight.dtype))
         self.tokenizer = tokenizer
         self.n_future = model.n_future
         self.max_seq_len = model.config.max_seq_len
@@ -78,9 +72,6 @@ class TorchEngine:
 
         loaded = load_model(model_dir, device=device)
         return cls(loaded.model, loaded.tokenizer, device, dtype)
-
-    def reset(self) -> None:
-        self._cached = []
 
     @torch.inference_mode()
     def generate(

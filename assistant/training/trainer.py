@@ -27,10 +27,10 @@ from assistant.fim import FimConfig
 from assistant.training.corpus import Corpus, CorpusConfig, CorpusError, build_corpus
 from assistant.training.data import WindowStream, evaluation_windows
 from assistant.training.evaluation import evaluate
-from assistant.training.distributed import World, average_gradients, init_world, shutdown, sum_across
+from assistant.training.distributed import average_gradients, init_world, shutdown, sum_across
 from assistant.training.metrics import MetricsWriter, ProgressReporter
 from models.checkpoint import ModelFileError, load_model, save_model, write_atomic
-from models.config import PRESETS, ConfigError, ModelConfig
+from models.config import PRESETS, ConfigError
 from models.loss import mtp_forward_backward, split_window
 from models.tokenizer import ByteTokenizer, train_bpe
 from models.transformer import MTPTransformer

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from assistant.engine.base import GenerationConfig
-from assistant.engine.torch_engine import TorchEngine, cut_at_stop_strings
+from assistant.engine.base import GenerationConfig, cut_at_stop_strings
+from assistant.engine.torch_engine import TorchEngine
 from models.tokenizer import ByteTokenizer
 
 from .helpers import random_model
