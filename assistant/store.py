@@ -18,6 +18,7 @@ from pathlib import Path
 
 from platformdirs import user_data_dir
 
+from models import SHIPPED_MODEL_DIR
 from models.checkpoint import CONFIG_FILE, ModelFileError, read_config, write_atomic
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -76,9 +77,12 @@ class ModelStore:
         """The directory a model reference names."""
         if ref is None or str(ref) == "default":
             name = self.default_name()
-            if name is None:
-                raise StoreError("no default model: add one with `mtp-assistant models add PATH --default`")
-            return self.models_dir / name
+            if name is not None:
+                return self.models_dir / name
+            # No default chosen: the model shipped in the repository (models/default).
+            if (SHIPPED_MODEL_DIR / "config.json").is_file():
+                return SHIPPED_MODEL_DIR
+            raise StoreError("no default model: add one with `mtp-assistant models add PATH --default`")
         path = Path(ref)
         if path.is_dir():
             return path

@@ -25,8 +25,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_MODEL_DIR = REPO_ROOT / "models" / "default"
+from models import SHIPPED_MODEL_DIR
 
 
 @dataclass(frozen=True)
