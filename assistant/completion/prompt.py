@@ -1,15 +1,19 @@
 """The model's prompt for a completion at a cursor: fill-in-the-middle within a token budget.
 
-Order is suffix-prefix-middle (SPM): while the user types, the prefix grows at its end
-and the suffix stays put, so each keystroke only extends the prompt the engine has
-cached. With nothing but whitespace after the cursor the prompt is the plain prefix,
-the way most training documents look.
+    [snippets from other files] <eot> [SUF] suffix [PRE] prefix [MID]
+
+Order is what changes least first. Snippets change only when the cursor moves to
+another part of the file; the suffix stays put while the user types; the prefix grows
+at its end. So each keystroke only extends the prompt the engine has cached (the
+suffix-prefix-middle order, SPM). With nothing but whitespace after the cursor the FIM
+part is the plain prefix, the way most training documents look. The snippets end with
+<eot>, as a previous document would in the packed training stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from assistant.fim import format_spm
 
@@ -18,22 +22,76 @@ from assistant.fim import format_spm
 class PromptBudget:
     max_tokens: int = 1024  # prompt tokens in all
     suffix_share: float = 0.25  # at most this share of them for the suffix
+    snippet_share: float = 0.25  # at most this share for snippets (only what they need)
+    # The prefix is cut at its start in steps of this many tokens, so that while the
+    # prefix outgrows its room most keystrokes still extend the previous prompt.
+    prefix_step: int = 1
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
             raise ValueError(f"max_tokens must be at least 8, got {self.max_tokens}")
-        if not 0 <= self.suffix_share < 1:
-            raise ValueError(f"suffix_share must be in [0, 1), got {self.suffix_share}")
+        for name in ("suffix_share", "snippet_share"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.suffix_share + self.snippet_share >= 1:
+            raise ValueError("suffix_share + snippet_share must leave room for the prefix")
+        if self.prefix_step < 1:
+            raise ValueError(f"prefix_step must be >= 1, got {self.prefix_step}")
 
 
-def build_prompt(tokenizer: Any, prefix: str, suffix: str, budget: PromptBudget = PromptBudget()) -> list[int]:
+@dataclass(frozen=True)
+class Snippet:
+    """Code from another file (or another part of this one) shown to the model first."""
+
+    path: str  # as the user would name it: relative to the workspace where possible
+    text: str
+
+
+def snippet_text(snippets: Sequence[Snippet]) -> str:
+    """The snippets as one text: each under a comment line naming its file."""
+    parts = []
+    for snippet in snippets:
+        comment = "#" if snippet.path.endswith((".py", ".sh", ".rb", ".toml", ".yaml", ".yml", ".r")) else "//"
+        parts.append(f"{comment} {snippet.path}\n{snippet.text.rstrip()}\n\n")
+    return "".join(parts)
+
+
+def _keep_end(ids: list[int], room: int, step: int) -> list[int]:
+    """The last tokens of ids that fit in room, the cut point rounded up to a multiple of step."""
+    if len(ids) <= room:
+        return ids
+    if room <= 0:
+        return []
+    cut = -(-(len(ids) - room) // step) * step
+    return ids[cut:]
+
+
+def build_prompt(
+    tokenizer: Any,
+    prefix: str,
+    suffix: str,
+    budget: PromptBudget = PromptBudget(),
+    snippets: Sequence[Snippet] = (),
+) -> list[int]:
     """Token ids that ask the model for the text between prefix and suffix."""
+    head: list[int] = []
+    if snippets:
+        # Whole snippets in order while they fit: a snippet cut mid-way misleads.
+        room = int(budget.max_tokens * budget.snippet_share) - 1
+        for snippet in snippets:
+            ids = tokenizer.encode(snippet_text([snippet]))
+            if len(head) + len(ids) > room:
+                break
+            head += ids
+        if head:
+            head.append(tokenizer.eot_id)
+    room = budget.max_tokens - len(head)
     if not suffix.strip():
-        return tokenizer.encode(prefix)[-budget.max_tokens :] or [tokenizer.eot_id]
-    room = budget.max_tokens - 3  # the three FIM specials
-    suffix_ids = tokenizer.encode(suffix)[: int(room * budget.suffix_share)]
-    prefix_ids = tokenizer.encode(prefix)[-(room - len(suffix_ids)) :] if room > len(suffix_ids) else []
-    return format_spm(tokenizer, prefix_ids, suffix_ids)
+        return head + (_keep_end(tokenizer.encode(prefix), room, budget.prefix_step) or [tokenizer.eot_id])
+    room -= 3  # the three FIM specials
+    suffix_ids = tokenizer.encode(suffix)[: int(budget.max_tokens * budget.suffix_share)]
+    prefix_ids = _keep_end(tokenizer.encode(prefix), room - len(suffix_ids), budget.prefix_step)
+    return head + format_spm(tokenizer, prefix_ids, suffix_ids)
 
 
 def split_at(text: str, line: int, column: int) -> tuple[str, str]:

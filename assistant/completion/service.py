@@ -1,0 +1,138 @@
+"""The completion path from a document and a cursor to the text to show, with stats.
+
+    text, cursor -> prefix/suffix windows -> plan (one line or several)
+      -> cache (exact or typed-ahead) -> prompt (snippets, suffix, prefix)
+      -> engine.generate (cancellable between forward passes)
+      -> stop rules -> post-processing -> cache
+
+The language server and `mtp-assistant complete` both call this; neither knows the
+steps. One service serves one engine; the engine serialises generations itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from assistant.completion.cache import CompletionCache, context_key
+from assistant.completion.context import ContextCollector, looks_binary
+from assistant.completion.positions import offset_at
+from assistant.completion.postprocess import postprocess
+from assistant.completion.prompt import PromptBudget, build_prompt, snippet_text
+from assistant.completion.rules import apply_stop_rules, plan
+from assistant.completion.settings import CompletionSettings
+from assistant.completion.stats import ServerStats
+from assistant.engine.base import STOP_CANCELLED, DecodeStats, GenerationConfig
+
+# The prefix window starts at a multiple of this many characters, so that while the
+# user types its tokenisation (and with it the engine's cached prompt) stays put.
+WINDOW_QUANTUM = 4096
+PREFIX_STEP = 32  # tokens: see PromptBudget.prefix_step
+CHARS_PER_TOKEN = 4  # generous: enough text to fill the token budget with any tokenizer
+
+
+@dataclass
+class Completion:
+    text: str
+    cached: bool = False
+    multiline: bool = False
+    stop_reason: str = ""
+    latency_s: float = 0.0
+    stats: DecodeStats | None = None  # None when no model call was made
+
+
+class CompletionService:
+    def __init__(
+        self,
+        engine,
+        settings: CompletionSettings = CompletionSettings(),
+        context: ContextCollector | None = None,
+        stats: ServerStats | None = None,
+    ):
+        self.engine = engine
+        self.context = context
+        self.stats = stats
+        self.settings = settings
+        self.cache = CompletionCache(settings.cache_size)
+        self._inflight: dict[str, threading.Event] = {}
+        self._inflight_lock = threading.Lock()
+
+    def update_settings(self, settings: CompletionSettings) -> None:
+        self.settings = settings
+        self.cache = CompletionCache(settings.cache_size)  # old entries were made under other rules
+
+    # --- one request per document at a time ---
+
+    def begin(self, uri: str) -> threading.Event:
+        """A cancel event for a new request on `uri`; the one in flight there is cancelled."""
+        event = threading.Event()
+        with self._inflight_lock:
+            previous = self._inflight.get(uri)
+            if previous is not None:
+                previous.set()
+            self._inflight[uri] = event
+        return event
+
+    def end(self, uri: str, event: threading.Event) -> None:
+        with self._inflight_lock:
+            if self._inflight.get(uri) is event:
+                del self._inflight[uri]
+
+    # --- completing ---
+
+    def windows(self, text: str, offset: int) -> tuple[str, str]:
+        """The prefix and suffix the model can see at all, cut from a possibly huge text."""
+        reach = self.settings.context_tokens * CHARS_PER_TOKEN
+        start = max(0, (offset - reach) // WINDOW_QUANTUM * WINDOW_QUANTUM)
+        return text[start:offset], text[offset : offset + reach]
+
+    def complete_at(self, text: str, line: int, character: int, uri: str = "", cancel: threading.Event | None = None) -> Completion:
+        """The completion at an LSP position (0-based line, UTF-16 character)."""
+        return self.complete(*self.windows(text, offset_at(text, line, character)), uri=uri, cancel=cancel)
+
+    def budget(self) -> PromptBudget:
+        s = self.settings
+        # Room in the model's context for the completion and one round of drafts.
+        fits = self.engine.max_seq_len - s.max_tokens - self.engine.n_future - 1
+        if fits < 8:
+            raise ValueError(f"max_tokens {s.max_tokens} leaves no room for a prompt in a context of {self.engine.max_seq_len}")
+        return PromptBudget(min(s.context_tokens, fits), s.suffix_share, s.snippet_share, PREFIX_STEP)
+
+    def complete(self, prefix: str, suffix: str, uri: str = "", cancel: threading.Event | None = None) -> Completion:
+        started = time.perf_counter()
+        s = self.settings
+        if looks_binary(prefix[-8192:]) or looks_binary(suffix):
+            return self._done(Completion("", stop_reason="binary"), started)
+        the_plan = plan(prefix, suffix, s.multiline)
+        snippets = self.context.snippets(uri, prefix) if self.context else []
+        key = context_key(suffix, snippet_text(snippets), repr(the_plan), str(s.max_tokens), str(s.max_lines), str(s.heads))
+        hit = self.cache.get(key, prefix)
+        if hit is not None:
+            return self._done(Completion(hit, cached=True, multiline=the_plan.multiline, stop_reason="cache"), started)
+
+        tok = self.engine.tokenizer
+        prompt = build_prompt(tok, prefix, suffix, self.budget(), snippets)
+        config = GenerationConfig(
+            max_new_tokens=s.max_tokens,
+            k=s.heads,
+            stop_token_ids=(tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id),
+            stop_strings=the_plan.stop_strings,
+            time_cap_s=s.time_cap_ms / 1000,
+        )
+        result = self.engine.generate(prompt, config, cancel)
+        if result.stop_reason == STOP_CANCELLED:
+            if self.stats:
+                self.stats.cancel()
+            return Completion("", multiline=the_plan.multiline, stop_reason=STOP_CANCELLED,
+                              latency_s=time.perf_counter() - started, stats=result.stats)
+        text = apply_stop_rules(result.text, prefix, the_plan, s.max_lines)
+        text = postprocess(text, prefix, suffix)
+        self.cache.put(key, prefix, text)
+        return self._done(Completion(text, multiline=the_plan.multiline, stop_reason=result.stop_reason, stats=result.stats), started)
+
+    def _done(self, completion: Completion, started: float) -> Completion:
+        completion.latency_s = time.perf_counter() - started
+        if self.stats:
+            self.stats.completed(completion.latency_s, completion.cached, completion.stats)
+        return completion
