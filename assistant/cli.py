@@ -6,6 +6,7 @@
     mtp-assistant models list|show|add|remove|default  manage the model store
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
+    mtp-assistant lsp [--tcp PORT] [--model M]         the language server (stdio by default)
 
 Errors the user can fix are one line on stderr and a non-zero exit, never a traceback.
 """
@@ -239,7 +240,8 @@ def _add_complete_parser(sub) -> None:
     p.add_argument("--engine", default="torch", choices=("torch",))
     p.add_argument("--k", type=int, help="heads used for drafting (1 = plain decoding; default: all)")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--multiline", action="store_true", help="do not stop at the end of the line")
+    p.add_argument("--multiline", action="store_true", help="always several lines (default: decided at the cursor)")
+    p.add_argument("--max-lines", type=int, default=8, help="lines in a multi-line completion")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--time-cap", type=float, help="seconds")
     _add_device_arguments(p)
@@ -247,30 +249,34 @@ def _add_complete_parser(sub) -> None:
 
 
 def cmd_complete(args) -> int:
-    from assistant.completion.prompt import PromptBudget, build_prompt, split_at
+    from assistant.completion.prompt import split_at
+    from assistant.completion.service import CompletionService
+    from assistant.completion.settings import CompletionSettings
     from assistant.engine import load_engine
-    from assistant.engine.base import GenerationConfig
 
     try:
         text = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CliError(f"{args.file}: cannot read ({e})") from None
     prefix, suffix = split_at(text, args.line - 1, args.col - 1)
-    engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype)
-    # The prompt leaves room in the model's context for the completion.
-    budget = PromptBudget(max_tokens=min(1024, engine.max_seq_len - args.max_tokens - engine.n_future))
-    prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
-    config = GenerationConfig(
-        max_new_tokens=args.max_tokens,
-        k=args.k,
+    settings = CompletionSettings(
+        max_tokens=args.max_tokens,
+        multiline="always" if args.multiline else "auto",
+        max_lines=args.max_lines,
+        time_cap_ms=round(args.time_cap * 1000) if args.time_cap else 600_000,
+        context_tokens=1024,
+        snippet_share=0.0,
+        heads=args.k,
         temperature=args.temperature,
-        stop_token_ids=(engine.tokenizer.eot_id,),
-        stop_strings=() if args.multiline else ("\n",),
-        time_cap_s=args.time_cap,
     )
-    result = engine.generate(prompt, config)
+    engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype)
+    # The same path as the language server's: prompt, stop rules, post-processing.
+    result = CompletionService(engine, settings).complete(prefix, suffix, uri=Path(args.file).resolve().as_uri())
     print(result.text)
     s = result.stats
+    if s is None:
+        print(f"no model call ({result.stop_reason})", file=sys.stderr)
+        return 0
     acceptance = " ".join(f"{a:.2f}" for a in s.acceptance) or "-"
     print(
         f"{s.new_tokens} tokens in {s.forward_passes} forwards ({s.tokens_per_forward:.2f} per forward), "
@@ -278,6 +284,22 @@ def cmd_complete(args) -> int:
         f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _add_lsp_parser(sub) -> None:
+    # Its own options are lsp/__main__.py's (`mtp-assistant lsp --help` shows them).
+    p = sub.add_parser("lsp", help="start the language server (stdio; --tcp PORT for 127.0.0.1)", add_help=False)
+    p.add_argument("lsp_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_lsp)
+
+
+def cmd_lsp(args) -> int:
+    import runpy
+
+    # Run by module name: the assistant package never imports the server (lsp -> assistant).
+    sys.argv = ["mtp-assistant lsp", *args.lsp_args]
+    runpy.run_module("lsp", run_name="__main__", alter_sys=True)
     return 0
 
 
@@ -339,11 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
     _add_complete_parser(sub)
     _add_bench_parser(sub)
+    _add_lsp_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "lsp":
+        args.lsp_args = unknown + args.lsp_args  # options the server's own parser reads
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except USER_ERRORS as e:

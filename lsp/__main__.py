@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server.base_settings = server.settings = CompletionSettings(model=args.model, engine=args.engine)
     if args.tcp is not None:
+        logging.getLogger("lsp").info("listening on 127.0.0.1:%d", args.tcp)
         server.start_tcp("127.0.0.1", args.tcp)
     else:
         stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

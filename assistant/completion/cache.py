@@ -70,8 +70,7 @@ class CompletionCache:
                 if not 0 < typed < len(entry.completion):
                     continue
                 # prefix == old prefix + completion[:typed], checked on the kept tail.
-                window = entry.prefix_tail + entry.completion[:typed]
-                if prefix.endswith(window[-PREFIX_TAIL:]) and prefix.endswith(entry.completion[:typed]):
+                if prefix.endswith(entry.prefix_tail + entry.completion[:typed]):
                     self._entries.move_to_end(key)
                     return entry.completion[typed:]
         return None

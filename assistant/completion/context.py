@@ -36,7 +36,7 @@ CODE_SUFFIXES = {
 }
 ALWAYS_IGNORED = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv", ".mypy_cache", ".tox"}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
-_PY_IMPORT = re.compile(r"^\s*(?:from\s+(\.*[\w.]*)\s+import|import\s+([\w.]+))", re.M)
+_PY_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+\(?([\w, \t]+)|import[ \t]+([\w.]+))", re.M)
 _JS_IMPORT = re.compile(r"""(?:from|require\()\s*['"](\.{1,2}/[^'"]+)['"]""")
 
 
@@ -101,7 +101,7 @@ class WorkspaceIndex:
                     lines.append(line)
             except OSError:
                 continue
-        return pathspec.PathSpec.from_lines("gitwildmatch", lines)
+        return pathspec.PathSpec.from_lines("gitignore", lines)
 
     def wanted(self, path: Path) -> bool:
         try:
@@ -228,16 +228,19 @@ def imported_paths(text: str, path: Path, root: Path | None) -> list[Path]:
     found: list[Path] = []
     bases = [path.parent] + ([root] if root else [])
     for match in _PY_IMPORT.finditer(text[:200_000]):
-        module = match.group(1) or match.group(2)
+        module = match.group(1) or match.group(3)
         dots = len(module) - len(module.lstrip("."))
         parts = [p for p in module.lstrip(".").split(".") if p]
         if dots:
             base = path.parent
             for _ in range(dots - 1):
                 base = base.parent
-            candidates = [base.joinpath(*parts)] if parts else []
+            modules = [base.joinpath(*parts)]
         else:
-            candidates = [b.joinpath(*parts) for b in bases] if parts else []
+            modules = [b.joinpath(*parts) for b in bases] if parts else []
+        # `from pkg import name`: name may be a module of its own.
+        names = [n.strip() for n in (match.group(2) or "").split(",") if n.strip().isidentifier()]
+        candidates = [m / n for m in modules for n in names] + (modules if parts else [])
         for c in candidates:
             for file in (c.with_suffix(".py"), c / "__init__.py"):
                 if file.is_file() and file not in found:

@@ -116,6 +116,7 @@ class CompletionService:
         config = GenerationConfig(
             max_new_tokens=s.max_tokens,
             k=s.heads,
+            temperature=s.temperature,
             stop_token_ids=(tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id),
             stop_strings=the_plan.stop_strings,
             time_cap_s=s.time_cap_ms / 1000,

@@ -47,3 +47,32 @@ def test_typing_extends_the_prompt():
     a = build_prompt(TOK, "def add(a, b", ")\n\nprint(add(1, 2))\n")
     b = build_prompt(TOK, "def add(a, b)", ")\n\nprint(add(1, 2))\n")
     assert b[: len(a) - 1] == a[:-1]
+
+
+from assistant.completion.prompt import Snippet  # noqa: E402
+
+
+def test_snippets_come_first_and_whole():
+    snippets = [Snippet("a.py", "def helper():\n    return 1"), Snippet("b.py", "x" * 500)]
+    ids = build_prompt(TOK, "y = helper(", ")\n", PromptBudget(max_tokens=200, snippet_share=0.5), snippets)
+    eot = ids.index(TOK.eot_id)
+    assert TOK.decode(ids[:eot]) == "# a.py\ndef helper():\n    return 1\n\n"  # b.py did not fit: left out whole
+    assert ids[eot + 1] == TOK.fim_suffix_id and ids[-1] == TOK.fim_middle_id
+    assert len(ids) <= 200
+
+
+@pytest.mark.parametrize("step", [1, 16])
+def test_prefix_cut_in_steps_keeps_keystrokes_extending(step):
+    """Past its budget the prefix is cut in steps, so most keystrokes still extend the
+    previous prompt (the engine reuses its KV cache for the common prefix)."""
+    budget = PromptBudget(max_tokens=64, prefix_step=step)
+    snippets = [Snippet("a.py", "z = 0")]
+    text = "value = compute(alpha, beta) + other_thing\n" * 4
+    extended = 0
+    for n in range(100, len(text)):
+        a = build_prompt(TOK, text[:n], "\n}\n", budget, snippets)
+        b = build_prompt(TOK, text[: n + 1], "\n}\n", budget, snippets)
+        assert len(b) <= 64
+        extended += b[: len(a) - 1] == a[:-1]
+    total = len(text) - 100
+    assert (extended == 0) if step == 1 else (extended >= total * (step - 1) / step - 1)

@@ -1,0 +1,57 @@
+import pytest
+
+from assistant.completion.positions import index_to_utf16, offset_at, position_at, utf16_length, utf16_to_index
+
+EMOJI = "😀"  # one code point, two UTF-16 units
+
+
+@pytest.mark.parametrize(
+    "line, character, index",
+    [
+        ("abc", 0, 0),
+        ("abc", 2, 2),
+        ("abc", 99, 3),  # past the end: the end
+        ("é=1", 1, 1),  # BMP non-ASCII: one unit
+        (f"{EMOJI}x", 2, 1),  # after the emoji
+        (f"{EMOJI}x", 3, 2),
+        (f"{EMOJI}x", 1, 0),  # inside the surrogate pair: the emoji's start
+        (f"a{EMOJI}{EMOJI}b", 5, 3),
+        ("中文 = 1", 2, 2),
+    ],
+)
+def test_utf16_to_index(line, character, index):
+    assert utf16_to_index(line, character) == index
+
+
+@pytest.mark.parametrize("line", ["", "abc", f"{EMOJI}x", f"a{EMOJI}é{EMOJI}b", "中文"])
+def test_round_trip(line):
+    for i in range(len(line) + 1):
+        assert utf16_to_index(line, index_to_utf16(line, i)) == i
+    assert utf16_length(line) == len(line.encode("utf-16-le")) // 2
+
+
+@pytest.mark.parametrize(
+    "text, line, character, offset",
+    [
+        ("ab\ncd", 1, 1, 4),
+        ("ab\ncd", 0, 9, 2),  # past the line's end: before its newline
+        ("ab\r\ncd", 0, 9, 2),  # CRLF: before the \r
+        ("ab\ncd", 7, 0, 5),  # past the last line: the end of the text
+        (f"x = '{EMOJI}'\ny", 0, 8, 7),  # after the closing quote
+        ("", 0, 0, 0),
+    ],
+)
+def test_offset_at(text, line, character, offset):
+    assert offset_at(text, line, character) == offset
+
+
+def test_position_at_inverts_offset_at():
+    text = f"a{EMOJI}b\n\nc{EMOJI}\n"
+    for offset in range(len(text) + 1):
+        line, character = position_at(text, offset)
+        assert offset_at(text, line, character) == offset
+
+
+def test_negative_position_is_an_error():
+    with pytest.raises(ValueError, match="negative"):
+        offset_at("abc", -1, 0)

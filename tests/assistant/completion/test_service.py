@@ -1,0 +1,94 @@
+"""The completion path with a tiny real model (random weights, byte tokens)."""
+
+import threading
+import time
+
+import pytest
+
+from assistant.completion.service import CompletionService
+from assistant.completion.settings import CompletionSettings
+from assistant.engine.torch_engine import TorchEngine
+from models.tokenizer import ByteTokenizer
+from tests.assistant.engine.helpers import random_model
+
+TEXT = "def add(a, b):\n    return a + b\n\nx = add(1, "
+LINE, COL = 3, 11  # the end of TEXT
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return TorchEngine(random_model(seed=2), ByteTokenizer())
+
+
+def service(engine, **settings) -> CompletionService:
+    return CompletionService(engine, CompletionSettings(**({"max_tokens": 12, "context_tokens": 128} | settings)))
+
+
+def test_speculative_path_equals_plain_decoding(engine):
+    fast = service(engine).complete_at(TEXT, LINE, COL)
+    plain = service(engine, heads=1).complete_at(TEXT, LINE, COL)
+    assert fast.text and fast.text == plain.text
+    assert fast.stats.forward_passes <= plain.stats.forward_passes
+
+
+def test_cache_serves_repeats_and_typed_ahead_text(engine):
+    svc = service(engine)
+    first = svc.complete_at(TEXT, LINE, COL)
+    assert not first.cached and len(first.text) >= 2
+    again = svc.complete_at(TEXT, LINE, COL)
+    assert again.cached and again.stats is None and again.text == first.text
+    typed = TEXT + first.text[:1]  # the user types the suggestion's first character
+    ahead = svc.complete_at(typed, LINE, COL + 1)
+    assert ahead.cached and ahead.text == first.text[1:]
+
+
+def test_keystrokes_reuse_the_engine_cache(engine):
+    svc = service(engine, context_tokens=200)
+    svc.complete_at(TEXT, LINE, COL)
+    after = svc.complete_at(TEXT + "2", LINE, COL + 1)
+    assert not after.cached
+    assert after.stats.reused_tokens >= after.stats.prompt_tokens - 3
+
+
+def test_cancelled_generation_returns_nothing_and_is_not_cached(engine):
+    svc = service(engine)
+    cancel = threading.Event()
+    cancel.set()
+    result = svc.complete_at(TEXT, LINE, COL, cancel=cancel)
+    assert (result.text, result.stop_reason) == ("", "cancelled")
+    assert not svc.complete_at(TEXT, LINE, COL).cached
+
+
+def test_a_new_request_supersedes_the_one_in_flight(engine):
+    svc = service(engine)
+    first = svc.begin("file:///a.py")
+    other = svc.begin("file:///b.py")
+    second = svc.begin("file:///a.py")
+    assert first.is_set() and not other.is_set() and not second.is_set()
+    svc.end("file:///a.py", second)
+    assert svc.begin("file:///a.py") is not second
+
+
+def test_binary_text_gets_no_completion(engine):
+    result = service(engine).complete("data = b'\x00\x01\x02", "")
+    assert (result.text, result.stop_reason, result.stats) == ("", "binary", None)
+
+
+def test_a_huge_file_costs_no_more_than_its_window(engine):
+    svc = service(engine, multiline="never")
+    filler = "# padding line\n" * 700_000  # about 10 MB before the code
+    started = time.perf_counter()
+    huge = svc.complete_at(filler + TEXT, LINE + 700_000, COL)
+    assert time.perf_counter() - started < 5
+    small = service(engine, multiline="never").complete(*svc.windows(filler + TEXT, len(filler + TEXT)))
+    assert huge.text == small.text
+
+
+def test_position_past_the_end_is_the_end(engine):
+    svc = service(engine)
+    assert svc.complete_at(TEXT, 99, 0).text == service(engine).complete_at(TEXT, LINE, COL).text
+
+
+def test_max_tokens_too_large_for_the_context_is_a_clear_error(engine):
+    with pytest.raises(ValueError, match="leaves no room"):
+        service(engine, max_tokens=4000).complete_at(TEXT, LINE, COL)
