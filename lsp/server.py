@@ -79,9 +79,9 @@ class MtpServer(LanguageServer):
     def open_texts(self) -> dict[str, str]:
         return {uri: doc.source for uri, doc in list(self.workspace.text_documents.items())}
 
-    def text_of(self, uri: str) -> str:
+    def text_of(self, uri: str) -> str | None:
         """The document's text: the editor's copy, or the file on disk for a document
-        it never opened (empty when there is none or it is too large)."""
+        it never opened (None when there is none or it is too large)."""
         doc = self.workspace.text_documents.get(uri)
         if doc is not None:
             return doc.source
@@ -91,7 +91,7 @@ class MtpServer(LanguageServer):
                 return path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             pass
-        return ""
+        return None
 
     def warn(self, message: str) -> None:
         log.warning(message)
@@ -147,6 +147,8 @@ class MtpServer(LanguageServer):
         if service is None:
             return None
         text = self.text_of(uri)
+        if text is None:
+            return None
         cancel = service.begin(uri)
         try:
             return await asyncio.to_thread(service.complete_at, text, position.line, position.character, uri, cancel)
@@ -226,7 +228,7 @@ async def completion(ls: MtpServer, params: types.CompletionParams) -> types.Com
     if result is None or not result.text.strip():
         return types.CompletionList(is_incomplete=True, items=[])
     # Editors filter items by the word before the cursor: the item replaces that word.
-    text = ls.text_of(params.text_document.uri)
+    text = ls.text_of(params.text_document.uri) or ""
     offset = offset_at(text, params.position.line, params.position.character)
     word_start = offset
     while word_start > 0 and (text[word_start - 1].isalnum() or text[word_start - 1] == "_") and offset - word_start < 100:

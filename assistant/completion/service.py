@@ -91,13 +91,14 @@ class CompletionService:
         """The completion at an LSP position (0-based line, UTF-16 character)."""
         return self.complete(*self.windows(text, offset_at(text, line, character)), uri=uri, cancel=cancel)
 
-    def budget(self) -> PromptBudget:
+    def limits(self) -> tuple[PromptBudget, int]:
+        """The prompt budget and the new tokens allowed, both within the model's context:
+        max_tokens is capped at half of it, and the prompt gets the rest."""
         s = self.settings
+        max_new = min(s.max_tokens, self.engine.max_seq_len // 2)
         # Room in the model's context for the completion and one round of drafts.
-        fits = self.engine.max_seq_len - s.max_tokens - self.engine.n_future - 1
-        if fits < 8:
-            raise ValueError(f"max_tokens {s.max_tokens} leaves no room for a prompt in a context of {self.engine.max_seq_len}")
-        return PromptBudget(min(s.context_tokens, fits), s.suffix_share, s.snippet_share, PREFIX_STEP)
+        fits = self.engine.max_seq_len - max_new - self.engine.n_future - 1
+        return PromptBudget(max(8, min(s.context_tokens, fits)), s.suffix_share, s.snippet_share, PREFIX_STEP), max_new
 
     def complete(self, prefix: str, suffix: str, uri: str = "", cancel: threading.Event | None = None) -> Completion:
         started = time.perf_counter()
@@ -112,9 +113,10 @@ class CompletionService:
             return self._done(Completion(hit, cached=True, multiline=the_plan.multiline, stop_reason="cache"), started)
 
         tok = self.engine.tokenizer
-        prompt = build_prompt(tok, prefix, suffix, self.budget(), snippets)
+        budget, max_new = self.limits()
+        prompt = build_prompt(tok, prefix, suffix, budget, snippets)
         config = GenerationConfig(
-            max_new_tokens=s.max_tokens,
+            max_new_tokens=max_new,
             k=s.heads,
             temperature=s.temperature,
             stop_token_ids=(tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id),

@@ -89,6 +89,10 @@ def test_position_past_the_end_is_the_end(engine):
     assert svc.complete_at(TEXT, 99, 0).text == service(engine).complete_at(TEXT, LINE, COL).text
 
 
-def test_max_tokens_too_large_for_the_context_is_a_clear_error(engine):
-    with pytest.raises(ValueError, match="leaves no room"):
-        service(engine, max_tokens=4000).complete_at(TEXT, LINE, COL)
+def test_max_tokens_is_capped_to_fit_the_context(engine):
+    svc = service(engine, max_tokens=4000, context_tokens=4000, multiline="always", max_lines=1000)
+    budget, max_new = svc.limits()
+    assert max_new == engine.max_seq_len // 2
+    assert budget.max_tokens + max_new + engine.n_future < engine.max_seq_len
+    result = svc.complete_at(TEXT * 20, LINE + 60, COL)
+    assert result.stats.prompt_tokens <= budget.max_tokens
