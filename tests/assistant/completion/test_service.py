@@ -21,7 +21,9 @@ def engine():
 
 
 def service(engine, **settings) -> CompletionService:
-    return CompletionService(engine, CompletionSettings(**({"max_tokens": 12, "context_tokens": 128} | settings)))
+    # No time cap: the text must not depend on how busy the machine is.
+    defaults = {"max_tokens": 12, "context_tokens": 128, "time_cap_ms": 600_000}
+    return CompletionService(engine, CompletionSettings(**(defaults | settings)))
 
 
 def test_speculative_path_equals_plain_decoding(engine):
