@@ -284,16 +284,20 @@ class ContextCollector:
         self.max_snippets = max_snippets
         self._recent: OrderedDict[str, None] = OrderedDict()  # uris, most recently edited last
         self._chosen: OrderedDict[tuple[str, int], list[Snippet]] = OrderedDict()
+        # Edits arrive on the server's event loop, snippet requests in worker threads.
+        self._lock = threading.Lock()
 
     def edited(self, uri: str) -> None:
-        self._recent.pop(uri, None)
-        self._recent[uri] = None
-        while len(self._recent) > 20:
-            self._recent.popitem(last=False)
+        with self._lock:
+            self._recent.pop(uri, None)
+            self._recent[uri] = None
+            while len(self._recent) > 20:
+                self._recent.popitem(last=False)
 
     def forget(self, uri: str) -> None:
-        for key in [k for k in self._chosen if k[0] == uri]:
-            del self._chosen[key]
+        with self._lock:
+            for key in [k for k in self._chosen if k[0] == uri]:
+                del self._chosen[key]
 
     def _name(self, path: Path) -> str:
         if self.root:
@@ -306,16 +310,19 @@ class ContextCollector:
     def snippets(self, uri: str, prefix: str) -> list[Snippet]:
         line = prefix.count("\n", max(0, len(prefix) - 200_000))  # bounded work on huge files
         key = (uri, line // QUERY_LINES)
-        if key in self._chosen:
-            self._chosen.move_to_end(key)
-            return self._chosen[key]
-        chosen = self._choose(uri, prefix)
-        self._chosen[key] = chosen
-        while len(self._chosen) > 256:
-            self._chosen.popitem(last=False)
+        with self._lock:
+            if key in self._chosen:
+                self._chosen.move_to_end(key)
+                return self._chosen[key]
+            recent = set(self._recent)
+        chosen = self._choose(uri, prefix, recent)
+        with self._lock:
+            self._chosen[key] = chosen
+            while len(self._chosen) > 256:
+                self._chosen.popitem(last=False)
         return chosen
 
-    def _choose(self, uri: str, prefix: str) -> list[Snippet]:
+    def _choose(self, uri: str, prefix: str, recent: set[str]) -> list[Snippet]:
         query = identifiers("\n".join(prefix[-20_000:].split("\n")[-QUERY_LINES:]))
         if not query:
             return []
@@ -323,7 +330,6 @@ class ContextCollector:
         candidates: list[tuple[float, str, str]] = []  # score, name, text
         docs = self.open_documents()
         # Open and recently edited documents: the user is working with them now.
-        recent = set(self._recent)
         for other_uri, text in docs.items():
             if other_uri == uri or looks_binary(text):
                 continue
