@@ -1,0 +1,26 @@
+"""The replay benchmark runs end to end against the real server."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_replay_types_through_a_file(tiny_model_dir, tmp_path):
+    source = tmp_path / "code.py"
+    source.write_text("".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(10)))
+    out = tmp_path / "summary.json"
+    env = {**os.environ, "MTP_ASSISTANT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "assistant.completion.replay", str(source), "--model", str(tiny_model_dir),
+         "--lines", "3", "--settings", '{"maxTokens": 8}', "--json", str(out)],
+        check=True, env=env, capture_output=True, timeout=300,
+    )
+    summary = json.loads(out.read_text())
+    typed = len("def f5(x):\n    return x + 5\n\n")
+    assert summary["chars_typed"] == typed and summary["requests"] == typed
+    assert summary["latency_ms"]["p50"] > 0 and summary["errors"] == 0
+    assert 0 <= summary["cache_hit_rate"] <= 1 and summary["tokens_per_forward"] >= 1
