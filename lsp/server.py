@@ -127,9 +127,10 @@ class MtpServer(LanguageServer):
 
                 engine = await asyncio.to_thread(load_engine, model_dir, settings.engine)
                 self.service = CompletionService(engine, self.settings, self.context, self.stats)
-                self.stats.model, self.stats.engine = str(model_dir), type(engine).__name__
+                engine_name = type(engine).__name__.removesuffix("Engine").lower()  # torch, llamacpp
+                self.stats.model, self.stats.engine = str(model_dir), engine_name
                 self.model_error = None
-                log.info("model %s loaded (%s)", model_dir, type(engine).__name__)
+                log.info("model %s loaded (%s engine)", model_dir, engine_name)
                 message = f"model {model_dir.name} ready"
             except Exception as e:  # bad model files, unknown names: say so, keep serving
                 self.model_error = str(e)

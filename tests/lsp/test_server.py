@@ -188,3 +188,13 @@ async def test_telemetry_and_the_stats_file(client):
     await asyncio.sleep(2.5)  # written every ~2 s
     files = list((client.home / "servers").glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["pid"] == snap["pid"] != os.getpid()
+
+
+async def test_a_model_that_cannot_load_is_reported_and_requests_still_answer(tmp_path):
+    missing = tmp_path / "no-model"
+    async with running_server(missing, tmp_path, OPTIONS) as client:
+        snap = await stats(client)
+        assert not snap["ready"] and "no-model" in snap["model_error"]
+        assert any("cannot load the model" in m.message for m in client.messages)
+        uri = open_doc(client, "a.py", TEXT)
+        assert len((await inline(client, uri, LINE, CHAR)).items) == 0
