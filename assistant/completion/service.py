@@ -28,7 +28,7 @@ from assistant.engine.base import STOP_CANCELLED, DecodeStats, GenerationConfig
 # The prefix window starts at a multiple of this many characters, so that while the
 # user types its tokenisation (and with it the engine's cached prompt) stays put.
 WINDOW_QUANTUM = 4096
-PREFIX_STEP = 32  # tokens: see PromptBudget.prefix_step
+PREFIX_STEP = 128  # tokens: see PromptBudget.prefix_step; a full prefill once per this many typed
 CHARS_PER_TOKEN = 4  # generous: enough text to fill the token budget with any tokenizer
 
 
