@@ -184,7 +184,11 @@ async def initialized(ls: MtpServer, params: types.InitializedParams) -> None:
 
 
 def _build_index(ls: MtpServer) -> None:
-    index = WorkspaceIndex(ls.root).build().watch()
+    try:
+        index = WorkspaceIndex(ls.root).build().watch()
+    except Exception:  # no index is a worse prompt, not a broken server
+        log.exception("cannot index the workspace %s", ls.root)
+        return
     ls.index = ls.context.index = index
     log.info("workspace index: %d files, %d bytes", len(index), index.bytes)
 
