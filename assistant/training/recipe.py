@@ -82,7 +82,7 @@ DEFAULT_TRAIN_ARGS: tuple[str, ...] = (
     "--tokenizer", "bpe", "--vocab-size", "4096",
     "--preset", "small", "--dim", "192", "--n-layers", "8", "--n-heads", "6", "--n-future", "4",
     "--seq-len", "384", "--batch-size", "12", "--lr", "2e-3", "--warmup", "100",
-    "--eval-every", "250", "--checkpoint-every", "50", "--seed", "0", "--steps", "1700",
+    "--eval-every", "250", "--checkpoint-every", "50", "--seed", "0", "--steps", "1100",
 )
 
 
