@@ -195,6 +195,8 @@ def import_meta_checkpoint(
         raise ModelFileError(source, "not a directory (expected Meta's layout: params.json, consolidated.pth, tokenizer.model)")
     if out_dir.exists():
         raise ModelFileError(out_dir, "already exists")
+    if not (source / PARAMS_FILE).is_file():  # the surest sign of a wrong directory: say so first
+        read_params(source, None)
 
     tokenizer_path = find_tokenizer(source, config.tokenizer_path)
     try:
