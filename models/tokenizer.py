@@ -303,6 +303,17 @@ class SentencePieceTokenizer(_TableTokenizer):
         config["special_tokens"]["bos"] = self.bos_id
         return config
 
+    def pieces(self) -> list[tuple[str, float, str]]:
+        """(piece, score, type) per id, type one of normal, unknown, control, unused, byte:
+        what a llama-SPM vocabulary (e.g. in a GGUF file) records. sentencepiece's Python
+        API cannot tell user-defined pieces (Llama 2 has none) from normal ones."""
+        sp = self._sp
+        checks = (("byte", sp.is_byte), ("control", sp.is_control), ("unknown", sp.is_unknown), ("unused", sp.is_unused))
+        return [
+            (sp.id_to_piece(i), sp.get_score(i), next((name for name, check in checks if check(i)), "normal"))
+            for i in range(self.vocab_size)
+        ]
+
     def save(self, model_dir: Path) -> None:
         """Write model_dir/tokenizer.model (the original bytes) atomically."""
         model_dir = Path(model_dir)

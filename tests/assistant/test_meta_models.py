@@ -92,3 +92,17 @@ def test_complete_runs_on_the_imported_model(imported_home, tmp_path):
     source.write_text("def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n")
     result = cli("complete", source, "--line", "2", "--col", "12", "--max-tokens", "8", env=imported_home)
     assert "forwards" in result.stderr and "prompt tokens" in result.stderr
+
+
+def test_fine_tuning_the_imported_model(imported_home, code_repo, tmp_path):
+    from assistant.training.trainer import TrainConfig, TrainError, train
+    from models.checkpoint import load_model
+
+    base = str(ModelStore(imported_home["MTP_ASSISTANT_HOME"]).resolve("default"))
+    settings = dict(repo=str(code_repo), out_dir=str(tmp_path / "run"), base_model=base, steps=2, batch_size=2,
+                    seq_len=32, warmup_steps=1, checkpoint_every=2, eval_every=2, eval_windows=2, device="cpu")
+    with pytest.raises(TrainError, match="sentencepiece tokenizer has no FIM tokens: use --fim-rate 0"):
+        train(TrainConfig(**settings), show_progress=False)
+    final = train(TrainConfig(**settings | {"fim_rate": 0.0, "out_dir": str(tmp_path / "run2")}), show_progress=False)
+    tuned = load_model(final)
+    assert tuned.tokenizer.kind == "sentencepiece" and tuned.config.n_future_tokens == 3

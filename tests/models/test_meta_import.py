@@ -255,6 +255,15 @@ def test_sentencepiece_pieces_and_specials(sp):
     assert sp.encode("x = 1") != sp.encode(" x = 1")  # no dummy prefix: the space is the text's own
 
 
+def test_sentencepiece_pieces_for_a_llama_vocabulary(sp):
+    pieces = sp.pieces()
+    assert len(pieces) == 512 and len({p for p, _, _ in pieces}) == 512  # unique, as llama.cpp needs
+    assert pieces[:3] == [("<unk>", 0.0, "unknown"), ("<s>", 0.0, "control"), ("</s>", 0.0, "control")]
+    assert [p for p, _, kind in pieces if kind == "byte"] == [f"<0x{b:02X}>" for b in range(256)]
+    normal = [(i, p) for i, (p, _, kind) in enumerate(pieces) if kind == "normal"]
+    assert all(sp.token_bytes(i) == p.replace("\u2581", " ").encode() for i, p in normal)
+
+
 def test_sentencepiece_save_and_load(sp, sp_model, tmp_path):
     sp.save(tmp_path)
     assert (tmp_path / "tokenizer.model").read_bytes() == sp_model  # the original file, unmodified
