@@ -55,6 +55,8 @@ DEFAULT_MAX_SEQ_LEN = 4096
 # Llama 1 checkpoints carry the RoPE table as a tensor; it is recomputed, never loaded.
 IGNORED_KEYS = frozenset({"rope.freqs"})
 
+MISSING_PARAMS = "missing; a Meta release directory has params.json, consolidated.pth and tokenizer.model"
+
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -94,7 +96,7 @@ def read_params(
     means the tokenizer's."""
     path = source / PARAMS_FILE
     if not path.is_file():
-        raise ModelFileError(path, "missing; a Meta release directory has params.json, consolidated.pth and tokenizer.model")
+        raise ModelFileError(path, MISSING_PARAMS)
     try:
         params = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -109,17 +111,13 @@ def read_params(
     if missing:
         raise ModelFileError(path, f"missing required field(s) {', '.join(missing)}")
 
-    fields: dict[str, Any] = {name: params.get(name, default) for name, default in META_DEFAULTS.items()}
+    # Absent or null: Meta's default.
+    fields: dict[str, Any] = {
+        name: default if params.get(name) is None else params[name] for name, default in META_DEFAULTS.items()
+    }
     fields.update({name: params[name] for name in ("dim", "n_layers", "n_heads")})
-    for name in ("norm_eps", "rope_theta"):  # null means "the default", as in Meta's dataclass
-        if fields[name] is None:
-            fields[name] = META_DEFAULTS[name]
-    if fields["n_future_tokens"] is None:
-        fields["n_future_tokens"] = 1
     vocab = params.get("vocab_size")
-    if vocab is None or vocab == -1:
-        vocab = vocab_fallback
-    fields["vocab_size"] = vocab
+    fields["vocab_size"] = vocab_fallback if vocab is None or vocab == -1 else vocab
     fields["max_seq_len"] = max_seq_len or params.get("max_seq_len") or DEFAULT_MAX_SEQ_LEN
     try:
         return ModelConfig(**fields), params
@@ -196,7 +194,7 @@ def import_meta_checkpoint(
     if out_dir.exists():
         raise ModelFileError(out_dir, "already exists")
     if not (source / PARAMS_FILE).is_file():  # the surest sign of a wrong directory: say so first
-        read_params(source, None)
+        raise ModelFileError(source / PARAMS_FILE, MISSING_PARAMS)
 
     tokenizer_path = find_tokenizer(source, config.tokenizer_path)
     try:
@@ -217,7 +215,6 @@ def import_meta_checkpoint(
     dtype = DTYPES.get(config.dtype) or tensors["output.weight"].dtype
     # assign=True keeps the memory-mapped tensors (no copy when the dtype is unchanged).
     model.load_state_dict({name: t.to(dtype) for name, t in tensors.items()}, assign=True)
-    model.rope_cos, model.rope_sin = MTPTransformer.rope_buffers(model_config)
 
     provenance = {
         "source": "meta-release",
@@ -236,11 +233,4 @@ def import_meta_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def estimate_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
-    """Bytes of the weights: what the import writes and what the engine holds in memory."""
-    with torch.device("meta"):
-        n = MTPTransformer(config).num_parameters()
-    return n * torch.empty((), dtype=dtype).element_size()
 

@@ -88,12 +88,13 @@ def test_import_converts_dtype(tmp_path, sp_model, state, dtype):
 
 def test_vocab_size_minus_one_means_the_tokenizer_s_and_baseline_has_one_head(tmp_path, sp_model):
     # Llama's params.json writes vocab_size -1; Meta's n=1 baselines have no n_future_tokens.
-    params = {k: v for k, v in PARAMS.items() if k != "n_future_tokens"} | {"vocab_size": -1}
+    params = {k: v for k, v in PARAMS.items() if k != "n_future_tokens"} | {"vocab_size": -1, "rope_theta": None}
     state = meta_state_dict(PARAMS | {"n_future_tokens": 1})
     source = write_release(tmp_path / "src", params, state, sp_model)
     out = import_meta_checkpoint(source, tmp_path / "out", MetaImportConfig(max_seq_len=128))
     config = read_config(out)[0]
     assert (config.vocab_size, config.n_future_tokens, config.max_seq_len) == (512, 1, 128)
+    assert config.rope_theta == 10000.0  # null means Meta's default
 
 
 # --- errors: one line that names the file ------------------------------------------------
