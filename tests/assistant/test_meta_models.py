@@ -106,3 +106,21 @@ def test_fine_tuning_the_imported_model(imported_home, code_repo, tmp_path):
     final = train(TrainConfig(**settings | {"fim_rate": 0.0, "out_dir": str(tmp_path / "run2")}), show_progress=False)
     tuned = load_model(final)
     assert tuned.tokenizer.kind == "sentencepiece" and tuned.config.n_future_tokens == 3
+
+
+def test_llama_cpp_engine_runs_the_imported_model(tmp_path, release):
+    """Runs once the llama.cpp engine and GGUF export (issue 4, another branch) are merged."""
+    gguf_export = pytest.importorskip("models.gguf_export")
+    from models.meta_import import import_meta_checkpoint
+
+    model_dir = import_meta_checkpoint(release, tmp_path / "imported")
+    gguf_export.export_model(model_dir, "f16")
+    llama, torch_engine = load_engine(model_dir, "llama", quant="f16"), load_engine(model_dir, "torch")
+    tok = torch_engine.tokenizer
+    for prefix in ["def main(", "import os\nclass Point:\n    def __init__(self", "x = 'naïve'\n"]:
+        prompt = build_prompt(tok, prefix, "", PromptBudget(max_tokens=64))
+        plain = llama.generate(prompt, GenerationConfig(max_new_tokens=24, k=1, reuse_prefix=False)).tokens
+        assert llama.generate(prompt, GenerationConfig(max_new_tokens=24, k=3)).tokens == plain
+        # fp16 weights in both engines (the torch engine computes in fp32): same greedy tokens.
+        assert torch_engine.generate(prompt, GenerationConfig(max_new_tokens=24, k=1)).tokens == plain
+    llama.close()
