@@ -218,18 +218,22 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     tok.train_from_iterator(texts, trainer)
     return BPETokenizer(tok)
 
+
 # Appended to a serialized SentencePiece ModelProto, these bytes merge
 # `normalizer_spec { add_dummy_prefix: false }` into it (protobuf merges a repeated
 # message field into the earlier one): field 3 (normalizer_spec), 2 bytes long, holding
 # field 3 (add_dummy_prefix) = 0. Written by hand to avoid a dependency on protobuf.
 _NO_DUMMY_PREFIX = b"\x1a\x02\x18\x00"
 
+# SentencePiece's stand-in for a space inside pieces ("▁foo" is " foo").
+_SPACE_SYMBOL = "\u2581"
+
 # What sentencepiece itself prints for <unk> (never produced when byte fallback is on).
 _UNK_SURFACE = " \u2047 ".encode("utf-8")
 
 # Text that a normalizing tokenizer would change: full-width and circled letters (NFKC),
-# combining marks, runs of spaces, tabs, CR, NUL, astral characters.
-_ROUND_TRIP_PROBE = "x  y\t\n\r\n  \uff26\uff55\uff4c\uff4c \u2460 cafe\u0301 caf\u00e9 \u65e5\u672c \U0001f40d \x00 end "
+# combining marks, runs of spaces, tabs, CR, NUL, astral characters, a literal U+2581.
+_ROUND_TRIP_PROBE = "x \u2581 y\t\n\r\n  \uff26\uff55\uff4c\uff4c \u2460 cafe\u0301 caf\u00e9 \u65e5\u672c \U0001f40d \x00 end "
 
 
 class SentencePieceTokenizer(_TableTokenizer):
@@ -264,7 +268,7 @@ class SentencePieceTokenizer(_TableTokenizer):
             elif sp.is_unknown(token_id):
                 table.append(_UNK_SURFACE)
             else:
-                table.append(piece.replace("\u2581", " ").encode("utf-8"))
+                table.append(piece.replace(_SPACE_SYMBOL, " ").encode("utf-8"))
         n_byte_pieces = sum(sp.is_byte(i) for i in range(len(table)))
         if n_byte_pieces != 256:
             raise TokenizerError(
@@ -275,6 +279,7 @@ class SentencePieceTokenizer(_TableTokenizer):
         if sp.eos_id() < 0:
             raise TokenizerError("defines no end-of-sequence token </s>", path)
         super().__init__(table, (sp.eos_id(), None, None, None, None))
+        self._space_symbol_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_SYMBOL.encode("utf-8")]
         self.bos_id = sp.bos_id() if sp.bos_id() >= 0 else None
         self.special_ids = frozenset(i for i in range(len(table)) if sp.is_control(i) or sp.is_unknown(i))
         if self.decode_bytes(self.encode(_ROUND_TRIP_PROBE)) != _ROUND_TRIP_PROBE.encode("utf-8"):
@@ -296,7 +301,13 @@ class SentencePieceTokenizer(_TableTokenizer):
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
         # Control pieces such as "<s>" are never matched in the input: this never emits a special.
-        return self._sp.encode(text)
+        # sentencepiece reads a literal U+2581 in the text as a space, so it goes in as its
+        # three byte-fallback pieces instead, the only way to get it back exactly.
+        parts = text.split(_SPACE_SYMBOL)
+        ids = self._sp.encode(parts[0])
+        for part in parts[1:]:
+            ids += self._space_symbol_ids + self._sp.encode(part)
+        return ids
 
     def to_config(self) -> dict:
         config = super().to_config()

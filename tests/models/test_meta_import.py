@@ -222,7 +222,8 @@ def test_a_bad_tokenizer_model_and_an_existing_target(tmp_path, sp_model, state)
 
 # --- the SentencePiece tokenizer -----------------------------------------------------------
 
-unicode_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=200)
+# Any text, with sentencepiece's space symbol U+2581 mixed in often.
+unicode_text = st.text(st.characters(exclude_categories=["Cs"]) | st.just("\u2581"), max_size=200)
 
 
 @settings(max_examples=150, deadline=None)
@@ -248,6 +249,8 @@ def test_sentencepiece_pieces_and_specials(sp):
     ids = sp.encode(" 🐍")
     assert sp.decode_bytes(ids[:1]) == b" " and len(ids) == 5
     assert sp.decode(ids[:2]).endswith("\ufffd")
+    # A literal "▁" (sentencepiece's own space symbol) survives, as byte pieces.
+    assert sp.decode(sp.encode("a\u2581b \u2581\u2581")) == "a\u2581b \u2581\u2581"
     # Text that looks like a special is plain text.
     assert sp.decode(sp.encode("<s>x</s><unk>")) == "<s>x</s><unk>"
     # sentencepiece itself agrees on every piece (it would drop a leading space; we keep it).
