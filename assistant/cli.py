@@ -4,6 +4,7 @@
     mtp-assistant train --resume DIR                   continue an interrupted run
     mtp-assistant eval MODEL --repo PATH               per-head validation loss and accuracy
     mtp-assistant models list|show|add|remove|default  manage the model store
+    mtp-assistant models import PATH                   convert Meta's released MTP checkpoint
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
 
@@ -15,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from assistant.store import ModelStore, StoreError
+from assistant.store import NAME_PATTERN, ModelStore, StoreError
 from assistant.training.corpus import CorpusError
 from assistant.training.trainer import TrainError
 from models.checkpoint import ModelFileError, read_config
@@ -220,6 +222,7 @@ def _add_models_parser(sub) -> None:
     default = msub.add_parser("default", help="set the default model")
     default.add_argument("name")
     default.set_defaults(func=cmd_models_default)
+    _add_models_import_parser(msub)
 
 
 def cmd_models_list(args) -> int:
@@ -260,6 +263,46 @@ def cmd_models_remove(args) -> int:
 def cmd_models_default(args) -> int:
     ModelStore().set_default(args.name)
     print(f"default model: {args.name}")
+    return 0
+
+
+def _add_models_import_parser(msub) -> None:
+    p = msub.add_parser(
+        "import", help="convert Meta's released MTP checkpoint (params.json, consolidated.pth, tokenizer.model)"
+    )
+    p.add_argument("path", help="the release directory, e.g. multi-token-prediction/7B_200B_4")
+    p.add_argument("--name", help="name in the store (default: the directory's name)")
+    p.add_argument("--default", action="store_true", help="make it the default model")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                   help="weights on disk (auto: as in the checkpoint, fp16 for Meta's)")
+    p.add_argument("--tokenizer", help="tokenizer.model (default: PATH/tokenizer.model, then PATH/../tokenizer.model)")
+    p.add_argument("--max-seq-len", type=int, help="context length (params.json has none; default 4096)")
+    p.set_defaults(func=cmd_models_import)
+
+
+def cmd_models_import(args) -> int:
+    from models.meta_import import MetaImportConfig, import_meta_checkpoint
+
+    store = ModelStore()
+    source = Path(args.path)
+    name = args.name or source.resolve().name
+    if not NAME_PATTERN.match(name):
+        raise CliError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-' only (choose one with --name)")
+    if (store.models_dir / name).exists():
+        raise CliError(f"a model named {name!r} already exists in {store.models_dir} (choose another with --name)")
+    config = MetaImportConfig(dtype=args.dtype, max_seq_len=args.max_seq_len, tokenizer_path=args.tokenizer)
+    # Written inside the store's folder, then moved into place: a 7B model is not copied twice.
+    staging = store.models_dir / f".{name}.import"
+    store.models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import_meta_checkpoint(source, staging, config)
+        entry = store.add(staging, name, args.default, move=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    loaded_config, _, _ = read_config(entry.path)
+    print(f"imported {source} as {entry.name} at {entry.path}" + (" (default)" if entry.is_default else ""))
+    print(f"{loaded_config.n_future_tokens} heads, {loaded_config.n_layers} blocks of dim {loaded_config.dim}, "
+          f"vocabulary {loaded_config.vocab_size}, context {loaded_config.max_seq_len}")
     return 0
 
 
