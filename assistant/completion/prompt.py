@@ -6,8 +6,10 @@ Order is what changes least first. Snippets change only when the cursor moves to
 another part of the file; the suffix stays put while the user types; the prefix grows
 at its end. So each keystroke only extends the prompt the engine has cached (the
 suffix-prefix-middle order, SPM). With nothing but whitespace after the cursor the FIM
-part is the plain prefix, the way most training documents look. The snippets end with
-<eot>, as a previous document would in the packed training stream.
+part is the plain prefix, the way most training documents look; so it is for tokenizers
+without FIM specials (Meta's Llama 2 SentencePiece models), which start with their BOS
+token instead. The snippets end with <eot>, as a previous document would in the packed
+training stream.
 """
 
 from __future__ import annotations
@@ -74,20 +76,21 @@ def build_prompt(
     snippets: Sequence[Snippet] = (),
 ) -> list[int]:
     """Token ids that ask the model for the text between prefix and suffix."""
-    head: list[int] = []
-    if snippets:
-        # Whole snippets in order while they fit: a snippet cut mid-way misleads.
-        room = int(budget.max_tokens * budget.snippet_share) - 1
-        for snippet in snippets:
-            ids = tokenizer.encode(snippet_text([snippet]))
-            if len(head) + len(ids) > room:
-                break
-            head += ids
-        if head:
-            head.append(tokenizer.eot_id)
+    # Llama models (SentencePiece) expect BOS first; our own tokenizers have none.
+    head: list[int] = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
+    has_fim = getattr(tokenizer, "has_fim", True)
+    # Whole snippets in order while they fit: a snippet cut mid-way misleads.
+    snippet_ids: list[int] = []
+    for snippet in snippets:
+        ids = tokenizer.encode(snippet_text([snippet]))
+        if len(snippet_ids) + len(ids) > int(budget.max_tokens * budget.snippet_share) - 1:
+            break
+        snippet_ids += ids
+    if snippet_ids:
+        head += snippet_ids + ([tokenizer.eot_id] if has_fim else [])
     room = budget.max_tokens - len(head)
-    if not suffix.strip():
-        return head + (_keep_end(tokenizer.encode(prefix), room, budget.prefix_step) or [tokenizer.eot_id])
+    if not suffix.strip() or not has_fim:
+        return head + _keep_end(tokenizer.encode(prefix), room, budget.prefix_step) or [tokenizer.eot_id]
     room -= 3  # the three FIM specials
     suffix_ids = tokenizer.encode(suffix)[: int(budget.max_tokens * budget.suffix_share)]
     prefix_ids = _keep_end(tokenizer.encode(prefix), room - len(suffix_ids), budget.prefix_step)

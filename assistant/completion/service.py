@@ -119,7 +119,8 @@ class CompletionService:
             max_new_tokens=max_new,
             k=s.heads,
             temperature=s.temperature,
-            stop_token_ids=(tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id),
+            # Any special ends a completion (a tokenizer without FIM specials has None for them).
+            stop_token_ids=tuple(i for i in (tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id) if i is not None),
             stop_strings=the_plan.stop_strings,
             time_cap_s=s.time_cap_ms / 1000,
         )
