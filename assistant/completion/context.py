@@ -17,9 +17,9 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pathspec
 
@@ -126,7 +126,7 @@ class WorkspaceIndex:
 
     # --- contents ---
 
-    def build(self) -> "WorkspaceIndex":
+    def build(self) -> WorkspaceIndex:
         for path in self._walk():
             if len(self._files) >= self.max_files or self._bytes >= self.max_bytes:
                 log.info("workspace index full at %d files, %d bytes", len(self._files), self._bytes)
@@ -189,7 +189,7 @@ class WorkspaceIndex:
 
     # --- watching ---
 
-    def watch(self) -> "WorkspaceIndex":
+    def watch(self) -> WorkspaceIndex:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 

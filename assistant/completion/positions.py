@@ -50,8 +50,7 @@ def offset_at(text: str, line: int, character: int) -> int:
     end = text.find("\n", start)
     end = len(text) if end < 0 else end
     line_text = text[start:end]
-    if line_text.endswith("\r"):
-        line_text = line_text[:-1]
+    line_text = line_text.removesuffix("\r")
     return start + utf16_to_index(line_text, character)
 
 

@@ -14,8 +14,9 @@ training stream.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from assistant.fim import format_spm
 

@@ -120,7 +120,7 @@ class StatsFileWriter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-file", daemon=True)
 
-    def start(self) -> "StatsFileWriter":
+    def start(self) -> StatsFileWriter:
         self._thread.start()
         return self
 

@@ -1,10 +1,10 @@
 """End-to-end fixtures: the real server (`python -m lsp`) over stdio, a tiny real model."""
 
 import asyncio
-from contextlib import asynccontextmanager
 import os
 import sys
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest

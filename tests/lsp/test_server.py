@@ -8,7 +8,7 @@ import pytest
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from assistant.completion.positions import offset_at, utf16_length
+from assistant.completion.positions import utf16_length
 from assistant.completion.service import CompletionService
 from assistant.completion.settings import CompletionSettings, load_settings
 from assistant.engine import load_engine

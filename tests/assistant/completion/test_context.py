@@ -1,7 +1,12 @@
 import time
 from pathlib import Path
 
-from assistant.completion.context import ContextCollector, WorkspaceIndex, identifiers, imported_paths
+from assistant.completion.context import (
+    ContextCollector,
+    WorkspaceIndex,
+    identifiers,
+    imported_paths,
+)
 
 HELPER = "def parse_header(line):\n    key, value = line.split(':', 1)\n    return key.strip(), value.strip()\n"
 

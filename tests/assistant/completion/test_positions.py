@@ -1,6 +1,12 @@
 import pytest
 
-from assistant.completion.positions import index_to_utf16, offset_at, position_at, utf16_length, utf16_to_index
+from assistant.completion.positions import (
+    index_to_utf16,
+    offset_at,
+    position_at,
+    utf16_length,
+    utf16_to_index,
+)
 
 EMOJI = "😀"  # one code point, two UTF-16 units
 

@@ -1,6 +1,11 @@
 import pytest
 
-from assistant.completion.postprocess import balance_brackets, drop_repetition, postprocess, trim_suffix_overlap
+from assistant.completion.postprocess import (
+    balance_brackets,
+    drop_repetition,
+    postprocess,
+    trim_suffix_overlap,
+)
 
 
 @pytest.mark.parametrize(

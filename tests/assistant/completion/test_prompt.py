@@ -49,7 +49,7 @@ def test_typing_extends_the_prompt():
     assert b[: len(a) - 1] == a[:-1]
 
 
-from assistant.completion.prompt import Snippet  # noqa: E402
+from assistant.completion.prompt import Snippet
 
 
 def test_snippets_come_first_and_whole():
