@@ -94,7 +94,7 @@ async def wait_ready(client, timeout_s: float = 60) -> dict:
 
 OPTIONS = {"maxTokens": 12, "timeCapMs": 600_000}  # the settings the `client` fixture's server runs with
 # A long prompt for the slow model: its prefill takes about a second.
-LONG_OPTIONS = {"maxTokens": 64, "contextTokens": 1500, "timeCapMs": 60000}
+LONG_OPTIONS = {"maxTokens": 64, "contextTokens": 3000, "timeCapMs": 60000}
 
 
 @asynccontextmanager
