@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from assistant.completion.cache import CompletionCache, context_key
 from assistant.completion.context import ContextCollector, looks_binary
-from assistant.completion.positions import offset_at
+from assistant.completion.positions import UTF16, offset_at
 from assistant.completion.postprocess import postprocess
 from assistant.completion.prompt import PromptBudget, build_prompt, snippet_text
 from assistant.completion.rules import apply_stop_rules, plan
@@ -87,9 +87,13 @@ class CompletionService:
         start = max(0, (offset - reach) // WINDOW_QUANTUM * WINDOW_QUANTUM)
         return text[start:offset], text[offset : offset + reach]
 
-    def complete_at(self, text: str, line: int, character: int, uri: str = "", cancel: threading.Event | None = None) -> Completion:
-        """The completion at an LSP position (0-based line, UTF-16 character)."""
-        return self.complete(*self.windows(text, offset_at(text, line, character)), uri=uri, cancel=cancel)
+    def complete_at(
+        self, text: str, line: int, character: int, uri: str = "",
+        cancel: threading.Event | None = None, encoding: str = UTF16,
+    ) -> Completion:
+        """The completion at an LSP position (0-based line, character in code units)."""
+        offset = offset_at(text, line, character, encoding)
+        return self.complete(*self.windows(text, offset), uri=uri, cancel=cancel)
 
     def limits(self) -> tuple[PromptBudget, int]:
         """The prompt budget and the new tokens allowed, both within the model's context:

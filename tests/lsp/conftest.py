@@ -45,11 +45,14 @@ def server_config(model_dir: Path, home: Path, *extra: str) -> ClientServerConfi
     )
 
 
-async def start_client(config: ClientServerConfig, workspace: Path, options: dict | None = None):
+async def start_client(config: ClientServerConfig, workspace: Path, options: dict | None = None, encodings=None):
     client = await config.start()
     client.initialize_result = await client.initialize_session(
         types.InitializeParams(
-            capabilities=types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True)),
+            capabilities=types.ClientCapabilities(
+                window=types.WindowClientCapabilities(work_done_progress=True),
+                general=types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None,
+            ),
             root_uri=workspace.as_uri(),
             initialization_options=options,
         )
@@ -98,11 +101,11 @@ LONG_OPTIONS = {"maxTokens": 64, "contextTokens": 3000, "timeCapMs": 60000}
 
 
 @asynccontextmanager
-async def running_server(model_dir: Path, tmp: Path, options: dict | None):
+async def running_server(model_dir: Path, tmp: Path, options: dict | None, encodings=None):
     """A fresh server whose model is loaded, and a client talking to it."""
     workspace = tmp / "ws"
     workspace.mkdir()
-    c = await start_client(server_config(model_dir, tmp / "home"), workspace, options)
+    c = await start_client(server_config(model_dir, tmp / "home"), workspace, options, encodings)
     await wait_ready(c)
     c.workspace_dir, c.home = workspace, tmp / "home"
     try:

@@ -198,3 +198,13 @@ async def test_a_model_that_cannot_load_is_reported_and_requests_still_answer(tm
         assert any("cannot load the model" in m.message for m in client.messages)
         uri = open_doc(client, "a.py", TEXT)
         assert len((await inline(client, uri, LINE, CHAR)).items) == 0
+
+
+async def test_a_client_that_prefers_utf8_positions_gets_them(tiny_model_dir, tmp_path):
+    async with running_server(tiny_model_dir, tmp_path, OPTIONS, encodings=["utf-8", "utf-16"]) as client:
+        assert client.initialize_result.capabilities.position_encoding == "utf-8"
+        uri = open_doc(client, "a.py", TEXT)
+        end = len(TEXT.split("\n")[3].encode("utf-8"))  # the end of the line in UTF-8 bytes
+        result = await inline(client, uri, LINE, end)
+        assert result.items[0].insert_text == expected(tiny_model_dir, TEXT, LINE, CHAR)
+        assert result.items[0].range.start == types.Position(LINE, end)

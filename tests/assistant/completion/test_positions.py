@@ -1,11 +1,14 @@
 import pytest
 
 from assistant.completion.positions import (
-    index_to_utf16,
+    UTF8,
+    UTF32,
+    index_to_units,
     offset_at,
     position_at,
+    unit_length,
+    units_to_index,
     utf16_length,
-    utf16_to_index,
 )
 
 EMOJI = "😀"  # one code point, two UTF-16 units
@@ -25,14 +28,14 @@ EMOJI = "😀"  # one code point, two UTF-16 units
         ("中文 = 1", 2, 2),
     ],
 )
-def test_utf16_to_index(line, character, index):
-    assert utf16_to_index(line, character) == index
+def test_units_to_index(line, character, index):
+    assert units_to_index(line, character) == index
 
 
 @pytest.mark.parametrize("line", ["", "abc", f"{EMOJI}x", f"a{EMOJI}é{EMOJI}b", "中文"])
 def test_round_trip(line):
     for i in range(len(line) + 1):
-        assert utf16_to_index(line, index_to_utf16(line, i)) == i
+        assert units_to_index(line, index_to_units(line, i)) == i
     assert utf16_length(line) == len(line.encode("utf-16-le")) // 2
 
 
@@ -61,3 +64,28 @@ def test_position_at_inverts_offset_at():
 def test_negative_position_is_an_error():
     with pytest.raises(ValueError, match="negative"):
         offset_at("abc", -1, 0)
+
+
+@pytest.mark.parametrize(
+    "line, character, encoding, index",
+    [
+        (f"é{EMOJI}x", 2, UTF8, 1),  # é is two UTF-8 bytes
+        (f"é{EMOJI}x", 6, UTF8, 2),  # the emoji is four
+        (f"é{EMOJI}x", 4, UTF8, 1),  # inside the emoji: its start
+        (f"é{EMOJI}x", 2, UTF32, 2),  # UTF-32: code points
+        ("中文x", 6, UTF8, 2),
+    ],
+)
+def test_other_encodings(line, character, encoding, index):
+    assert units_to_index(line, character, encoding) == index
+    assert unit_length(line, encoding) == len(line.encode({UTF8: "utf-8", UTF32: "utf-32-le"}[encoding])) // (4 if encoding == UTF32 else 1)
+
+
+def test_a_line_deep_in_a_large_text_is_found_fast():
+    import time
+
+    text = "x = 1\n" * 2_000_000  # 12 MB
+    started = time.perf_counter()
+    assert offset_at(text, 1_999_999, 2) == 6 * 1_999_999 + 2
+    assert offset_at(text, 2_000_001, 0) == len(text)
+    assert time.perf_counter() - started < 0.1
