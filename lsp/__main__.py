@@ -36,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     from lsp.server import server
 
     server.base_settings = server.settings = CompletionSettings(model=args.model, engine=args.engine)
-    if args.tcp is not None:
-        logging.getLogger("lsp").info("listening on 127.0.0.1:%d", args.tcp)
-        server.start_tcp("127.0.0.1", args.tcp)
-    else:
-        stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-        sys.stdout = sys.stderr  # nothing but the protocol on stdout
-        server.start_io(stdin, stdout)
+    try:
+        if args.tcp is not None:
+            logging.getLogger("lsp").info("listening on 127.0.0.1:%d", args.tcp)
+            server.start_tcp("127.0.0.1", args.tcp)
+        else:
+            stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+            sys.stdout = sys.stderr  # nothing but the protocol on stdout
+            server.start_io(stdin, stdout)
+    finally:
+        if server.stats_file is not None:  # also when the editor went away without `shutdown`
+            server.stats_file.stop()
     return 0
 
 
