@@ -171,6 +171,8 @@ async def test_invalid_settings_fall_back_with_a_warning(tiny_model_dir, tmp_pat
         short = await inline(client, uri, LINE, CHAR)
         assert any("multiline" in m.message for m in client.messages[seen:])
         assert short.items[0].insert_text == expected(tiny_model_dir, TEXT, LINE, CHAR, {"maxTokens": 3, **NO_CAP})
+        assert list((client.home / "servers").glob("*.json"))
+    assert not list((tmp_path / "home" / "servers").glob("*.json"))  # removed on a clean exit
 
 
 async def test_telemetry_and_the_stats_file(client):
