@@ -241,7 +241,7 @@ def export_model(model_dir: Path | str, quant: str, threads: int = 1) -> ExportR
             staged = work / quant
             staged.mkdir()
             for src in f32_files:
-                _quiet_llama_logs()
+                quiet_llama_logs()
                 quantize_file(src, staged / src.name, quant, threads)
         types = {p.name: tensor_types(p) for p in sorted(staged.iterdir())}
         (staged / "export.json").write_text(json.dumps({"quant": quant, "tensor_types": types}, indent=2) + "\n")
@@ -257,7 +257,7 @@ def export_model(model_dir: Path | str, quant: str, threads: int = 1) -> ExportR
 _LOG_CALLBACK = None
 
 
-def _quiet_llama_logs() -> None:
+def quiet_llama_logs() -> None:
     """llama.cpp prints every tensor it quantizes and loads; keep errors only."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is not None:
@@ -271,3 +271,83 @@ def _quiet_llama_logs() -> None:
 
     _LOG_CALLBACK = callback  # keep a reference: llama.cpp calls it later
     llama_cpp.llama_log_set(callback, None)
+
+
+# --- reading an export back: what the engine checks before llama.cpp sees a file -------------
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    path: Path
+    dim: int
+    vocab: int
+    blocks: int
+    head: int  # 1: main.gguf; 2..n: an extra head
+    n_future: int
+    fingerprint: str
+
+
+def read_info(path: Path) -> GGUFInfo:
+    """A GGUF file's shape and mtp.* keys; ModelFileError naming the file if it is missing,
+    truncated, corrupt or not one of our exports. (llama.cpp aborts the whole process on
+    some malformed files, so they are checked here first.)"""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "missing (run `mtp-assistant models export MODEL --quant Q` to write it)")
+    try:
+        reader = gguf.GGUFReader(str(path))
+        size = path.stat().st_size
+        for t in reader.tensors:
+            if t.data_offset + t.n_bytes > size:
+                raise ValueError(f"tensor {t.name} runs past the end of the file")
+
+        def field(key: str):
+            if key not in reader.fields:
+                raise ValueError(f"no {key!r} key")
+            return reader.fields[key].contents()
+
+        if field("general.architecture") != "llama":
+            raise ValueError(f"architecture {field('general.architecture')!r}, expected 'llama'")
+        vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else -1
+        return GGUFInfo(
+            path=path,
+            dim=int(field("llama.embedding_length")),
+            vocab=vocab,
+            blocks=int(field("llama.block_count")),
+            head=int(field("mtp.head")),
+            n_future=int(field("mtp.n_future")),
+            fingerprint=str(field("mtp.weights_sha256")),
+        )
+    except ModelFileError:
+        raise
+    except (ValueError, KeyError, IndexError, OSError) as e:
+        raise ModelFileError(path, f"not a readable GGUF export, corrupt or truncated ({e})") from None
+
+
+def check_export(model_dir: Path | str, quant: str, config: ModelConfig) -> list[Path]:
+    """The files of the export at `quant` (main first), checked against config.json and
+    against each other; ModelFileError naming the first file that is missing or does not fit."""
+    files = export_files(model_dir, quant, config.n_future_tokens)
+    main = read_info(files[0])
+    expected = {"dim": config.dim, "vocab": config.vocab_size, "blocks": config.n_trunk_layers + 1, "head": 1,
+                "n_future": config.n_future_tokens}
+    for key, value in expected.items():
+        if getattr(main, key) != value:
+            raise ModelFileError(files[0], f"{key} is {getattr(main, key)}, {CONFIG_FILE} implies {value} (re-export it)")
+    for h, path in enumerate(files[1:], start=2):
+        info = read_info(path)
+        expected = {"dim": main.dim, "vocab": main.vocab, "blocks": 1, "head": h, "n_future": main.n_future,
+                    "fingerprint": main.fingerprint}
+        for key, value in expected.items():
+            if getattr(info, key) != value:
+                raise ModelFileError(
+                    path, f"does not match its main model {files[0].name}: {key} is {getattr(info, key)!r}, expected {value!r}"
+                )
+    return files
+
+
+def available_quants(model_dir: Path | str) -> list[str]:
+    """Quantizations whose main file exists in model_dir, in QUANTS order."""
+    return [q for q in QUANTS if (quant_dir(model_dir, q) / MAIN_FILE).is_file()]
