@@ -312,10 +312,15 @@ def cmd_complete(args) -> int:
     print(
         f"{s.new_tokens} tokens in {s.forward_passes} forwards ({s.tokens_per_forward:.2f} per forward), "
         f"prefill {s.prefill_s * 1e3:.1f} ms ({s.prompt_tokens} prompt tokens), decode {s.decode_s * 1e3:.1f} ms, "
-        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}",
+        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}; engine {engine_name(engine)}",
         file=sys.stderr,
     )
     return 0
+
+
+def engine_name(engine) -> str:
+    quant = getattr(engine, "quant", None)
+    return f"llama.cpp {quant}" if quant else "torch"
 
 
 def _add_bench_parser(sub) -> None:
