@@ -34,7 +34,7 @@ def load_engine(
 
     device and dtype are the torch engine's; the llama.cpp engine offloads to the GPU when
     device is not "cpu" (and libllama was built with one), and reads quant (None: the
-    preferred export that exists) and threads (None: llama.cpp's default).
+    preferred export that exists) and threads (None: half the logical cores).
     """
     if engine == "auto":
         engine = "llama" if has_llama_files(model_dir) else "torch"

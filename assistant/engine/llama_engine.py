@@ -48,7 +48,7 @@ _FLASH_ATTN_DISABLED, _FLASH_ATTN_AUTO = 0, -1
 @dataclass(frozen=True)
 class LlamaSettings:
     quant: str | None = None  # None: the first of PREFERRED_QUANTS that was exported
-    threads: int | None = None  # CPU threads; None: llama.cpp's default
+    threads: int | None = None  # CPU threads; None: half the logical cores (about the physical ones)
     n_gpu_layers: int = -1  # blocks offloaded when libllama was built with a GPU backend; -1: all
     n_ubatch: int = 512  # micro-batch size: a longer prompt is decoded in several
     # f32 KV cache and no flash attention (which rounds Q to f16 on CPU). None: only for
@@ -73,8 +73,8 @@ class _Context:
         params.n_batch = n_ctx  # a whole prompt in one llama_decode (split into micro-batches)
         params.n_ubatch = min(settings.n_ubatch, n_ctx)
         params.n_seq_max = 1
-        if settings.threads:
-            params.n_threads = params.n_threads_batch = settings.threads
+        threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
+        params.n_threads = params.n_threads_batch = threads
         if exact:
             params.type_k = params.type_v = _GGML_TYPE_F32
             params.flash_attn_type = _FLASH_ATTN_DISABLED
