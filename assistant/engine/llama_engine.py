@@ -137,6 +137,9 @@ class _Context:
 
 
 class _LlamaStepOutput:
+    """Head 1's logits at the fed positions (NaN before the last one for a prefill, see
+    _LlamaStepModel.forward) and, on demand, heads 2..k's at one of them."""
+
     def __init__(self, step: "_LlamaStepModel", logits: torch.Tensor, start_pos: int, k: int):
         self.step, self.logits, self.start_pos, self.k = step, logits, start_pos, k
 
@@ -157,7 +160,13 @@ class _LlamaStepModel:
 
     def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> _LlamaStepOutput:
         T = len(tokens)
-        logits = self.main.decode(start_pos, np.asarray(tokens, dtype=np.int32), all_logits=True)
+        # decode() verifies at most k tokens at once; a longer batch is a prefill, of which it
+        # reads head 1 at the last position only. Unembedding every prompt position would add
+        # ~25% to a prefill (vocab 4096, dim 192), so the other rows are NaN, never guessed.
+        every_row = T <= k
+        logits = self.main.decode(start_pos, np.asarray(tokens, dtype=np.int32), all_logits=every_row)
+        if not every_row:
+            logits = torch.cat([torch.full((T - 1, logits.shape[1]), float("nan")), logits])  # (T, V)
         self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
         self.head_fed = [min(fed, start_pos) for fed in self.head_fed]  # the rest is stale
         return _LlamaStepOutput(self, logits, start_pos, k)
