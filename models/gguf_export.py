@@ -18,10 +18,12 @@ they are. (convert_hf_to_gguf.py permutes them only because Hugging Face checkpo
 rotate halves.)
 
 Tokenizer: the engine tokenizes in Python and feeds ids, so the GGUF vocabulary only has
-to be one llama.cpp accepts, with the model's vocab size: an SPM-style ("llama") list in
-which single-byte tokens are llama.cpp byte tokens <0xXX>, the specials are control
-tokens and every other token is its bytes in GPT-2's printable byte alphabet (unique
-strings; llama.cpp's own detokenizer is not used).
+to be one llama.cpp accepts, with the model's vocab size. A SentencePiece model (Meta's)
+is written as its own llama-SPM vocabulary (pieces, scores, types). For our byte and BPE
+tokenizers it is an SPM-style ("llama") list in which single-byte tokens are llama.cpp
+byte tokens <0xXX>, the specials are control tokens and every other token is its bytes
+in GPT-2's printable byte alphabet (unique strings; llama.cpp's own detokenizer is not
+used).
 
 Every file carries mtp.* keys (head index, number of heads, a fingerprint of the source
 weights) so the engine can tell a head that belongs to another model.
@@ -89,8 +91,22 @@ class ExportResult:
 # --- writing f32 GGUFs -------------------------------------------------------------------
 
 
-def _vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[int]]:
-    """Token texts and llama token types for llama.cpp, exactly vocab_size of them."""
+_SPM_TYPES = {"normal": _TOKEN_NORMAL, "unknown": 2, "control": _TOKEN_CONTROL, "unused": _TOKEN_UNUSED, "byte": _TOKEN_BYTE}
+
+
+def _vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
+    """Token texts, scores and llama token types for llama.cpp, exactly vocab_size of them.
+
+    A SentencePiece tokenizer (Meta's models) is written as what it is, a llama-SPM
+    vocabulary; byte and BPE tokenizers get the stand-in described in the module docstring."""
+    if hasattr(tokenizer, "pieces"):
+        pieces = tokenizer.pieces()
+        texts = [p.encode() for p, _, _ in pieces]
+        scores = [float(score) for _, score, _ in pieces]
+        types = [_SPM_TYPES[kind] for _, _, kind in pieces]
+        for i in range(len(pieces), vocab_size):
+            texts.append(f"<unused_{i}>".encode()), scores.append(0.0), types.append(_TOKEN_UNUSED)
+        return texts, scores, types
     texts, types = [], []
     seen: set[bytes] = set()
     for i in range(vocab_size):
@@ -109,7 +125,7 @@ def _vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[int]]:
         seen.add(text)
         texts.append(text)
         types.append(kind)
-    return texts, types
+    return texts, [0.0] * len(texts), types
 
 
 def _block_tensors(prefix: str, state: dict[str, torch.Tensor], block: int) -> dict[str, torch.Tensor]:
@@ -153,12 +169,13 @@ def _write_gguf(
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(0)  # all f32
-    texts, types = _vocab(tokenizer, config.vocab_size)
+    texts, scores, types = _vocab(tokenizer, config.vocab_size)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(texts)
-    writer.add_token_scores([0.0] * len(texts))
+    writer.add_token_scores(scores)
     writer.add_token_types(types)
-    writer.add_bos_token_id(tokenizer.eot_id)
+    bos = getattr(tokenizer, "bos_id", None)  # the engine adds it itself, as the torch engine's callers do
+    writer.add_bos_token_id(tokenizer.eot_id if bos is None else bos)
     writer.add_eos_token_id(tokenizer.eot_id)
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
