@@ -56,6 +56,19 @@ class LlamaSettings:
     exact: bool | None = None
 
 
+_backend_ready = False
+
+
+def _backend_init() -> None:
+    """llama_backend_init, once per process (loads the ggml backends, e.g. CUDA)."""
+    global _backend_ready
+    if not _backend_ready:
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
 class _Context:
     """One llama.cpp model + context + batch, for a single sequence."""
 
@@ -201,6 +214,7 @@ class LlamaEngine:
         files = check_export(model_dir, quant, config)
         exact = settings.exact if settings.exact is not None else quant == "f32"
         quiet_llama_logs()
+        _backend_init()
         self.quant, self.settings, self.config = quant, settings, config
         self.n_future = config.n_future_tokens
         self.max_seq_len = config.max_seq_len
