@@ -35,15 +35,16 @@ def token_pieces(tokenizer, tokens: list[int], heads: list[int], text: str) -> l
 
 def complete_at(
     engine, text: str, line: int, column: int, max_tokens: int = 32, multiline: bool = False,
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | None = None, k: int | None = None,
 ) -> Completion:
-    """The completion at a 0-based line and column of `text`."""
+    """The completion at a 0-based line and column of `text` (k: heads used, None = all)."""
     prefix, suffix = split_at(text, line, column)
     # The prompt leaves room in the model's context for the completion.
     budget = PromptBudget(max_tokens=min(1024, engine.max_seq_len - max_tokens - engine.n_future))
     prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
     config = GenerationConfig(
         max_new_tokens=max_tokens,
+        k=k,
         stop_token_ids=(engine.tokenizer.eot_id,),
         stop_strings=() if multiline else ("\n",),
     )

@@ -61,7 +61,7 @@ class BenchScreen(Screen):
     def __init__(self):
         super().__init__()
         self._cancel = threading.Event()
-        self._running = False
+        self._bench_running = False
 
     def compose(self) -> ComposeResult:
         settings = self.app.settings
@@ -97,7 +97,7 @@ class BenchScreen(Screen):
 
     @on(Button.Pressed, "#bench-run")
     def action_run(self) -> None:
-        if self._running:
+        if self._bench_running:
             self.notify("a benchmark is running (Esc cancels it)", severity="warning")
             return
         try:
@@ -111,7 +111,7 @@ class BenchScreen(Screen):
             return
         value = self.query_one("#bench-model", Select).value
         model = None if value in (DEFAULT_MODEL, Select.BLANK) else str(value)
-        self._running = True
+        self._bench_running = True
         self._cancel = threading.Event()
         self.query_one("#bench-summary", Static).update("loading the model...")
         self._run(model, self.query_one("#bench-prompts", Input).value.strip() or "humaneval", config, self._cancel)
@@ -145,7 +145,7 @@ class BenchScreen(Screen):
         self.query_one("#bench-summary", Static).update(f"prompt {message.done}/{message.total}")
 
     def on_bench_screen_finished(self, message: Finished) -> None:
-        self._running = False
+        self._bench_running = False
         if message.result is None:
             self.query_one("#bench-summary", Static).update(message.error or "")
             self.notify(message.error or "failed", title="benchmark", severity="warning" if message.error == "cancelled" else "error")

@@ -1,0 +1,47 @@
+"""Apps on a store in a temporary home, with tiny real models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant.tui.app import MtpApp, TuiSettings
+from models.checkpoint import save_model
+from models.tokenizer import ByteTokenizer
+from tests.assistant.engine.helpers import random_model
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """The store's home; subprocesses (the CLI) see it through the environment too."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("MTP_ASSISTANT_HOME", str(path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return path
+
+
+def save_tiny(path: Path, n_future: int = 4, seed: int = 0, provenance: dict | None = None) -> Path:
+    return save_model(path, random_model(n_future=n_future, seed=seed), ByteTokenizer(), provenance or {})
+
+
+def make_app(home: Path, **settings) -> MtpApp:
+    settings = {"store_root": home, "shipped_dir": None, "auto_complete": False, "refresh_s": 0.1} | settings
+    return MtpApp(TuiSettings(**settings))
+
+
+async def wait_for(pilot, condition, timeout: float = 30.0, what: str = "condition"):
+    """Let the app run until condition() holds (workers post their messages meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+        await asyncio.sleep(0.05)
+
+
+def notifications(app) -> list[str]:
+    return [n.message for n in app._notifications]
