@@ -99,6 +99,7 @@ class TrainScreen(Screen):
         self.records: list[dict[str, Any]] = []
         self._procs: dict[Path, subprocess.Popen] = {}  # runs started by this UI: reaped when they end
         self._models_known: list[tuple[str, str]] = []
+        self._base_value = SCRATCH
 
     def compose(self) -> ComposeResult:
         settings = self.app.settings
@@ -159,8 +160,10 @@ class TrainScreen(Screen):
         self.action_preview()
 
     @on(Select.Changed, "#base")
-    def _base_changed(self) -> None:
-        self.action_preview()
+    def _base_changed(self, event: Select.Changed) -> None:
+        if event.value != self._base_value:  # not when the options are refreshed
+            self._base_value = event.value
+            self.action_preview()
 
     @work(thread=True, exclusive=True, group="preview")
     def _preview(self, repo: str, base: str | None) -> None:

@@ -28,7 +28,7 @@ class LossPlot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("loss per head (line: train, dots: validation)")
+        plt.title("loss per head (dots: validation)")
         plt.xlabel("step")
         train = [r for r in self._records if r.get("split") == "train" and r.get("loss_per_head")]
         val = [r for r in self._records if r.get("split") == "val" and r.get("loss_per_head")]

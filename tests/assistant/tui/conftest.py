@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
+from assistant.tui import runs
 from assistant.tui.app import MtpApp, TuiSettings
 from models.checkpoint import save_model
 from models.tokenizer import ByteTokenizer
@@ -15,13 +18,18 @@ from tests.assistant.engine.helpers import random_model
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """The store's home; subprocesses (the CLI) see it through the environment too."""
+def home(tmp_path, monkeypatch):
+    """The store's home; subprocesses (the CLI) see it through the environment too.
+    Training processes a test started and left running are ended afterwards."""
     path = tmp_path / "home"
     path.mkdir()
     monkeypatch.setenv("MTP_ASSISTANT_HOME", str(path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return path
+    yield path
+    for info in runs.list_runs(path / "runs"):
+        pid = runs.recorded_pid(info.path)
+        if pid is not None and runs.pid_alive(pid, str(info.path)):
+            os.kill(pid, signal.SIGTERM)
 
 
 def save_tiny(path: Path, n_future: int = 4, seed: int = 0, provenance: dict | None = None) -> Path:
