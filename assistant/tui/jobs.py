@@ -39,8 +39,18 @@ def run_cli(
     poll_s: float = 0.2,
 ) -> JobResult:
     """Run `mtp-assistant ARGS`; terminate it when `cancel` is set."""
+    return run_command(cli_command(*args), cancel, on_output, poll_s)
+
+
+def run_command(
+    command: list[str],
+    cancel: threading.Event,
+    on_output: Callable[[str], None] | None = None,
+    poll_s: float = 0.2,
+) -> JobResult:
+    """Run a command to its end, reporting its latest output line; terminate it on cancel."""
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cli_command(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         last = ""
         while proc.poll() is None:
             if cancel.is_set():

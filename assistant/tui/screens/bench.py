@@ -9,7 +9,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     DataTable,
@@ -31,6 +30,7 @@ from assistant.bench import (
 from assistant.store import StoreError
 from assistant.training.corpus import CorpusError
 from assistant.tui.models_info import list_models
+from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.bar_chart import SpeedupChart
 from assistant.tui.widgets.nav import NavBar
 from models.checkpoint import ModelFileError
@@ -42,7 +42,7 @@ class BenchCancelled(Exception):
     pass
 
 
-class BenchScreen(Screen):
+class BenchScreen(TuiScreen):
     BINDINGS = [
         Binding("ctrl+b", "run", "Run"),
         Binding("escape", "cancel", "Cancel"),
@@ -90,7 +90,7 @@ class BenchScreen(Screen):
         self.query_one("#bench-summary", Static).update("Press ctrl+b (or Run) to decode the prompts with k = 1..n heads.")
         self._list_models()
 
-    @work(thread=True, group="models")
+    @work(thread=True, exit_on_error=False, group="models")
     def _list_models(self) -> None:
         models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
         self.app.call_from_thread(self.query_one("#bench-model", Select).set_options, [("default model", DEFAULT_MODEL)] + models)
@@ -119,7 +119,7 @@ class BenchScreen(Screen):
     def action_cancel(self) -> None:
         self._cancel.set()
 
-    @work(thread=True, group="bench")
+    @work(thread=True, exit_on_error=False, group="bench")
     def _run(self, model: str | None, prompts_from: str, config: BenchConfig, cancel: threading.Event) -> None:
         from assistant.engine import load_engine
 
@@ -137,6 +137,8 @@ class BenchScreen(Screen):
             self.post_message(self.Finished(None, "cancelled"))
         except (StoreError, ModelFileError, CorpusError, ValueError, OSError) as e:
             self.post_message(self.Finished(None, str(e)))
+        except Exception as e:  # anything else still ends the run cleanly, with its name
+            self.post_message(self.Finished(None, f"{type(e).__name__}: {e}"))
         else:
             self.post_message(self.Finished(result))
 

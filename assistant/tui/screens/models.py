@@ -11,7 +11,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from assistant.store import ModelStore, StoreError
@@ -23,6 +22,7 @@ from assistant.tui.models_info import (
     list_models,
     scores,
 )
+from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog, InputDialog
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.operation import OperationBar
@@ -30,7 +30,7 @@ from assistant.tui.widgets.operation import OperationBar
 QUANTIZATIONS = [("F16 (half precision)", "f16"), ("Q8_0 (8-bit)", "q8_0"), ("Q4_K_M (4-bit)", "q4_k_m")]
 
 
-class ModelsScreen(Screen):
+class ModelsScreen(TuiScreen):
     BINDINGS = [
         Binding("i", "import_model", "Import"),
         Binding("e", "export_model", "Export"),
@@ -84,7 +84,7 @@ class ModelsScreen(Screen):
     def action_refresh(self) -> None:
         self._list()
 
-    @work(thread=True, exclusive=True, group="list")
+    @work(thread=True, exit_on_error=False, exclusive=True, group="list")
     def _list(self) -> None:
         self.post_message(self.Listed(list_models(self.store, self.app.settings.shipped_dir)))
 
@@ -178,8 +178,14 @@ class ModelsScreen(Screen):
             chosen,
         )
 
-    @work(thread=True, group="operation")
+    @work(thread=True, exit_on_error=False, group="operation")
     def _import(self, path: Path, cancel: threading.Event) -> None:
+        try:
+            self._import_steps(path, cancel)
+        except Exception as e:  # the operation must end (and say why) whatever happens
+            self.post_message(self.OperationDone("import", False, f"{type(e).__name__}: {e}"))
+
+    def _import_steps(self, path: Path, cancel: threading.Event) -> None:
         if (path / "config.json").is_file() or not (path / "params.json").is_file():
             # One of ours (or neither: ModelStore.add says what is missing).
             try:
@@ -204,9 +210,13 @@ class ModelsScreen(Screen):
 
         self.app.push_screen(ChoiceDialog(f"Export {m.name} to GGUF with quantization:", QUANTIZATIONS), chosen)
 
-    @work(thread=True, group="operation")
+    @work(thread=True, exit_on_error=False, group="operation")
     def _export(self, model: str, quant: str, cancel: threading.Event) -> None:
-        result = run_cli(["models", "export", model, "--quant", quant], cancel, self._progress)
+        try:
+            result = run_cli(["models", "export", model, "--quant", quant], cancel, self._progress)
+        except OSError as e:
+            self.post_message(self.OperationDone("export", False, str(e)))
+            return
         self._post_job("export", result, f"exported {Path(model).name} ({quant})")
 
     def _progress(self, line: str) -> None:

@@ -11,13 +11,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Label, Select, TextArea
 
 from assistant.store import StoreError
 from assistant.tui.completion import Completion, complete_at
 from assistant.tui.models_info import list_models
+from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.completion_view import CompletionView
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.stats_panel import StatsPanel
@@ -26,7 +26,7 @@ from models.checkpoint import ModelFileError
 DEFAULT_MODEL = "__default__"
 
 
-class PlaygroundScreen(Screen):
+class PlaygroundScreen(TuiScreen):
     BINDINGS = [
         Binding("ctrl+g", "complete", "Complete"),
         Binding("ctrl+e", "accept", "Accept (or →)"),
@@ -71,7 +71,7 @@ class PlaygroundScreen(Screen):
         self.query_one("#pg-stats", StatsPanel).show([("stats", "type, or press ctrl+g for a completion")])
         self._list_models()
 
-    @work(thread=True, group="models")
+    @work(thread=True, exit_on_error=False, group="models")
     def _list_models(self) -> None:
         models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
         self.app.call_from_thread(self._set_models, models)
@@ -107,7 +107,7 @@ class PlaygroundScreen(Screen):
         self.query_one("#pg-stats", StatsPanel).show([("stats", "completing...")])
         self._complete(editor.text, row, col, model, self._version, self._cancel)
 
-    @work(thread=True, group="complete")
+    @work(thread=True, exit_on_error=False, group="complete")
     def _complete(self, text: str, row: int, col: int, model: str | None, version: int, cancel: threading.Event) -> None:
         try:
             engine = self._get_engine(model)

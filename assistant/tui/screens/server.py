@@ -6,15 +6,15 @@ from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from assistant.tui.screens.base import TuiScreen
 from assistant.tui.servers import fmt, read_servers
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.stats_panel import StatsPanel
 
 
-class ServerScreen(Screen):
+class ServerScreen(TuiScreen):
     class Read(Message):
         def __init__(self, servers: list[dict]):
             super().__init__()
@@ -39,7 +39,7 @@ class ServerScreen(Screen):
         self._read()
         self.set_interval(self.app.settings.refresh_s * 2, self._read)
 
-    @work(thread=True, exclusive=True, group="servers")
+    @work(thread=True, exit_on_error=False, exclusive=True, group="servers")
     def _read(self) -> None:
         self.post_message(self.Read(read_servers(self.app.servers_dir)))
 

@@ -13,7 +13,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     DataTable,
@@ -31,6 +30,7 @@ from assistant.training.corpus import CorpusError, build_corpus
 from assistant.training.trainer import METRICS_FILE
 from assistant.tui import runs
 from assistant.tui.models_info import human_count, list_models
+from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.loss_plot import LossPlot
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.stats_panel import StatsPanel
@@ -69,7 +69,7 @@ def corpus_preview(repo: str, base_model: str | None) -> str:
     )
 
 
-class TrainScreen(Screen):
+class TrainScreen(TuiScreen):
     BINDINGS = [
         Binding("ctrl+s", "start", "Start"),
         Binding("ctrl+t", "stop", "Stop"),
@@ -165,7 +165,7 @@ class TrainScreen(Screen):
             self._base_value = event.value
             self.action_preview()
 
-    @work(thread=True, exclusive=True, group="preview")
+    @work(thread=True, exit_on_error=False, exclusive=True, group="preview")
     def _preview(self, repo: str, base: str | None) -> None:
         try:
             self.post_message(self.Preview(corpus_preview(repo, base), True))
@@ -185,7 +185,7 @@ class TrainScreen(Screen):
                 del self._procs[path]
         self._list_runs_worker(first)
 
-    @work(thread=True, exclusive=True, group="runs")
+    @work(thread=True, exit_on_error=False, exclusive=True, group="runs")
     def _list_runs_worker(self, first: bool) -> None:
         infos = runs.list_runs(self.app.runs_dir)
         models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
@@ -230,7 +230,7 @@ class TrainScreen(Screen):
         self._tail(run_dir)
         self._list_runs()
 
-    @work(thread=True, exclusive=True, group="tail")
+    @work(thread=True, exit_on_error=False, exclusive=True, group="tail")
     def _tail(self, run_dir: Path) -> None:
         worker = get_current_worker()
         tail = runs.MetricsTail(run_dir / METRICS_FILE)

@@ -61,3 +61,20 @@ async def test_no_model_is_an_error_notification(home):
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: any("no default model" in m for m in notifications(app)), what="error")
         assert app.is_running
+
+
+async def test_a_corrupt_model_is_an_error_notification(home, tmp_path):
+    store = ModelStore(home)
+    store.add(save_model(tmp_path / "bad", *_tiny()), make_default=True)
+    (store.models_dir / "bad" / "model.safetensors").write_bytes(b"not safetensors at all")
+    app = make_app(home, start_mode="playground")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: any("safetensors" in m for m in notifications(app)), what="error")
+        assert app.is_running and "safetensors" in app.screen.query_one("#pg-stats").plain
+
+
+def _tiny():
+    from tests.assistant.engine.helpers import random_model
+
+    return random_model(), ByteTokenizer()

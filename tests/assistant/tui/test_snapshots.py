@@ -5,9 +5,6 @@ screen. After an intended change: `pytest tests/assistant/tui/test_snapshots.py 
 """
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -104,9 +101,9 @@ def test_bench_screen(snap_compare, store_home):
 
 
 def test_server_screen(snap_compare, store_home):
-    from .test_server_screen import stats
-
     import time
+
+    from .test_server_screen import stats
 
     servers = store_home / "servers"
     servers.mkdir()

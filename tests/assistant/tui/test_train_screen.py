@@ -4,7 +4,7 @@ import json
 import time
 
 import pytest
-from textual.widgets import Button, Input, ProgressBar
+from textual.widgets import Input, ProgressBar
 
 from assistant.training.metrics import read_metrics
 from assistant.tui import runs
