@@ -79,8 +79,8 @@ def train_command(request: TrainRequest, out_dir: Path) -> list[str]:
 
 
 def new_run_dir(runs_dir: Path, repo: str) -> Path:
-    stem = Path(repo).resolve().name or "repo"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = (Path(repo).resolve().name or "repo")[:10]
+    stamp = time.strftime("%m%d-%H%M")  # short: the Train screen's run list is narrow
     path = runs_dir / f"{stem}-{stamp}"
     n = 1
     while path.exists():

@@ -139,8 +139,8 @@ class TrainScreen(TuiScreen):
 
     def on_mount(self) -> None:
         self.sub_title = "Train"
-        self.query_one("#runs-table", DataTable).add_columns("run", "state", "step")
-        self.query_one("#train-stats", StatsPanel).show([("run", "none: fill in the form and press Start")])
+        self.query_one("#runs-table", DataTable).add_columns("run", "state")
+        self.query_one("#train-stats", StatsPanel).show([("run", "none yet: press Start")])
         self.action_preview()
         self._list_runs(first=True)
         self.set_interval(self.app.settings.refresh_s * 4, self._list_runs)
@@ -201,7 +201,8 @@ class TrainScreen(TuiScreen):
         table.clear()
         for info in message.infos:
             mark = ">" if info.path == self.attached else " "
-            table.add_row(f"{mark}{info.name}", info.state, f"{info.step}/{info.steps}", key=str(info.path))
+            done = f" {info.step / info.steps:.0%}" if info.steps and info.state in (runs.RUNNING, runs.STOPPED) else ""
+            table.add_row(f"{mark}{info.name}", f"{info.state}{done}", key=str(info.path))
         if message.infos:
             table.move_cursor(row=min(max(row, 0), len(message.infos) - 1))
         if message.models != self._models_known:
@@ -257,8 +258,10 @@ class TrainScreen(TuiScreen):
         p = runs.summarize(self.records, info.steps)
         rows = [("run", f"{info.name} ({info.state})")]
         if p.loss is not None:
-            rows.append(("step", f"{p.step}/{p.steps}   loss {p.loss:.3f}" + (f"   val {p.val_loss:.3f}" if p.val_loss is not None else "")))
-            rows.append(("speed", f"{p.tokens_per_s or 0:,.0f} tok/s   ETA {_duration(p.eta_s) if info.state == runs.RUNNING else '-'}"))
+            eta = _duration(p.eta_s) if info.state == runs.RUNNING else "-"
+            rows.append(("step", f"{p.step}/{p.steps}   {p.tokens_per_s or 0:,.0f} tok/s   ETA {eta}"))
+            val = f"   val {p.val_loss:.3f}" if p.val_loss is not None else ""
+            rows.append(("loss", f"train {p.loss:.3f}{val}  (sum of heads)"))
         if p.val_accuracy:
             rows.append(("val acc", " ".join(f"h{i + 1} {a:.0%}" for i, a in enumerate(p.val_accuracy))))
         if info.state == runs.FAILED:

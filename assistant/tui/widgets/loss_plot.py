@@ -6,6 +6,8 @@ from typing import Any
 
 from textual_plotext import PlotextPlot
 
+MAX_POINTS = 400  # per series: more only slows the redraw of a terminal-sized plot
+
 # One colour per head; train is a line, validation the same colour's markers.
 HEAD_COLORS = ("cyan", "green", "magenta", "yellow", "red", "blue", "white", "orange")
 
@@ -32,6 +34,9 @@ class LossPlot(PlotextPlot):
         plt.xlabel("step")
         train = [r for r in self._records if r.get("split") == "train" and r.get("loss_per_head")]
         val = [r for r in self._records if r.get("split") == "val" and r.get("loss_per_head")]
+        if len(train) > MAX_POINTS:  # every n-th step, and always the latest
+            stride = -(-len(train) // MAX_POINTS)
+            train = train[::stride] + ([train[-1]] if (len(train) - 1) % stride else [])
         heads = len(train[-1]["loss_per_head"]) if train else 0
         for head in range(heads):
             color = HEAD_COLORS[head % len(HEAD_COLORS)]
