@@ -27,9 +27,10 @@ DEFAULT_MODEL = "__default__"
 
 
 class PlaygroundScreen(TuiScreen):
+    AUTO_FOCUS = "#editor"
     BINDINGS = [
         Binding("ctrl+g", "complete", "Complete"),
-        Binding("ctrl+e", "accept", "Accept (or →)"),
+        Binding("ctrl+l", "accept", "Accept (or →)"),
     ]
 
     class Completed(Message):
@@ -51,6 +52,8 @@ class PlaygroundScreen(TuiScreen):
         self._version = 0  # bumped by every edit and cursor move: stale completions are dropped
         self._debounce: Timer | None = None
         self._model_value = DEFAULT_MODEL
+        self._length = 0  # of the editor's text, to tell deletions
+        self.shown_version = -1  # the version whose completion is on screen
 
     def compose(self) -> ComposeResult:
         yield NavBar("playground", id="nav")
@@ -66,6 +69,7 @@ class PlaygroundScreen(TuiScreen):
     def on_mount(self) -> None:
         self.sub_title = "Playground"
         editor = self.query_one(TextArea)
+        self._length = len(editor.text)
         lines = editor.text.split("\n")
         editor.move_cursor((len(lines) - 1, len(lines[-1])))  # the end of the text
         self.query_one("#pg-stats", StatsPanel).show([("stats", "type, or press ctrl+g for a completion")])
@@ -82,6 +86,15 @@ class PlaygroundScreen(TuiScreen):
     # --- requests ---
 
     @on(TextArea.Changed)
+    def _text_changed(self, event: TextArea.Changed) -> None:
+        # TextArea keeps the ghost text while what is typed matches it; a deletion must
+        # not leave a completion meant for the longer text.
+        length = len(event.text_area.text)
+        if length < self._length:
+            event.text_area.suggestion = ""
+        self._length = length
+        self._edited()
+
     @on(TextArea.SelectionChanged)
     def _edited(self) -> None:
         self._version += 1
@@ -135,6 +148,7 @@ class PlaygroundScreen(TuiScreen):
         c = message.completion
         if message.version != self._version:
             return  # the text or the cursor moved on
+        self.shown_version = message.version
         self.query_one(TextArea).suggestion = c.text
         self.query_one(CompletionView).show(c.pieces, c.n_future)
         s = c.stats

@@ -23,10 +23,10 @@ def legend(n_future: int) -> Text:
 
 
 def coloured(pieces: list[tuple[str, int]]) -> Text:
-    """(token text, head) pairs as one Text; newlines and tabs made visible."""
+    """(token text, head) pairs as one Text; whitespace made visible (it has a colour too)."""
     text = Text()
     for piece, head in pieces:
-        shown = piece.replace("\n", "⏎\n").replace("\t", "→   ")
+        shown = piece.replace(" ", "·").replace("\n", "⏎\n").replace("\t", "→   ")
         text.append(shown, style=head_style(head))
     return text
 
