@@ -23,7 +23,8 @@ class ModelInfo:
     n_layers: int | None = None
     tokenizer: str | None = None
     vocab_size: int | None = None
-    quantizations: tuple[str, ...] = ()  # GGUF files, relative to the model directory
+    quantizations: tuple[str, ...] = ()  # e.g. ("q8_0", "q4_k_m"): the GGUF exports present
+    gguf_files: tuple[str, ...] = ()  # relative to the model directory
     provenance: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when config.json cannot be read
 
@@ -64,9 +65,20 @@ def describe_model(name: str, path: Path, is_default: bool = False, shipped: boo
         n_layers=config.n_layers,
         tokenizer=str(tokenizer.get("kind", "?")),
         vocab_size=config.vocab_size,
-        quantizations=tuple(sorted(str(p.relative_to(path)) for p in path.rglob("*.gguf"))),
+        quantizations=quantizations(path),
+        gguf_files=tuple(sorted(str(p.relative_to(path)) for p in path.rglob("*.gguf"))),
         provenance=provenance,
     )
+
+
+def quantizations(model_dir: Path) -> tuple[str, ...]:
+    """The GGUF exports in a model directory. The llama.cpp export writes one folder per
+    quantization (gguf/q8_0/main.gguf, head-2.gguf, ...); a loose file counts by its name."""
+    found = set()
+    for p in model_dir.rglob("*.gguf"):
+        inside = p.parent not in (model_dir, model_dir / "gguf")
+        found.add(p.parent.name if inside else p.stem)
+    return tuple(sorted(found))
 
 
 def list_models(store: ModelStore, shipped_dir: Path | None) -> list[ModelInfo]:

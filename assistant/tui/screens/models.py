@@ -27,7 +27,9 @@ from assistant.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog, InputDial
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.operation import OperationBar
 
-QUANTIZATIONS = [("F16 (half precision)", "f16"), ("Q8_0 (8-bit)", "q8_0"), ("Q4_K_M (4-bit)", "q4_k_m")]
+QUANTIZATIONS = [
+    ("Q8_0 (8-bit)", "q8_0"), ("Q4_K_M (4-bit)", "q4_k_m"), ("F16 (half precision)", "f16"), ("F32 (full precision)", "f32"),
+]
 
 
 class ModelsScreen(TuiScreen):
@@ -94,7 +96,7 @@ class ModelsScreen(TuiScreen):
         row = table.cursor_row
         table.clear()
         for m in self.models:
-            quant = ", ".join(Path(q).stem.rsplit("-", 1)[-1] for q in m.quantizations) or "-"
+            quant = ",".join(m.quantizations) or "-"
             if m.error:
                 table.add_row("!", m.name, "?", human_size(m.size_bytes), "?", "?", m.error[:20], key=str(m.path))
             else:
@@ -138,7 +140,7 @@ class ModelsScreen(TuiScreen):
         for key, value in scores(p).items():
             lines.append(f"{key}: {json.dumps(value)[:70]}")
         if m.quantizations:
-            lines.append("GGUF: " + ", ".join(m.quantizations))
+            lines.append(f"GGUF exports: {', '.join(m.quantizations)} ({len(m.gguf_files)} files)")
         detail.update("\n".join(lines))
 
     # --- actions ---

@@ -96,15 +96,17 @@ def test_model_listing_reads_files_only(home, tmp_path):
     store = ModelStore(home)
     store.add(save_tiny(tmp_path / "a", provenance={"trained_by": "x", "val_loss_per_head": [1.0, 2.0], "repo": "/r"}))
     gguf = store.models_dir / "a" / "gguf"
-    gguf.mkdir()
-    (gguf / "a-q4_k_m.gguf").write_bytes(b"GGUF")
+    (gguf / "q4_k_m").mkdir(parents=True)
+    (gguf / "q4_k_m" / "main.gguf").write_bytes(b"GGUF")
+    (gguf / "q4_k_m" / "head-2.gguf").write_bytes(b"GGUF")
+    (gguf / "old-f16.gguf").write_bytes(b"GGUF")
     (store.models_dir / "broken").mkdir()
     (store.models_dir / "broken" / "config.json").write_text("[]")
     shipped = save_tiny(tmp_path / "shipped")
     infos = list_models(store, shipped)
     assert [(m.name, m.is_default, m.shipped) for m in infos] == [("a", True, False), ("broken", False, False), ("(shipped) default", False, True)]
     a = infos[0]
-    assert a.quantizations == ("gguf/a-q4_k_m.gguf",) and a.n_future == 4
+    assert a.quantizations == ("old-f16", "q4_k_m") and len(a.gguf_files) == 3 and a.n_future == 4
     assert a.parameters == sum(p.numel() for p in random_model().parameters())
     assert scores(a.provenance) == {"val_loss_per_head": [1.0, 2.0]}
     assert infos[1].error and "JSON object" in infos[1].error

@@ -23,8 +23,10 @@ def store_home(home, tmp_path):
     store.add(save_tiny(tmp_path / "src" / "tiny-a", provenance={"trained_by": "mtp-assistant train", "steps": 120,
                                                                "tokens_seen": 92160, "val_loss": 4.83}), make_default=True)
     store.add(save_tiny(tmp_path / "src" / "tiny-b", n_future=2, seed=1))
-    (store.models_dir / "tiny-b" / "gguf").mkdir()
-    (store.models_dir / "tiny-b" / "gguf" / "model-q8_0.gguf").write_bytes(b"GGUF")
+    for quant in ("q8_0", "q4_k_m"):  # the llama.cpp export's layout
+        (store.models_dir / "tiny-b" / "gguf" / quant).mkdir(parents=True)
+        for name in ("main.gguf", "head-2.gguf"):
+            (store.models_dir / "tiny-b" / "gguf" / quant / name).write_bytes(b"GGUF")
     return home
 
 
