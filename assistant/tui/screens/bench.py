@@ -88,9 +88,11 @@ class BenchScreen(TuiScreen):
         self.sub_title = "Benchmark"
         self.query_one(DataTable).add_columns("k", "tok/forward", "implied", "tok/s", "speedup", "acceptance")
         self.query_one("#bench-summary", Static).update("Press ctrl+b (or Run) to decode the prompts with k = 1..n heads.")
-        self._list_models()
 
-    @work(thread=True, exit_on_error=False, group="models")
+    def on_screen_resume(self) -> None:
+        self._list_models()  # the store may have changed on another screen
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="models")
     def _list_models(self) -> None:
         models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
         self.app.call_from_thread(self.query_one("#bench-model", Select).set_options, [("default model", DEFAULT_MODEL)] + models)

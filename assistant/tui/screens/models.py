@@ -75,7 +75,9 @@ class ModelsScreen(TuiScreen):
         self.sub_title = "Models"
         table = self.query_one(DataTable)
         table.add_columns("", "name", "params", "size", "heads", "tokens", "quantized")
-        self.action_refresh()
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()  # models may have come from the Train screen or the CLI meanwhile
 
     @property
     def store(self) -> ModelStore:

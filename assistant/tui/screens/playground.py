@@ -73,9 +73,11 @@ class PlaygroundScreen(TuiScreen):
         lines = editor.text.split("\n")
         editor.move_cursor((len(lines) - 1, len(lines[-1])))  # the end of the text
         self.query_one("#pg-stats", StatsPanel).show([("stats", "type, or press ctrl+g for a completion")])
-        self._list_models()
 
-    @work(thread=True, exit_on_error=False, group="models")
+    def on_screen_resume(self) -> None:
+        self._list_models()  # the store may have changed on another screen
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="models")
     def _list_models(self) -> None:
         models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
         self.app.call_from_thread(self._set_models, models)

@@ -83,7 +83,7 @@ class TrainScreen(TuiScreen):
             self.text, self.ok = text, ok
 
     class RunsListed(Message):
-        def __init__(self, infos: list[runs.RunInfo], models: list[tuple[str, str]]):
+        def __init__(self, infos: list[runs.RunInfo], models: list[tuple[str, str]] | None):
             super().__init__()
             self.infos, self.models = infos, models
 
@@ -145,6 +145,9 @@ class TrainScreen(TuiScreen):
         self._list_runs(first=True)
         self.set_interval(self.app.settings.refresh_s * 4, self._list_runs)
 
+    def on_screen_resume(self) -> None:
+        self._list_runs(with_models=True)  # the store may have changed on another screen
+
     # --- corpus preview ---
 
     def _base_model(self) -> str | None:
@@ -179,16 +182,18 @@ class TrainScreen(TuiScreen):
 
     # --- runs ---
 
-    def _list_runs(self, first: bool = False) -> None:
+    def _list_runs(self, first: bool = False, with_models: bool = False) -> None:
         for path, proc in list(self._procs.items()):
             if proc.poll() is not None:  # reap it: a zombie would look alive
                 del self._procs[path]
-        self._list_runs_worker(first)
+        self._list_runs_worker(first, with_models or first)
 
-    @work(thread=True, exit_on_error=False, exclusive=True, group="runs")
-    def _list_runs_worker(self, first: bool) -> None:
+    @work(thread=True, exit_on_error=False, group="runs")
+    def _list_runs_worker(self, first: bool, with_models: bool) -> None:
         infos = runs.list_runs(self.app.runs_dir)
-        models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
+        models = None
+        if with_models:
+            models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
         self.post_message(self.RunsListed(infos, models))
         if first and infos and self.attached is None:
             running = [i for i in infos if i.state == runs.RUNNING]
@@ -205,7 +210,7 @@ class TrainScreen(TuiScreen):
             table.add_row(f"{mark}{info.name}", f"{info.state}{done}", key=str(info.path))
         if message.infos:
             table.move_cursor(row=min(max(row, 0), len(message.infos) - 1))
-        if message.models != self._models_known:
+        if message.models is not None and message.models != self._models_known:
             self._models_known = message.models
             base = self.query_one("#base", Select)
             value = base.value
