@@ -34,8 +34,14 @@ def token_pieces(tokenizer, tokens: list[int], heads: list[int], text: str) -> l
 
 
 def complete_at(
-    engine, text: str, line: int, column: int, max_tokens: int = 32, multiline: bool = False,
-    cancel: threading.Event | None = None, k: int | None = None,
+    engine,
+    text: str,
+    line: int,
+    column: int,
+    max_tokens: int = 32,
+    multiline: bool = False,
+    cancel: threading.Event | None = None,
+    k: int | None = None,
 ) -> Completion:
     """The completion at a 0-based line and column of `text` (k: heads used, None = all)."""
     prefix, suffix = split_at(text, line, column)

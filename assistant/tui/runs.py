@@ -65,11 +65,30 @@ def train_command(request: TrainRequest, out_dir: Path) -> list[str]:
     # a stop loses little.
     every = str(max(1, request.steps // 10))
     command = [
-        sys.executable, "-m", "assistant.cli", "train", str(Path(request.repo).resolve()),
-        "--out", str(out_dir), "--steps", str(request.steps), "--lr", repr(request.lr),
-        "--seq-len", str(request.seq_len), "--batch-size", str(request.batch_size),
-        "--warmup", str(min(50, request.steps // 10)), "--eval-every", every, "--checkpoint-every", every,
-        "--device", request.device, "--quiet",
+        sys.executable,
+        "-m",
+        "assistant.cli",
+        "train",
+        str(Path(request.repo).resolve()),
+        "--out",
+        str(out_dir),
+        "--steps",
+        str(request.steps),
+        "--lr",
+        repr(request.lr),
+        "--seq-len",
+        str(request.seq_len),
+        "--batch-size",
+        str(request.batch_size),
+        "--warmup",
+        str(min(50, request.steps // 10)),
+        "--eval-every",
+        every,
+        "--checkpoint-every",
+        every,
+        "--device",
+        request.device,
+        "--quiet",
     ]
     if request.base_model:
         command += ["--base", request.base_model, "--finetune", request.finetune]
@@ -94,8 +113,12 @@ def _spawn(command: list[str], run_dir: Path) -> subprocess.Popen:
     with open(run_dir / LOG_FILE, "ab") as log:
         # Its own session: closing the UI (or Ctrl+C in its terminal) does not stop it.
         proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=os.environ.copy(),
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
         )
     record = {"pid": proc.pid, "command": command, "started": time.time()}
     write_atomic(run_dir / PROCESS_FILE, (json.dumps(record, indent=2) + "\n").encode())

@@ -69,10 +69,21 @@ class BenchScreen(TuiScreen):
         with Vertical(id="bench-body"):
             with Horizontal(classes="field"):
                 yield Label("model", classes="field-label")
-                yield Select([("default model", DEFAULT_MODEL)], value=DEFAULT_MODEL, allow_blank=False, id="bench-model", compact=True)
+                yield Select(
+                    [("default model", DEFAULT_MODEL)],
+                    value=DEFAULT_MODEL,
+                    allow_blank=False,
+                    id="bench-model",
+                    compact=True,
+                )
             with Horizontal(classes="field"):
                 yield Label("from", classes="field-label")
-                yield Input(settings.bench_prompts, id="bench-prompts", compact=True, tooltip="'humaneval' or a directory of code")
+                yield Input(
+                    settings.bench_prompts,
+                    id="bench-prompts",
+                    compact=True,
+                    tooltip="'humaneval' or a directory of code",
+                )
                 yield Label("limit", classes="field-label-short")
                 yield Input(str(settings.bench_limit), id="bench-limit", compact=True, type="integer")
                 yield Label("new", classes="field-label-short")
@@ -87,15 +98,21 @@ class BenchScreen(TuiScreen):
     def on_mount(self) -> None:
         self.sub_title = "Benchmark"
         self.query_one(DataTable).add_columns("k", "tok/forward", "implied", "tok/s", "speedup", "acceptance")
-        self.query_one("#bench-summary", Static).update("Press ctrl+b (or Run) to decode the prompts with k = 1..n heads.")
+        self.query_one("#bench-summary", Static).update(
+            "Press ctrl+b (or Run) to decode the prompts with k = 1..n heads."
+        )
 
     def on_screen_resume(self) -> None:
         self._list_models()  # the store may have changed on another screen
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="models")
     def _list_models(self) -> None:
-        models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
-        self.app.call_from_thread(self.query_one("#bench-model", Select).set_options, [("default model", DEFAULT_MODEL)] + models)
+        models = [
+            (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+        ]
+        self.app.call_from_thread(
+            self.query_one("#bench-model", Select).set_options, [("default model", DEFAULT_MODEL)] + models
+        )
 
     @on(Button.Pressed, "#bench-run")
     def action_run(self) -> None:
@@ -152,7 +169,11 @@ class BenchScreen(TuiScreen):
         self._bench_running = False
         if message.result is None:
             self.query_one("#bench-summary", Static).update(message.error or "")
-            self.notify(message.error or "failed", title="benchmark", severity="warning" if message.error == "cancelled" else "error")
+            self.notify(
+                message.error or "failed",
+                title="benchmark",
+                severity="warning" if message.error == "cancelled" else "error",
+            )
             return
         self.show_result(message.result)
 
@@ -161,10 +182,18 @@ class BenchScreen(TuiScreen):
         table.clear()
         for r in result.rows:
             table.add_row(
-                str(r["k"]), f"{r['tokens_per_forward']:.2f}", f"{r['implied_tokens_per_forward']:.2f}",
-                f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}x", " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-",
+                str(r["k"]),
+                f"{r['tokens_per_forward']:.2f}",
+                f"{r['implied_tokens_per_forward']:.2f}",
+                f"{r['tokens_per_s']:.1f}",
+                f"{r['speedup']:.2f}x",
+                " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-",
             )
         accuracy = " ".join(f"{a:.2f}" for a in result.head_accuracy)
-        warn = f"  [red]{result.mismatches} runs differ from plain decoding[/]" if result.mismatches else "  (all equal plain greedy)"
+        warn = (
+            f"  [red]{result.mismatches} runs differ from plain decoding[/]"
+            if result.mismatches
+            else "  (all equal plain greedy)"
+        )
         self.query_one("#bench-summary", Static).update(f"{result.prompts} prompts; head accuracy {accuracy}{warn}")
         self.query_one(SpeedupChart).show([(r["k"], r["speedup"]) for r in result.rows])

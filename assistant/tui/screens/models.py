@@ -28,7 +28,10 @@ from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.operation import OperationBar
 
 QUANTIZATIONS = [
-    ("Q8_0 (8-bit)", "q8_0"), ("Q4_K_M (4-bit)", "q4_k_m"), ("F16 (half precision)", "f16"), ("F32 (full precision)", "f32"),
+    ("Q8_0 (8-bit)", "q8_0"),
+    ("Q4_K_M (4-bit)", "q4_k_m"),
+    ("F16 (half precision)", "f16"),
+    ("F32 (full precision)", "f32"),
 ]
 
 
@@ -103,8 +106,14 @@ class ModelsScreen(TuiScreen):
                 table.add_row("!", m.name, "?", human_size(m.size_bytes), "?", "?", m.error[:20], key=str(m.path))
             else:
                 table.add_row(
-                    "*" if m.is_default else "", m.name, human_count(m.parameters), human_size(m.size_bytes),
-                    str(m.n_future), f"{m.tokenizer} {m.vocab_size}", quant, key=str(m.path),
+                    "*" if m.is_default else "",
+                    m.name,
+                    human_count(m.parameters),
+                    human_size(m.size_bytes),
+                    str(m.n_future),
+                    f"{m.tokenizer} {m.vocab_size}",
+                    quant,
+                    key=str(m.path),
                 )
         if self.models:
             table.move_cursor(row=min(row, len(self.models) - 1))
@@ -128,17 +137,28 @@ class ModelsScreen(TuiScreen):
         if m.error:
             detail.update(f"[b]{m.name}[/b]: cannot be read: {m.error}")
             return
-        lines = [f"[b]{m.name}[/b]{' (default)' if m.is_default else ''}: dim {m.dim}, {m.n_layers} blocks, {m.n_future} heads"]
+        lines = [
+            f"[b]{m.name}[/b]{' (default)' if m.is_default else ''}: dim {m.dim}, {m.n_layers} blocks, {m.n_future} heads"
+        ]
         p = m.provenance
         made = p.get("trained_by") or p.get("source") or p.get("imported_from")
         if made:
-            lines.append(f"made by: {made}" + (f", fine-tuned ({p['finetune']}) from {Path(str(p['base_model'])).name}" if p.get("base_model") else ""))
+            lines.append(
+                f"made by: {made}"
+                + (
+                    f", fine-tuned ({p['finetune']}) from {Path(str(p['base_model'])).name}"
+                    if p.get("base_model")
+                    else ""
+                )
+            )
         if p.get("steps"):
             lines.append(f"steps: {p['steps']}, tokens seen: {human_count(p.get('tokens_seen'))}")
         corpus = p.get("corpus")
         if isinstance(corpus, dict) and isinstance(corpus.get("train"), dict):
-            lines.append(f"corpus: {Path(str(corpus.get('root', '?'))).name}, {corpus['train'].get('files')} train files, "
-                         f"{(corpus.get('val') or {}).get('files', 0)} validation files")
+            lines.append(
+                f"corpus: {Path(str(corpus.get('root', '?'))).name}, {corpus['train'].get('files')} train files, "
+                f"{(corpus.get('val') or {}).get('files', 0)} validation files"
+            )
         for key, value in scores(p).items():
             lines.append(f"{key}: {json.dumps(value)[:70]}")
         if m.quantizations:
@@ -178,7 +198,9 @@ class ModelsScreen(TuiScreen):
                 self._import(Path(path).expanduser(), self._cancel)
 
         self.app.push_screen(
-            InputDialog("Import a model directory (ours, or Meta's release with params.json):", placeholder="/path/to/model"),
+            InputDialog(
+                "Import a model directory (ours, or Meta's release with params.json):", placeholder="/path/to/model"
+            ),
             chosen,
         )
 
@@ -200,7 +222,9 @@ class ModelsScreen(TuiScreen):
                 self.post_message(self.OperationDone("import", True, f"added {entry.name}"))
             return
         # Meta's release layout: the CLI's importer converts it.
-        self._post_job("import", run_cli(["models", "import", str(path)], cancel, self._progress), f"imported {path.name}")
+        self._post_job(
+            "import", run_cli(["models", "import", str(path)], cancel, self._progress), f"imported {path.name}"
+        )
 
     def action_export_model(self) -> None:
         m = self.selected()
@@ -237,7 +261,11 @@ class ModelsScreen(TuiScreen):
     def action_set_default(self) -> None:
         m = self.selected()
         if m is None or m.shipped or m.error:
-            self.notify("select a model in the store" + (" (the shipped model is the default while none is set)" if m and m.shipped else ""), severity="warning")
+            self.notify(
+                "select a model in the store"
+                + (" (the shipped model is the default while none is set)" if m and m.shipped else ""),
+                severity="warning",
+            )
             return
         try:
             self.store.set_default(m.name)

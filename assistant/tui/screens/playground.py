@@ -60,8 +60,20 @@ class PlaygroundScreen(TuiScreen):
         with Vertical(id="playground-body"):
             with Horizontal(classes="field"):
                 yield Label("model", classes="field-label")
-                yield Select([("default model", DEFAULT_MODEL)], value=DEFAULT_MODEL, allow_blank=False, id="pg-model", compact=True)
-            yield TextArea(self.app.settings.playground_text, id="editor", show_line_numbers=True, tab_behavior="indent", soft_wrap=False)
+                yield Select(
+                    [("default model", DEFAULT_MODEL)],
+                    value=DEFAULT_MODEL,
+                    allow_blank=False,
+                    id="pg-model",
+                    compact=True,
+                )
+            yield TextArea(
+                self.app.settings.playground_text,
+                id="editor",
+                show_line_numbers=True,
+                tab_behavior="indent",
+                soft_wrap=False,
+            )
             yield CompletionView("", id="completion")
             yield StatsPanel("", id="pg-stats")
         yield Footer(compact=True, show_command_palette=False)
@@ -79,7 +91,9 @@ class PlaygroundScreen(TuiScreen):
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="models")
     def _list_models(self) -> None:
-        models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
+        models = [
+            (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+        ]
         self.app.call_from_thread(self._set_models, models)
 
     def _set_models(self, models: list[tuple[str, str]]) -> None:
@@ -123,7 +137,9 @@ class PlaygroundScreen(TuiScreen):
         self._complete(editor.text, row, col, model, self._version, self._cancel)
 
     @work(thread=True, exit_on_error=False, group="complete")
-    def _complete(self, text: str, row: int, col: int, model: str | None, version: int, cancel: threading.Event) -> None:
+    def _complete(
+        self, text: str, row: int, col: int, model: str | None, version: int, cancel: threading.Event
+    ) -> None:
         try:
             engine = self._get_engine(model)
             if cancel.is_set():
@@ -155,11 +171,14 @@ class PlaygroundScreen(TuiScreen):
         self.query_one(CompletionView).show(c.pieces, c.n_future)
         s = c.stats
         acceptance = " ".join(f"{a:.2f}" for a in s.acceptance) or "-"
-        self.query_one("#pg-stats", StatsPanel).show([
-            ("tokens", f"{s.new_tokens} in {s.forward_passes} forwards: {s.tokens_per_forward:.2f} per forward"),
-            ("time", f"{s.wall_s * 1e3:.0f} ms (prefill {s.prefill_s * 1e3:.0f} ms, {s.prompt_tokens} prompt tokens, {s.reused_tokens} cached)"),
-            ("accepted", f"per draft head {acceptance}; stopped by {c.stop_reason}"),
-        ])
+        prompt = f"{s.prompt_tokens} prompt tokens, {s.reused_tokens} cached"
+        self.query_one("#pg-stats", StatsPanel).show(
+            [
+                ("tokens", f"{s.new_tokens} in {s.forward_passes} forwards: {s.tokens_per_forward:.2f} per forward"),
+                ("time", f"{s.wall_s * 1e3:.0f} ms (prefill {s.prefill_s * 1e3:.0f} ms, {prompt})"),
+                ("accepted", f"per draft head {acceptance}; stopped by {c.stop_reason}"),
+            ]
+        )
 
     def on_playground_screen_failed(self, message: Failed) -> None:
         self.query_one("#pg-stats", StatsPanel).show([("error", message.error)])

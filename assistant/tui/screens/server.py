@@ -34,8 +34,12 @@ class ServerScreen(TuiScreen):
 
     def on_mount(self) -> None:
         self.sub_title = "Language servers"
-        self.query_one(DataTable).add_columns("pid", "model", "engine", "requests", "p50 ms", "p95 ms", "tok/fwd", "accepted")
-        self.query_one("#server-hint", Static).update("[dim]read from <store home>/servers/*.json, refreshed every few seconds[/]")
+        self.query_one(DataTable).add_columns(
+            "pid", "model", "engine", "requests", "p50 ms", "p95 ms", "tok/fwd", "accepted"
+        )
+        self.query_one("#server-hint", Static).update(
+            "[dim]read from <store home>/servers/*.json, refreshed every few seconds[/]"
+        )
         self._read()
         self.set_interval(self.app.settings.refresh_s * 2, self._read)
 
@@ -51,9 +55,14 @@ class ServerScreen(TuiScreen):
         for s in self.servers:
             latency = s.get("latency_ms") or {}
             table.add_row(
-                str(s["pid"]) + (" (stale)" if s.get("stale") else ""), str(s.get("model", "?"))[-20:], str(s.get("engine", "?")),
-                str(s.get("requests", 0)), fmt(latency.get("p50"), ".1f"), fmt(latency.get("p95"), ".1f"),
-                fmt(s.get("tokens_per_forward")), fmt(s.get("acceptance_rate"), ".0%"),
+                str(s["pid"]) + (" (stale)" if s.get("stale") else ""),
+                str(s.get("model", "?"))[-20:],
+                str(s.get("engine", "?")),
+                str(s.get("requests", 0)),
+                fmt(latency.get("p50"), ".1f"),
+                fmt(latency.get("p95"), ".1f"),
+                fmt(s.get("tokens_per_forward")),
+                fmt(s.get("acceptance_rate"), ".0%"),
             )
         if self.servers:
             table.move_cursor(row=min(max(row, 0), len(self.servers) - 1))
@@ -71,13 +80,24 @@ class ServerScreen(TuiScreen):
         s = self.servers[min(max(table.cursor_row, 0), len(self.servers) - 1)]
         latency = s.get("latency_ms") or {}
         heads = " ".join(f"h{i + 2} {a:.2f}" for i, a in enumerate(s.get("acceptance_per_head") or [])) or "-"
-        panel.show([
-            ("model", str(s.get("model", "?"))),
-            ("requests", f"{s.get('requests', 0)}: {s.get('completions', 0)} completions, "
-                         f"{s.get('cancelled', 0)} cancelled, {s.get('errors', 0)} errors"),
-            ("latency", f"p50 {fmt(latency.get('p50'), '.1f')} ms, p95 {fmt(latency.get('p95'), '.1f')} ms, "
-                        f"p99 {fmt(latency.get('p99'), '.1f')} ms"),
-            ("decoding", f"{fmt(s.get('tokens_per_forward'))} tokens per forward; draft acceptance {heads}"),
-            ("cache", f"{s.get('cache_hits', 0)} hits ({fmt(s.get('cache_hit_rate'), '.0%')})"),
-            ("suggestions", f"{s.get('shown', 0)} shown, {s.get('accepted', 0)} accepted ({fmt(s.get('acceptance_rate'), '.0%')})"),
-        ])
+        panel.show(
+            [
+                ("model", str(s.get("model", "?"))),
+                (
+                    "requests",
+                    f"{s.get('requests', 0)}: {s.get('completions', 0)} completions, "
+                    f"{s.get('cancelled', 0)} cancelled, {s.get('errors', 0)} errors",
+                ),
+                (
+                    "latency",
+                    f"p50 {fmt(latency.get('p50'), '.1f')} ms, p95 {fmt(latency.get('p95'), '.1f')} ms, "
+                    f"p99 {fmt(latency.get('p99'), '.1f')} ms",
+                ),
+                ("decoding", f"{fmt(s.get('tokens_per_forward'))} tokens per forward; draft acceptance {heads}"),
+                ("cache", f"{s.get('cache_hits', 0)} hits ({fmt(s.get('cache_hit_rate'), '.0%')})"),
+                (
+                    "suggestions",
+                    f"{s.get('shown', 0)} shown, {s.get('accepted', 0)} accepted ({fmt(s.get('acceptance_rate'), '.0%')})",
+                ),
+            ]
+        )

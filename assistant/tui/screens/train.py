@@ -112,10 +112,18 @@ class TrainScreen(TuiScreen):
                 yield Static("", id="corpus-preview")
                 with Horizontal(classes="field"):
                     yield Label("base", classes="field-label")
-                    yield Select([("from scratch (tiny)", SCRATCH)], value=SCRATCH, allow_blank=False, id="base", compact=True)
+                    yield Select(
+                        [("from scratch (tiny)", SCRATCH)], value=SCRATCH, allow_blank=False, id="base", compact=True
+                    )
                 with Horizontal(classes="field"):
                     yield Label("train", classes="field-label")
-                    yield Select([("whole model", "full"), ("heads only", "heads")], value="full", allow_blank=False, id="finetune", compact=True)
+                    yield Select(
+                        [("whole model", "full"), ("heads only", "heads")],
+                        value="full",
+                        allow_blank=False,
+                        id="finetune",
+                        compact=True,
+                    )
                 with Horizontal(classes="field"):
                     yield Label("steps", classes="field-label")
                     yield Input(str(settings.train_steps), id="steps", compact=True, type="integer")
@@ -193,7 +201,9 @@ class TrainScreen(TuiScreen):
         infos = runs.list_runs(self.app.runs_dir)
         models = None
         if with_models:
-            models = [(m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error]
+            models = [
+                (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+            ]
         self.post_message(self.RunsListed(infos, models))
         if first and infos and self.attached is None:
             running = [i for i in infos if i.state == runs.RUNNING]

@@ -40,7 +40,11 @@ class LossPlot(PlotextPlot):
         heads = len(train[-1]["loss_per_head"]) if train else 0
         for head in range(heads):
             color = HEAD_COLORS[head % len(HEAD_COLORS)]
-            plt.plot([r["step"] for r in train], [r["loss_per_head"][head] for r in train], color=color, label=f"h{head + 1}")
+            plt.plot(
+                [r["step"] for r in train], [r["loss_per_head"][head] for r in train], color=color, label=f"h{head + 1}"
+            )
             if val:
-                plt.scatter([r["step"] for r in val], [r["loss_per_head"][head] for r in val], color=color, marker="dot")
+                plt.scatter(
+                    [r["step"] for r in val], [r["loss_per_head"][head] for r in val], color=color, marker="dot"
+                )
         self.refresh()

@@ -5,8 +5,13 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-SCREENS = (("f1", "models", "Models"), ("f2", "train", "Train"), ("f3", "playground", "Playground"),
-           ("f4", "bench", "Bench"), ("f5", "server", "Server"))
+SCREENS = (
+    ("f1", "models", "Models"),
+    ("f2", "train", "Train"),
+    ("f3", "playground", "Playground"),
+    ("f4", "bench", "Bench"),
+    ("f5", "server", "Server"),
+)
 
 
 class NavBar(Static):

@@ -20,7 +20,9 @@ async def test_import_and_remove_a_model(home, tmp_path):
     source = save_tiny(tmp_path / "src" / "tiny-a", provenance={"trained_by": "test", "val_loss": 5.5})
     app = make_app(home)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.screen.query_one("#model-detail", Static).render().plain != "", what="listing")
+        await wait_for(
+            pilot, lambda: app.screen.query_one("#model-detail", Static).render().plain != "", what="listing"
+        )
         assert table_names(app) == []
         await pilot.press("i")
         await wait_for(pilot, lambda: app.screen.query(Input), what="import dialog")

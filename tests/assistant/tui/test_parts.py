@@ -32,7 +32,10 @@ def test_metrics_tail_reads_only_complete_new_lines_and_notices_a_rewrite(tmp_pa
 
 
 def test_summarize_gives_progress_speed_and_eta():
-    records = [{"step": s, "split": "train", "loss": 10.0 / s, "tokens_per_s": 500.0, "time": 100.0 + 2 * s} for s in range(1, 11)]
+    records = [
+        {"step": s, "split": "train", "loss": 10.0 / s, "tokens_per_s": 500.0, "time": 100.0 + 2 * s}
+        for s in range(1, 11)
+    ]
     records.append({"step": 10, "split": "val", "loss": 1.5, "accuracy_per_head": [0.5, 0.25]})
     p = runs.summarize(records, steps=30)
     assert (p.step, p.steps, p.loss, p.val_loss, p.val_accuracy) == (10, 30, 1.0, 1.5, [0.5, 0.25])
@@ -70,7 +73,9 @@ def test_train_request_validation_and_command(tmp_path):
         runs.TrainRequest(repo=".", steps=0)
     with pytest.raises(ValueError):
         runs.TrainRequest(repo=".", finetune="heads")
-    command = runs.train_command(runs.TrainRequest(repo=str(tmp_path), base_model="/m", finetune="heads", steps=50), tmp_path / "out")
+    command = runs.train_command(
+        runs.TrainRequest(repo=str(tmp_path), base_model="/m", finetune="heads", steps=50), tmp_path / "out"
+    )
     assert command[:4] == [sys.executable, "-m", "assistant.cli", "train"]
     assert command[command.index("--base") + 1] == "/m" and command[command.index("--finetune") + 1] == "heads"
     assert command[command.index("--eval-every") + 1] == "5" and "--quiet" in command
@@ -88,7 +93,9 @@ def test_run_command_reports_output_and_cancels():
     started = time.monotonic()
     result = run_command([sys.executable, "-c", script], cancel, on_output, poll_s=0.05)
     assert result.returncode is None and lines == ["step one"] and time.monotonic() - started < 30
-    result = run_command([sys.executable, "-c", "import sys; sys.exit('mtp-assistant: error: no such thing')"], threading.Event())
+    result = run_command(
+        [sys.executable, "-c", "import sys; sys.exit('mtp-assistant: error: no such thing')"], threading.Event()
+    )
     assert result.returncode == 1 and result.error_line() == "mtp-assistant: error: no such thing"
 
 
@@ -104,7 +111,11 @@ def test_model_listing_reads_files_only(home, tmp_path):
     (store.models_dir / "broken" / "config.json").write_text("[]")
     shipped = save_tiny(tmp_path / "shipped")
     infos = list_models(store, shipped)
-    assert [(m.name, m.is_default, m.shipped) for m in infos] == [("a", True, False), ("broken", False, False), ("(shipped) default", False, True)]
+    assert [(m.name, m.is_default, m.shipped) for m in infos] == [
+        ("a", True, False),
+        ("broken", False, False),
+        ("(shipped) default", False, True),
+    ]
     a = infos[0]
     assert a.quantizations == ("old-f16", "q4_k_m") and len(a.gguf_files) == 3 and a.n_future == 4
     assert a.parameters == sum(p.numel() for p in random_model().parameters())

@@ -25,7 +25,12 @@ async def test_completion_at_the_cursor(home, tmp_path, trained_model):
         # Typing triggers a completion after a pause (the cursor is at the end of the text).
         await pilot.press("space", "backspace")
         screen = app.screen
-        await wait_for(pilot, lambda: screen.shown_version == screen._version and editor.suggestion, timeout=60, what="a ghost completion")
+        await wait_for(
+            pilot,
+            lambda: screen.shown_version == screen._version and editor.suggestion,
+            timeout=60,
+            what="a ghost completion",
+        )
         suggestion = editor.suggestion
         # The same text that plain greedy decoding (k = 1) gives at the cursor.
         engine = TorchEngine(loaded.model, loaded.tokenizer)

@@ -17,11 +17,23 @@ pytestmark = pytest.mark.asyncio
 
 def stats(pid: int, **changes) -> dict:
     data = {
-        "pid": pid, "started": 1.0, "updated": 2.0, "model": "tiny-a", "engine": "torch",
-        "requests": 12, "completions": 10, "cancelled": 2, "errors": 0,
+        "pid": pid,
+        "started": 1.0,
+        "updated": 2.0,
+        "model": "tiny-a",
+        "engine": "torch",
+        "requests": 12,
+        "completions": 10,
+        "cancelled": 2,
+        "errors": 0,
         "latency_ms": {"p50": 21.5, "p95": 48.25, "p99": 60.0},
-        "tokens_per_forward": 2.37, "acceptance_per_head": [0.8, 0.55, 0.3],
-        "cache_hits": 3, "cache_hit_rate": 0.25, "shown": 9, "accepted": 4, "acceptance_rate": 0.444,
+        "tokens_per_forward": 2.37,
+        "acceptance_per_head": [0.8, 0.55, 0.3],
+        "cache_hits": 3,
+        "cache_hit_rate": 0.25,
+        "shown": 9,
+        "accepted": 4,
+        "acceptance_rate": 0.444,
     }
     return data | changes
 

@@ -20,8 +20,13 @@ SIZE = (80, 24)
 @pytest.fixture
 def store_home(home, tmp_path):
     store = ModelStore(home)
-    store.add(save_tiny(tmp_path / "src" / "tiny-a", provenance={"trained_by": "mtp-assistant train", "steps": 120,
-                                                               "tokens_seen": 92160, "val_loss": 4.83}), make_default=True)
+    store.add(
+        save_tiny(
+            tmp_path / "src" / "tiny-a",
+            provenance={"trained_by": "mtp-assistant train", "steps": 120, "tokens_seen": 92160, "val_loss": 4.83},
+        ),
+        make_default=True,
+    )
     store.add(save_tiny(tmp_path / "src" / "tiny-b", n_future=2, seed=1))
     for quant in ("q8_0", "q4_k_m"):  # the llama.cpp export's layout
         (store.models_dir / "tiny-b" / "gguf" / quant).mkdir(parents=True)
@@ -43,13 +48,29 @@ def small_repo(tmp_path):
 def fake_records(steps=40, heads=4):
     records = []
     for step in range(1, steps + 1):
-        losses = [5.5 * (0.97 ** step) + 0.3 * h for h in range(heads)]
-        records.append({"step": step, "split": "train", "loss": sum(losses), "loss_per_head": losses,
-                        "tokens_per_s": 1000.0, "time": float(step)})
+        losses = [5.5 * (0.97**step) + 0.3 * h for h in range(heads)]
+        records.append(
+            {
+                "step": step,
+                "split": "train",
+                "loss": sum(losses),
+                "loss_per_head": losses,
+                "tokens_per_s": 1000.0,
+                "time": float(step),
+            }
+        )
         if step % 10 == 0:
             val = [x + 0.1 for x in losses]
-            records.append({"step": step, "split": "val", "loss": sum(val), "loss_per_head": val,
-                            "accuracy_per_head": [0.6, 0.4, 0.3, 0.2], "time": float(step)})
+            records.append(
+                {
+                    "step": step,
+                    "split": "val",
+                    "loss": sum(val),
+                    "loss_per_head": val,
+                    "accuracy_per_head": [0.6, 0.4, 0.3, 0.2],
+                    "time": float(step),
+                }
+            )
     return records
 
 
@@ -90,9 +111,18 @@ def test_playground_screen(snap_compare, store_home):
 
 def test_bench_screen(snap_compare, store_home):
     app = make_app(store_home, start_mode="bench")
-    rows = [{"k": k, "tokens_per_forward": 1 + 0.6 * (k - 1), "implied_tokens_per_forward": 1 + 0.65 * (k - 1),
-             "tokens_per_s": 100.0 * (1 + 0.4 * (k - 1)), "speedup": 1 + 0.4 * (k - 1),
-             "acceptance": [0.7, 0.5, 0.4][: k - 1], "loop_overhead": 0.1} for k in range(1, 5)]
+    rows = [
+        {
+            "k": k,
+            "tokens_per_forward": 1 + 0.6 * (k - 1),
+            "implied_tokens_per_forward": 1 + 0.65 * (k - 1),
+            "tokens_per_s": 100.0 * (1 + 0.4 * (k - 1)),
+            "speedup": 1 + 0.4 * (k - 1),
+            "acceptance": [0.7, 0.5, 0.4][: k - 1],
+            "loop_overhead": 0.1,
+        }
+        for k in range(1, 5)
+    ]
 
     async def ready(pilot):
         await pilot.pause(0.2)

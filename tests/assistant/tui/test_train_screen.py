@@ -17,7 +17,12 @@ pytestmark = pytest.mark.asyncio
 
 def train_app(home, repo, steps):
     return make_app(
-        home, start_mode="train", repo=str(repo), train_steps=steps, train_seq_len=32, train_batch_size=2,
+        home,
+        start_mode="train",
+        repo=str(repo),
+        train_steps=steps,
+        train_seq_len=32,
+        train_batch_size=2,
         train_device="cpu",
     )
 
@@ -33,7 +38,9 @@ async def test_short_run_plots_live_metrics(home, code_repo):
     app = train_app(home, code_repo, steps=30)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
-        await wait_for(pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="corpus preview")
+        await wait_for(
+            pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="corpus preview"
+        )
         await pilot.click("#start")
         await wait_for(pilot, lambda: screen.attached is not None, what="the run")
         run_dir = screen.attached
@@ -42,7 +49,9 @@ async def test_short_run_plots_live_metrics(home, code_repo):
 
         def finished():
             seen.append(len(plot._records))
-            return runs.run_state(run_dir) == runs.FINISHED and any(r["split"] == "val" and r["step"] == 30 for r in screen.records)
+            return runs.run_state(run_dir) == runs.FINISHED and any(
+                r["split"] == "val" and r["step"] == 30 for r in screen.records
+            )
 
         await wait_for(pilot, finished, timeout=120, what="the run to finish")
         await pilot.pause(0.3)
