@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/demo
 
-.PHONY: setup run test test-slow bench-backward bench-model bench-decode clean
+.PHONY: setup run test test-slow bench-backward bench-model bench-decode default-model clean
 
 # The CPU build of torch goes in first: with no torch installed, pip would resolve
 # `torch` to a multi-GB CUDA build. llama-cpp-python builds from source (~5 min on
@@ -47,6 +47,17 @@ bench-model: setup
 
 bench-decode: setup
 	$(VENV)/bin/mtp-assistant bench --model $(BENCH_MODEL)/model --max-new 128 --out $(BENCH_MODEL)/bench.json
+
+# The shipped default model (models/default), rebuilt from nothing: gather the pinned
+# corpus, train (BPE tokenizer included) on one CPU thread, copy it into models/default and
+# measure its card (held-out heads, next-line exact match, HumanEval, speed).
+DEFAULT_DATA ?= runs/default-data
+DEFAULT_RUN ?= runs/default
+default-model: setup
+	$(PY) -m assistant.training.recipe gather $(DEFAULT_DATA)
+	OMP_NUM_THREADS=1 $(VENV)/bin/mtp-assistant train $(DEFAULT_DATA)/train --out $(DEFAULT_RUN) --quiet \
+		$$($(PY) -m assistant.training.recipe train-args)
+	OMP_NUM_THREADS=1 $(PY) -m assistant.training.recipe ship $(DEFAULT_RUN) $(DEFAULT_DATA)
 
 clean:
 	rm -rf $(VENV) runs

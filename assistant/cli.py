@@ -4,6 +4,7 @@
     mtp-assistant train --resume DIR                   continue an interrupted run
     mtp-assistant eval MODEL --repo PATH               per-head validation loss and accuracy
     mtp-assistant models list|show|add|remove|default  manage the model store
+    mtp-assistant models import PATH                   convert Meta's released MTP checkpoint
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
     mtp-assistant tui [--repo PATH]                    the terminal UI: models, training, playground
@@ -16,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from assistant.store import ModelStore, StoreError
+from assistant.store import NAME_PATTERN, ModelStore, StoreError
 from assistant.training.corpus import CorpusError
 from assistant.training.trainer import TrainError
 from models.checkpoint import ModelFileError, read_config
@@ -135,33 +137,71 @@ def cmd_train(args) -> int:
 
 
 def _add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="per-head validation loss and top-1 accuracy of a model on a repository")
+    p = sub.add_parser(
+        "eval", help="model quality: per-head loss and accuracy on a repository, next-line exact match, HumanEval"
+    )
     p.add_argument("model", nargs="?", default="default", help="model directory or store name")
-    p.add_argument("--repo", required=True, help="repository to evaluate on")
+    p.add_argument("--repo", help="per-head validation loss and top-1 accuracy on this repository")
     p.add_argument("--split", choices=("val", "train", "all"), default="val")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-windows", type=int, default=64)
-    p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    p.add_argument("--next-line", metavar="DIR", help="exact match of the next line at cursor positions in DIR's code")
+    p.add_argument("--cases", type=int, default=200, help="cursor positions for --next-line")
+    p.add_argument("--humaneval", action="store_true", help="HumanEval pass@1, greedy, code run in a sandboxed subprocess")
+    p.add_argument("--limit", type=int, help="first N HumanEval problems")
+    p.add_argument("--engine", default="auto", help="decoding engine for --next-line and --humaneval")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> int:
-    from assistant.training.evaluation import evaluate_on_repo
+    if not (args.repo or args.next_line or args.humaneval):
+        raise CliError("nothing to evaluate: give --repo DIR, --next-line DIR and/or --humaneval")
+    model_dir = ModelStore().resolve(args.model)
+    report: dict = {}
+    if args.repo:
+        from assistant.training.evaluation import evaluate_on_repo
 
-    result = evaluate_on_repo(ModelStore().resolve(args.model), args.repo, args.split, args.seq_len, args.max_windows)
-    stats = result.stats
-    if args.json:
-        print(json.dumps({
+        result = evaluate_on_repo(model_dir, args.repo, args.split, args.seq_len, args.max_windows)
+        report["heads"] = {
+            "split": args.split,
             "files": result.files,
             "tokens": result.tokens,
-            "loss_per_head": stats.loss.tolist(),
-            "accuracy_per_head": stats.accuracy.tolist(),
-        }))
+            "loss_per_head": result.stats.loss.tolist(),
+            "accuracy_per_head": result.stats.accuracy.tolist(),
+        }
+    if args.next_line or args.humaneval:
+        from assistant.engine import load_engine
+
+        engine = load_engine(model_dir, args.engine)
+    if args.next_line:
+        from assistant.evals.next_line import line_cases, run_next_line
+
+        lines = run_next_line(engine, line_cases(args.next_line, args.cases))
+        report["next_line"] = {"cases": lines.total, "exact_match": lines.exact_match, "examples": lines.examples}
+    if args.humaneval:
+        from assistant.evals.humaneval import run_humaneval
+
+        humaneval = run_humaneval(engine, args.limit)
+        report["humaneval"] = {
+            "problems": len(humaneval.passed) + len(humaneval.failed),
+            "pass_at_1": humaneval.pass_at_1,
+            "passed": humaneval.passed,
+        }
+    if args.json:
+        print(json.dumps(report))
         return 0
-    print(f"{args.split} split: {result.files} files, {result.tokens} scored positions")
-    print(f"{'head':>4}  {'predicts':>8}  {'loss':>7}  {'top-1':>6}")
-    for i, (loss, acc) in enumerate(zip(stats.loss.tolist(), stats.accuracy.tolist())):
-        print(f"{i + 1:>4}  {'t+' + str(i + 1):>8}  {loss:7.4f}  {acc:6.1%}")
+    if "heads" in report:
+        heads = report["heads"]
+        print(f"{args.split} split: {heads['files']} files, {heads['tokens']} scored positions")
+        print(f"{'head':>4}  {'predicts':>8}  {'loss':>7}  {'top-1':>6}")
+        for i, (loss, acc) in enumerate(zip(heads["loss_per_head"], heads["accuracy_per_head"])):
+            print(f"{i + 1:>4}  {'t+' + str(i + 1):>8}  {loss:7.4f}  {acc:6.1%}")
+    if "next_line" in report:
+        print(f"next line exact match: {report['next_line']['exact_match']:.1%} of {report['next_line']['cases']} cursors")
+    if "humaneval" in report:
+        h = report["humaneval"]
+        print(f"HumanEval pass@1 (greedy): {h['pass_at_1']:.1%} ({len(h['passed'])} of {h['problems']} problems)")
     return 0
 
 
@@ -183,6 +223,7 @@ def _add_models_parser(sub) -> None:
     default = msub.add_parser("default", help="set the default model")
     default.add_argument("name")
     default.set_defaults(func=cmd_models_default)
+    _add_models_import_parser(msub)
 
 
 def cmd_models_list(args) -> int:
@@ -223,6 +264,46 @@ def cmd_models_remove(args) -> int:
 def cmd_models_default(args) -> int:
     ModelStore().set_default(args.name)
     print(f"default model: {args.name}")
+    return 0
+
+
+def _add_models_import_parser(msub) -> None:
+    p = msub.add_parser(
+        "import", help="convert Meta's released MTP checkpoint (params.json, consolidated.pth, tokenizer.model)"
+    )
+    p.add_argument("path", help="the release directory, e.g. multi-token-prediction/7B_200B_4")
+    p.add_argument("--name", help="name in the store (default: the directory's name)")
+    p.add_argument("--default", action="store_true", help="make it the default model")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                   help="weights on disk (auto: as in the checkpoint, fp16 for Meta's)")
+    p.add_argument("--tokenizer", help="tokenizer.model (default: PATH/tokenizer.model, then PATH/../tokenizer.model)")
+    p.add_argument("--max-seq-len", type=int, help="context length (params.json has none; default 4096)")
+    p.set_defaults(func=cmd_models_import)
+
+
+def cmd_models_import(args) -> int:
+    from models.meta_import import MetaImportConfig, import_meta_checkpoint
+
+    store = ModelStore()
+    source = Path(args.path)
+    name = args.name or source.resolve().name
+    if not NAME_PATTERN.match(name):
+        raise CliError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-' only (choose one with --name)")
+    if (store.models_dir / name).exists():
+        raise CliError(f"a model named {name!r} already exists in {store.models_dir} (choose another with --name)")
+    config = MetaImportConfig(dtype=args.dtype, max_seq_len=args.max_seq_len, tokenizer_path=args.tokenizer)
+    # Written inside the store's folder, then moved into place: a 7B model is not copied twice.
+    staging = store.models_dir / f".{name}.import"
+    store.models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import_meta_checkpoint(source, staging, config)
+        entry = store.add(staging, name, args.default, move=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    loaded_config, _, _ = read_config(entry.path)
+    print(f"imported {source} as {entry.name} at {entry.path}" + (" (default)" if entry.is_default else ""))
+    print(f"{loaded_config.n_future_tokens} heads, {loaded_config.n_layers} blocks of dim {loaded_config.dim}, "
+          f"vocabulary {loaded_config.vocab_size}, context {loaded_config.max_seq_len}")
     return 0
 
 

@@ -90,8 +90,11 @@ class ModelStore:
             return self.models_dir / str(ref)
         raise StoreError(f"{ref}: neither a model directory nor a model in {self.models_dir}")
 
-    def add(self, source: Path | str, name: str | None = None, make_default: bool = False) -> ModelEntry:
-        """Copy a model directory into the store (validated first; never half-copied)."""
+    def add(
+        self, source: Path | str, name: str | None = None, make_default: bool = False, move: bool = False
+    ) -> ModelEntry:
+        """Copy (or, with move, rename) a model directory into the store (validated first;
+        never half-copied). Moving suits a model just written inside the store's folder."""
         source = Path(source)
         try:
             read_config(source)
@@ -106,7 +109,10 @@ class ModelStore:
         tmp = self.models_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+        if move:
+            shutil.move(source, tmp)
+        else:
+            shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
         tmp.rename(target)
         if make_default or self.default_name() is None:
             self.set_default(name)

@@ -1,9 +1,10 @@
-"""A model on disk: a directory with config.json, model.safetensors (+ tokenizer.json).
+"""A model on disk: a directory with config.json, model.safetensors (+ tokenizer.json for
+BPE, tokenizer.model for SentencePiece).
 
 config.json:
     {"format": "mtp-assistant/1",
      "model": {...ModelConfig...},
-     "tokenizer": {"kind": "byte" | "bpe", "vocab_size": ..., "special_tokens": {...}},
+     "tokenizer": {"kind": "byte" | "bpe" | "sentencepiece", "vocab_size": ..., "special_tokens": {...}},
      "provenance": {...how it was made: free-form, for the model card...}}
 
 Weights are safetensors only: nothing here ever unpickles.
@@ -43,7 +44,7 @@ class ModelFileError(Exception):
 @dataclass
 class LoadedModel:
     model: MTPTransformer
-    tokenizer: Any  # models.tokenizer.ByteTokenizer | BPETokenizer
+    tokenizer: Any  # models.tokenizer.Tokenizer
     config: ModelConfig
     provenance: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None

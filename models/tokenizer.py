@@ -1,12 +1,17 @@
-"""Tokenizers for the completion model: a trivial byte tokenizer and a byte-level BPE.
+"""Tokenizers for the completion model: a trivial byte tokenizer, a byte-level BPE, and
+SentencePiece (the Llama 2 `tokenizer.model` that Meta's released MTP models use).
 
-Both kinds share one contract that the rest of the project relies on:
+All kinds share one contract that the rest of the project relies on:
 
 * ``encode`` never emits a special id, so text that happens to contain
   "<|endoftext|>" (this file, for one) cannot forge document or FIM boundaries;
   callers insert special ids explicitly.
 * every token maps to exact bytes (``token_bytes``), so streaming output can be
   assembled byte by byte even when a token ends in the middle of a UTF-8 character.
+
+SentencePiece models come from elsewhere and have no FIM specials: their FIM ids (and
+file separator) are None, and ``has_fim`` says so. They also have a beginning-of-sequence
+token (``bos_id``) that Llama models expect at the start of every prompt; ours have none.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import sentencepiece
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -26,6 +32,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_su
 SPECIAL_NAMES = ("eot", "fim_prefix", "fim_middle", "fim_suffix", "file_sep")
 
 TOKENIZER_FILE = "tokenizer.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 CONFIG_FILE = "config.json"
 
 
@@ -64,12 +71,18 @@ class _TableTokenizer:
     """Shared behaviour: each id maps to a fixed byte string held in ``_table``."""
 
     kind: str
+    bos_id: int | None = None  # only SentencePiece (Llama) models start prompts with one
 
-    def __init__(self, table: list[bytes], special_ids: tuple[int, ...]) -> None:
+    def __init__(self, table: list[bytes], special_ids: tuple[int | None, ...]) -> None:
         self._table = table
         self.vocab_size = len(table)
         self.eot_id, self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id, self.file_sep_id = special_ids
-        self.special_ids = frozenset(special_ids)
+        self.special_ids = frozenset(i for i in special_ids if i is not None)
+
+    @property
+    def has_fim(self) -> bool:
+        """Whether the model knows fill-in-the-middle prompts (our own tokenizers do)."""
+        return None not in (self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id)
 
     def token_bytes(self, token_id: int) -> bytes:
         # Checked explicitly: a negative id would otherwise index from the end of the table.
@@ -206,7 +219,131 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     return BPETokenizer(tok)
 
 
-def load_tokenizer(model_dir: Path, config: dict) -> ByteTokenizer | BPETokenizer:
+# Appended to a serialized SentencePiece ModelProto, these bytes merge
+# `normalizer_spec { add_dummy_prefix: false }` into it (protobuf merges a repeated
+# message field into the earlier one): field 3 (normalizer_spec), 2 bytes long, holding
+# field 3 (add_dummy_prefix) = 0. Written by hand to avoid a dependency on protobuf.
+_NO_DUMMY_PREFIX = b"\x1a\x02\x18\x00"
+
+# SentencePiece's stand-in for a space inside pieces ("▁foo" is " foo").
+_SPACE_SYMBOL = "\u2581"
+
+# What sentencepiece itself prints for <unk> (never produced when byte fallback is on).
+_UNK_SURFACE = " \u2047 ".encode("utf-8")
+
+# Text that a normalizing tokenizer would change: full-width and circled letters (NFKC),
+# combining marks, runs of spaces, tabs, CR, NUL, astral characters, a literal U+2581.
+_ROUND_TRIP_PROBE = "x \u2581 y\t\n\r\n  \uff26\uff55\uff4c\uff4c \u2460 cafe\u0301 caf\u00e9 \u65e5\u672c \U0001f40d \x00 end "
+
+
+class SentencePieceTokenizer(_TableTokenizer):
+    """A SentencePiece `tokenizer.model` with byte fallback (Llama 2's, for Meta's MTP models).
+
+    Encoding runs sentencepiece with its "dummy prefix" (a space added in front of the
+    text) switched off, so that ``decode(encode(text)) == text`` exactly; pieces map to
+    bytes with U+2581 as a space and ``<0xNN>`` as the byte NN. Decoding goes through
+    that byte table, so, unlike ``SentencePieceProcessor.decode``, a leading space is kept:
+    a completion that starts a new word starts with its space.
+    """
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes, path: Path | None = None) -> None:
+        """Wrap a serialized model; ``path`` is only used to name the file in error messages."""
+        self._proto = model_proto
+        try:
+            sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto + _NO_DUMMY_PREFIX)
+        except (RuntimeError, OSError, TypeError):
+            # sentencepiece's own message is an internal source location; say what it means.
+            raise TokenizerError("not a SentencePiece model file (sentencepiece cannot parse it)", path) from None
+        self._sp = sp
+
+        table = []
+        for token_id in range(sp.get_piece_size()):
+            piece = sp.id_to_piece(token_id)
+            if sp.is_byte(token_id):  # "<0x0A>"
+                table.append(bytes([int(piece[3:5], 16)]))
+            elif sp.is_control(token_id):  # <s>, </s>: markers, no text
+                table.append(b"")
+            elif sp.is_unknown(token_id):
+                table.append(_UNK_SURFACE)
+            else:
+                table.append(piece.replace(_SPACE_SYMBOL, " ").encode("utf-8"))
+        n_byte_pieces = sum(sp.is_byte(i) for i in range(len(table)))
+        if n_byte_pieces != 256:
+            raise TokenizerError(
+                f"has {n_byte_pieces} of the 256 byte-fallback pieces <0x00>..<0xFF> "
+                "(train it with byte_fallback=True); without them some text becomes <unk>",
+                path,
+            )
+        if sp.eos_id() < 0:
+            raise TokenizerError("defines no end-of-sequence token </s>", path)
+        super().__init__(table, (sp.eos_id(), None, None, None, None))
+        self._space_symbol_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_SYMBOL.encode("utf-8")]
+        self.bos_id = sp.bos_id() if sp.bos_id() >= 0 else None
+        self.special_ids = frozenset(i for i in range(len(table)) if sp.is_control(i) or sp.is_unknown(i))
+        if self.decode_bytes(self.encode(_ROUND_TRIP_PROBE)) != _ROUND_TRIP_PROBE.encode("utf-8"):
+            # e.g. an NFKC normalizer or collapsed whitespace: completions would not match the text.
+            raise TokenizerError("normalizes its input, so decoding would not give back the text encoded", path)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> "SentencePieceTokenizer":
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise TokenizerError("missing", path) from None
+        except OSError as e:
+            raise TokenizerError(f"cannot read: {e}", path) from None
+        return cls(data, path)
+
+    def encode(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        # Control pieces such as "<s>" are never matched in the input: this never emits a special.
+        # sentencepiece reads a literal U+2581 in the text as a space, so it goes in as its
+        # three byte-fallback pieces instead, the only way to get it back exactly.
+        parts = text.split(_SPACE_SYMBOL)
+        ids = self._sp.encode(parts[0])
+        for part in parts[1:]:
+            ids += self._space_symbol_ids + self._sp.encode(part)
+        return ids
+
+    def to_config(self) -> dict:
+        config = super().to_config()
+        config["special_tokens"]["bos"] = self.bos_id
+        return config
+
+    def pieces(self) -> list[tuple[str, float, str]]:
+        """(piece, score, type) per id, type one of normal, unknown, control, unused, byte:
+        what a llama-SPM vocabulary (e.g. in a GGUF file) records. sentencepiece's Python
+        API cannot tell user-defined pieces (Llama 2 has none) from normal ones."""
+        sp = self._sp
+        checks = (("byte", sp.is_byte), ("control", sp.is_control), ("unknown", sp.is_unknown), ("unused", sp.is_unused))
+        return [
+            (sp.id_to_piece(i), sp.get_score(i), next((name for name, check in checks if check(i)), "normal"))
+            for i in range(self.vocab_size)
+        ]
+
+    def save(self, model_dir: Path) -> None:
+        """Write model_dir/tokenizer.model (the original bytes) atomically."""
+        model_dir = Path(model_dir)
+        fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{SENTENCEPIECE_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._proto)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, model_dir / SENTENCEPIECE_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+Tokenizer = ByteTokenizer | BPETokenizer | SentencePieceTokenizer
+
+
+def load_tokenizer(model_dir: Path, config: dict) -> Tokenizer:
     """Build the tokenizer described by config.json's "tokenizer" section ``config``.
 
     Checks that the tokenizer found matches what the model was trained with: a silent
@@ -218,14 +355,19 @@ def load_tokenizer(model_dir: Path, config: dict) -> ByteTokenizer | BPETokenize
         raise TokenizerError(f'"tokenizer" section must be an object, got {type(config).__name__}', config_path)
     kind = config.get("kind")
     if kind == "byte":
-        tok: ByteTokenizer | BPETokenizer = ByteTokenizer()
+        tok: Tokenizer = ByteTokenizer()
         found_in = "the byte tokenizer"
     elif kind == "bpe":
         tokenizer_path = model_dir / TOKENIZER_FILE
         tok = BPETokenizer(_read_tokenizer_file(tokenizer_path), tokenizer_path)
         found_in = TOKENIZER_FILE
+    elif kind == "sentencepiece":
+        tok = SentencePieceTokenizer.from_file(model_dir / SENTENCEPIECE_FILE)
+        found_in = SENTENCEPIECE_FILE
     else:
-        raise TokenizerError(f'unknown tokenizer kind {kind!r} (expected "byte" or "bpe")', config_path)
+        raise TokenizerError(
+            f'unknown tokenizer kind {kind!r} (expected "byte", "bpe" or "sentencepiece")', config_path
+        )
 
     actual = tok.to_config()
     if config.get("vocab_size") != actual["vocab_size"]:

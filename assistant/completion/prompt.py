@@ -3,7 +3,8 @@
 Order is suffix-prefix-middle (SPM): while the user types, the prefix grows at its end
 and the suffix stays put, so each keystroke only extends the prompt the engine has
 cached. With nothing but whitespace after the cursor the prompt is the plain prefix,
-the way most training documents look.
+the way most training documents look; so it is for tokenizers without FIM specials
+(Meta's Llama 2 SentencePiece models), which start with their BOS token instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ class PromptBudget:
 
 def build_prompt(tokenizer: Any, prefix: str, suffix: str, budget: PromptBudget = PromptBudget()) -> list[int]:
     """Token ids that ask the model for the text between prefix and suffix."""
-    if not suffix.strip():
-        return tokenizer.encode(prefix)[-budget.max_tokens :] or [tokenizer.eot_id]
+    # Llama models (SentencePiece) expect BOS first; our own tokenizers have none.
+    bos = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
+    if not suffix.strip() or not getattr(tokenizer, "has_fim", True):
+        return bos + tokenizer.encode(prefix)[-(budget.max_tokens - len(bos)) :] or [tokenizer.eot_id]
     room = budget.max_tokens - 3  # the three FIM specials
     suffix_ids = tokenizer.encode(suffix)[: int(room * budget.suffix_share)]
     prefix_ids = tokenizer.encode(prefix)[-(room - len(suffix_ids)) :] if room > len(suffix_ids) else []

@@ -70,7 +70,7 @@ class TorchEngine:
     def from_dir(cls, model_dir, device: str = "cpu", dtype=torch.float32) -> "TorchEngine":
         from models.checkpoint import load_model
 
-        loaded = load_model(model_dir, device=device)
+        loaded = load_model(model_dir, device=device, dtype=dtype)  # no float32 copy of a half model
         return cls(loaded.model, loaded.tokenizer, device, dtype)
 
     @torch.inference_mode()

@@ -82,7 +82,7 @@ DEFAULT_TRAIN_ARGS: tuple[str, ...] = (
     "--tokenizer", "bpe", "--vocab-size", "4096",
     "--preset", "small", "--dim", "192", "--n-layers", "8", "--n-heads", "6", "--n-future", "4",
     "--seq-len", "384", "--batch-size", "12", "--lr", "2e-3", "--warmup", "100",
-    "--eval-every", "250", "--checkpoint-every", "50", "--seed", "0",
+    "--eval-every", "250", "--checkpoint-every", "50", "--seed", "0", "--steps", "1100",
 )
 
 
@@ -152,18 +152,189 @@ def gather(data_dir: Path) -> dict:
     return sources
 
 
+# Ten easy cases for the card, written down before any output of the model was seen.
+# "|" marks the cursor; the completion is decoded greedily up to the end of the line.
+CARD_EXAMPLES: tuple[str, ...] = (
+    'print("hello, world"|\n',
+    "import os\nimport sys\n\n\ndef main():\n    args = sys.argv[1:]\n    for arg in args:\n        |\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = |\n",
+    'if __name__ == "__main__":\n    |\n',
+    "def read_lines(path):\n    with open(path) as f:\n        return |\n",
+    'def add(a, b):\n    """|\n',
+    "import os\n\n\ndef config_path(name):\n    return os.path.join(|\n",
+    "def parse_int(text):\n    try:\n        return int(text)\n    except ValueError:\n        |\n",
+    "numbers = [1, 2, 3, 4]\nsquares = [n * n for n in |\n",
+    "import logging\n\nlogger = logging.|\n",
+)
+
+
+def _card_examples(engine) -> list[dict[str, str]]:
+    from assistant.completion.prompt import PromptBudget, build_prompt
+    from assistant.engine.base import GenerationConfig
+
+    budget = PromptBudget(max_tokens=engine.max_seq_len - 64 - engine.n_future - 1)
+    config = GenerationConfig(max_new_tokens=48, stop_token_ids=(engine.tokenizer.eot_id,), stop_strings=("\n",))
+    examples = []
+    for case in CARD_EXAMPLES:
+        prefix, suffix = case.split("|")
+        result = engine.generate(build_prompt(engine.tokenizer, prefix, suffix, budget), config)
+        examples.append({"prefix": prefix, "suffix": suffix, "completion": result.text})
+    return examples
+
+
+def ship(run_dir: Path, data_dir: Path, dest: Path = SHIPPED_MODEL_DIR, humaneval_limit: int | None = None,
+         bench_limit: int = 40, next_line_cases: int = 200) -> dict:
+    """Copy a finished run's model into `dest` and measure everything its card reports."""
+    import statistics
+    import time
+
+    from assistant.bench import BenchConfig, directory_prompts, run_bench
+    from assistant.engine import load_engine
+    from assistant.evals.humaneval import run_humaneval
+    from assistant.evals.next_line import line_cases, run_next_line
+    from assistant.training.evaluation import evaluate_on_repo
+
+    model_dir = run_dir / "model"
+    train_config = json.loads((run_dir / "train_config.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_records = [r for r in records if r["split"] == "train"]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "tokenizer.json"):
+        if (model_dir / name).exists():
+            shutil.copyfile(model_dir / name, dest / name)
+    config = json.loads((model_dir / "config.json").read_text())
+    # RoPE tables are computed, not stored: the context the model was trained at is its context.
+    config["model"]["max_seq_len"] = train_config["seq_len"]
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    heldout = data_dir / "heldout"
+    engine = load_engine(dest, "torch")
+    started = time.time()
+    heads = evaluate_on_repo(dest, heldout, "all", train_config["seq_len"], max_windows=256)
+    lines = run_next_line(engine, line_cases(heldout, next_line_cases))
+    humaneval = run_humaneval(engine, humaneval_limit)
+    bench = run_bench(engine, engine.tokenizer, directory_prompts(heldout, bench_limit),
+                      BenchConfig(max_new_tokens=64, max_prompt_tokens=256))
+    card = {
+        "sources": json.loads((data_dir / "sources.json").read_text()),
+        "train_config": train_config,
+        "training": {
+            "steps": train_records[-1]["step"],
+            "tokens_seen": train_records[-1]["step"] * train_config["batch_size"] * train_config["seq_len"],
+            "wall_hours": (train_records[-1]["time"] - train_records[0]["time"]) / 3600,
+            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_records),
+            "final_val": next((r for r in reversed(records) if r["split"] == "val"), None),
+        },
+        "heldout_heads": {"tokens": heads.tokens, "loss_per_head": heads.stats.loss.tolist(),
+                          "accuracy_per_head": heads.stats.accuracy.tolist()},
+        "next_line": {"cases": lines.total, "exact_match": lines.exact_match, "examples": lines.examples},
+        "humaneval": {"problems": len(humaneval.passed) + len(humaneval.failed), "pass_at_1": humaneval.pass_at_1,
+                      "passed": humaneval.passed},
+        "bench": bench.to_json(),
+        "bench_table": bench.table(),
+        "examples": _card_examples(engine),
+        "evaluation_minutes": (time.time() - started) / 60,
+    }
+    (dest / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (dest / "CARD.md").write_text(render_card(card))
+    return card
+
+
+def render_card(card: dict) -> str:
+    """CARD.md: what the shipped model is, what it learned from, and what it scores."""
+    t, tc = card["training"], card["train_config"]
+    heads, lines, humaneval = card["heldout_heads"], card["next_line"], card["humaneval"]
+    config = tc["model_overrides"]
+    out = [
+        "# The default model",
+        "",
+        f"A {len(heads['loss_per_head'])}-head multi-token-prediction code model (BPE vocabulary "
+        f"{tc['bpe_vocab_size']}, dim {config['dim']}, {config['n_layers']} blocks in all: "
+        f"{config['n_layers'] - config['n_future_tokens'] + 1} in `layers` incl. head 1, "
+        f"{config['n_future_tokens'] - 1} extra heads), trained from scratch on CPU by this project's "
+        "own command (`make default-model`; the recipe is `assistant/training/recipe.py`).",
+        "",
+        "## Training",
+        "",
+        f"- {t['steps']} steps x {tc['batch_size']} sequences x {tc['seq_len']} tokens = "
+        f"{t['tokens_seen'] / 1e6:.1f}M tokens seen, {t['wall_hours']:.2f} h on one thread of a 2-core "
+        f"x86 CPU (median {t['median_tokens_per_s']:.0f} tokens/s), AdamW lr {tc['lr']} warmup "
+        f"{tc['warmup_steps']} + cosine, seed {tc['seed']}, FIM rate {tc['fim_rate']} (half SPM).",
+        "- Determinism: the corpus is pinned (below); tokenizer training and one-thread CPU training are "
+        "deterministic for a given seed on the same torch build; another CPU or thread count can round differently.",
+        "",
+        "## Data and licenses",
+        "",
+        "| split | source | version | license | MB of .py |",
+        "|---|---|---|---|---|",
+    ]
+    for split in ("train", "heldout"):
+        for src in card["sources"][split]:
+            out.append(f"| {split} | {src['name']} | {src['version']} | {src['license']} | {src['bytes'] / 1e6:.1f} |")
+    out += [
+        "",
+        "Held-out packages are whole packages the model never trained on; every figure below is measured on them "
+        "(HumanEval aside).",
+        "",
+        "## Scores (held-out)",
+        "",
+        "| head | predicts | loss | top-1 accuracy |",
+        "|---|---|---|---|",
+    ]
+    for i, (loss, acc) in enumerate(zip(heads["loss_per_head"], heads["accuracy_per_head"])):
+        out.append(f"| {i + 1} | t+{i + 1} | {loss:.3f} | {acc:.1%} |")
+    out += [
+        "",
+        f"- Next-line exact match: **{lines['exact_match']:.1%}** of {lines['cases']} cursor positions at line starts.",
+        f"- HumanEval pass@1 (greedy, {humaneval['problems']} problems): **{humaneval['pass_at_1']:.1%}** "
+        f"({len(humaneval['passed'])} solved{': ' + ', '.join(humaneval['passed']) if humaneval['passed'] else ''}).",
+        "",
+        "## Speed (torch engine, greedy, held-out prompts, 64 new tokens, one thread)",
+        "",
+        card["bench_table"],
+        "",
+        f"{card['bench']['prompts']} prompts; speculative output differed from plain in "
+        f"{card['bench']['mismatches']} runs.",
+        "",
+        "## Ten examples (chosen before looking at any output)",
+        "",
+        "The cursor is at the end of the text shown; the completion runs to the end of the line.",
+        "",
+    ]
+    for i, example in enumerate(card["examples"], 1):
+        shown = example["prefix"].rstrip("\n").split("\n")[-3:]
+        out += [f"{i}. ```", *[f"   {line}" for line in shown], "   ```", f"   -> `{example['completion']}`", ""]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m assistant.training.recipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gather", help="download and lay out the training and held-out code")
     g.add_argument("data_dir", type=Path)
     sub.add_parser("train-args", help="print the training flags of the shipped model")
+    sh = sub.add_parser("ship", help="copy a finished run's model to models/default and measure its card")
+    sh.add_argument("run_dir", type=Path)
+    sh.add_argument("data_dir", type=Path)
+    sh.add_argument("--dest", type=Path, default=SHIPPED_MODEL_DIR)
+    sh.add_argument("--humaneval-limit", type=int)
+    sh.add_argument("--bench-limit", type=int, default=40)
+    sh.add_argument("--next-line-cases", type=int, default=200)
+    c = sub.add_parser("card", help="re-render CARD.md from card.json")
+    c.add_argument("model_dir", type=Path, nargs="?", default=SHIPPED_MODEL_DIR)
     args = parser.parse_args(argv)
     if args.command == "gather":
         sources = gather(args.data_dir)
         train_mb = sum(s["bytes"] for s in sources["train"]) / 1e6
         heldout_mb = sum(s["bytes"] for s in sources["heldout"]) / 1e6
         print(f"train {train_mb:.1f} MB, held-out {heldout_mb:.1f} MB -> {args.data_dir}")
+    elif args.command == "ship":
+        card = ship(args.run_dir, args.data_dir, args.dest, args.humaneval_limit, args.bench_limit,
+                    args.next_line_cases)
+        print(json.dumps({k: card[k] for k in ("heldout_heads", "next_line", "humaneval")}, indent=1)[:3000])
+        print(card["bench_table"])
+    elif args.command == "card":
+        (args.model_dir / "CARD.md").write_text(render_card(json.loads((args.model_dir / "card.json").read_text())))
     elif args.command == "train-args":
         print(" ".join(DEFAULT_TRAIN_ARGS))
     return 0

@@ -162,6 +162,8 @@ def _build_model(config: TrainConfig, corpus: Corpus, device: torch.device) -> R
         if config.model_overrides:
             raise TrainError("model settings cannot change when fine-tuning a base model")
         model, tokenizer = base.model, base.tokenizer
+        if config.fim_rate > 0 and not tokenizer.has_fim:  # e.g. Meta's Llama 2 tokenizer
+            raise TrainError(f"the base model's {tokenizer.kind} tokenizer has no FIM tokens: use --fim-rate 0")
         provenance = {"base_model": str(config.base_model), "base_provenance": base.provenance}
     else:
         if config.tokenizer == "bpe":

@@ -56,7 +56,7 @@ def test_train_on_this_repository_resume_after_kill_and_eval(tmp_path, home):
         assert val[1]["loss_per_head"][head] < val[0]["loss_per_head"][head]
 
     result = cli("eval", out / "model", "--repo", PROJECT, "--seq-len", "64", "--max-windows", "4", "--json", env=home)
-    scores = json.loads(result.stdout)
+    scores = json.loads(result.stdout)["heads"]
     assert len(scores["loss_per_head"]) == 4 and scores["tokens"] > 0
     table = cli("eval", out / "model", "--repo", PROJECT, "--seq-len", "64", "--max-windows", "4", env=home).stdout
     assert "t+4" in table

@@ -272,7 +272,7 @@ def test_load_rejects_tokenizer_without_specials_first(tmp_path):
         load_tokenizer(tmp_path, config)
 
 
-@pytest.mark.parametrize("kind", ["sentencepiece", None, ""])
+@pytest.mark.parametrize("kind", ["wordpiece", None, ""])
 def test_load_unknown_kind(tmp_path, kind):
     with pytest.raises(TokenizerError, match=r"config\.json.*unknown tokenizer kind"):
         load_tokenizer(tmp_path, {"kind": kind, "vocab_size": 261, "special_tokens": {}})
