@@ -90,3 +90,20 @@ async def test_errors_are_notifications_and_the_app_keeps_running(home, tmp_path
         app.screen.query_one(DataTable).move_cursor(row=table_names(app).index("corrupt"))
         await pilot.press("e")
         await wait_for(pilot, lambda: any("readable model" in m for m in notifications(app)), what="export refusal")
+
+
+async def test_import_a_meta_release_through_the_cli(home, tmp_path):
+    from tests.models.meta_release import PARAMS, meta_state_dict, train_sentencepiece, write_release
+
+    release = write_release(tmp_path / "meta" / "7B_tiny", PARAMS, meta_state_dict(PARAMS), train_sentencepiece(), True)
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("i")
+        await wait_for(pilot, lambda: app.screen.query(Input), what="import dialog")
+        app.screen.query_one(Input).value = str(release)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: table_names(app) == ["7B_tiny"], timeout=90, what=f"import {notifications(app)}")
+        model = app.screen.models[0]
+        assert model.n_future == 3 and model.tokenizer == "sentencepiece" and model.provenance["source"] == "meta-release"
+        assert "imported 7B_tiny" in notifications(app)
+        assert "made by: meta-release" in app.screen.query_one("#model-detail", Static).render().plain
