@@ -96,6 +96,8 @@ class ModelsScreen(TuiScreen):
         self.post_message(self.Listed(list_models(self.store, self.app.settings.shipped_dir)))
 
     def on_models_screen_listed(self, message: Listed) -> None:
+        if message.models == self.models and self.models:
+            return  # unchanged: keep the table (and its cursor) as it is
         self.models = message.models
         table = self.query_one(DataTable)
         row = table.cursor_row

@@ -100,6 +100,7 @@ class TrainScreen(TuiScreen):
         self._procs: dict[Path, subprocess.Popen] = {}  # runs started by this UI: reaped when they end
         self._models_known: list[tuple[str, str]] = []
         self._base_value = SCRATCH
+        self._runs_shown: tuple | None = None  # (run infos, attached run) the table shows
 
     def compose(self) -> ComposeResult:
         settings = self.app.settings
@@ -210,6 +211,11 @@ class TrainScreen(TuiScreen):
             self.app.call_from_thread(self.attach, (running or infos)[0].path)
 
     def on_train_screen_runs_listed(self, message: RunsListed) -> None:
+        self._update_models(message.models)
+        shown = (message.infos, self.attached)
+        if shown == self._runs_shown:
+            return  # unchanged: keep the table (and its cursor) as it is
+        self._runs_shown = shown
         self.run_infos = message.infos
         table = self.query_one("#runs-table", DataTable)
         row = table.cursor_row
@@ -220,11 +226,13 @@ class TrainScreen(TuiScreen):
             table.add_row(f"{mark}{info.name}", f"{info.state}{done}", key=str(info.path))
         if message.infos:
             table.move_cursor(row=min(max(row, 0), len(message.infos) - 1))
-        if message.models is not None and message.models != self._models_known:
-            self._models_known = message.models
+
+    def _update_models(self, models: list[tuple[str, str]] | None) -> None:
+        if models is not None and models != self._models_known:
+            self._models_known = models
             base = self.query_one("#base", Select)
             value = base.value
-            options = [("from scratch (tiny)", SCRATCH)] + message.models
+            options = [("from scratch (tiny)", SCRATCH)] + models
             base.set_options(options)
             base.value = value if any(v == value for _, v in options) else SCRATCH
 

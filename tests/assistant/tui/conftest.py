@@ -53,3 +53,16 @@ async def wait_for(pilot, condition, timeout: float = 30.0, what: str = "conditi
 
 def notifications(app) -> list[str]:
     return [n.message for n in app._notifications]
+
+
+async def settle(pilot):
+    """Wait until every DataTable has laid out its rows (it does so when the app is idle,
+    which under load can lag behind the data) and the screen has redrawn. Cursors stop
+    blinking: a snapshot must not depend on when the blink timer last fired."""
+    from textual.widgets import DataTable, Input, TextArea
+
+    app = pilot.app
+    for widget in [*app.screen.query(Input), *app.screen.query(TextArea)]:
+        widget.cursor_blink = False
+    await wait_for(pilot, lambda: not any(t._require_update_dimensions for t in app.screen.query(DataTable)), what="layout")
+    await pilot.pause(0.2)

@@ -12,7 +12,7 @@ from assistant.bench import BenchResult
 from assistant.store import ModelStore
 from assistant.tui.widgets.loss_plot import LossPlot
 
-from .conftest import make_app, save_tiny, wait_for
+from .conftest import make_app, save_tiny, settle, wait_for
 
 SIZE = (80, 24)
 
@@ -79,7 +79,7 @@ def test_models_screen(snap_compare, store_home):
 
     async def ready(pilot):
         await wait_for(pilot, lambda: len(app.screen.models) == 2, what="listing")
-        await pilot.pause(0.2)
+        await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
 
@@ -93,7 +93,7 @@ def test_train_screen(snap_compare, store_home, small_repo, monkeypatch):
         await wait_for(pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="preview")
         await wait_for(pilot, lambda: len(screen._models_known) == 2, what="models")
         screen.query_one(LossPlot).show(fake_records())  # what a run's metrics look like, fixed
-        await pilot.pause(0.2)
+        await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
 
@@ -104,7 +104,7 @@ def test_playground_screen(snap_compare, store_home):
     async def ready(pilot):
         await pilot.pause(0.2)
         app.screen.query_one("#completion").show([("n ", 1), ("* ", 2), ("fact", 3), ("orial", 4), ("(n - 1)", 1)], 4)
-        await pilot.pause(0.1)
+        await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
 
@@ -127,7 +127,7 @@ def test_bench_screen(snap_compare, store_home):
     async def ready(pilot):
         await pilot.pause(0.2)
         app.screen.show_result(BenchResult(rows=rows, head_accuracy=[0.6, 0.45, 0.35, 0.3], prompts=5))
-        await pilot.pause(0.1)
+        await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
 
@@ -145,6 +145,6 @@ def test_server_screen(snap_compare, store_home):
 
     async def ready(pilot):
         await wait_for(pilot, lambda: len(app.screen.servers) == 1, what="the server")
-        await pilot.pause(0.2)
+        await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
