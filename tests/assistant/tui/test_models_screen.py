@@ -93,7 +93,12 @@ async def test_errors_are_notifications_and_the_app_keeps_running(home, tmp_path
 
 
 async def test_import_a_meta_release_through_the_cli(home, tmp_path):
-    from tests.models.meta_release import PARAMS, meta_state_dict, train_sentencepiece, write_release
+    from tests.models.meta_release import (
+        PARAMS,
+        meta_state_dict,
+        train_sentencepiece,
+        write_release,
+    )
 
     release = write_release(tmp_path / "meta" / "7B_tiny", PARAMS, meta_state_dict(PARAMS), train_sentencepiece(), True)
     app = make_app(home)
@@ -107,3 +112,21 @@ async def test_import_a_meta_release_through_the_cli(home, tmp_path):
         assert model.n_future == 3 and model.tokenizer == "sentencepiece" and model.provenance["source"] == "meta-release"
         assert "imported 7B_tiny" in notifications(app)
         assert "made by: meta-release" in app.screen.query_one("#model-detail", Static).render().plain
+
+
+async def test_export_runs_the_cli_and_lists_the_quantization(home, tmp_path):
+    from models.checkpoint import save_model
+    from models.tokenizer import ByteTokenizer
+    from tests.assistant.engine.helpers import random_model
+
+    ModelStore(home).add(save_model(tmp_path / "m64", random_model(dim=64, n_layers=4), ByteTokenizer()))
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: table_names(app) == ["m64"], what="listing")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: app.screen.query("#choice"), what="quantization dialog")
+        await pilot.click("#ok")  # the first choice: q8_0
+        await wait_for(pilot, lambda: not app.screen._busy and app.screen.models[0].quantizations, timeout=120,
+                       what=f"export {notifications(app)}")
+        assert app.screen.models[0].quantizations == ("q8_0",)
+        assert "exported m64 (q8_0)" in notifications(app)
