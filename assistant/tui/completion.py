@@ -18,6 +18,7 @@ class Completion:
     stats: DecodeStats
     stop_reason: str
     n_future: int
+    engine: str  # e.g. "torch" or "llama q8_0"
 
 
 def token_pieces(tokenizer, tokens: list[int], heads: list[int], text: str) -> list[tuple[str, int]]:
@@ -57,4 +58,10 @@ def complete_at(
     result = engine.generate(prompt, config, cancel)
     heads = result.token_heads or [1] * len(result.tokens)
     pieces = token_pieces(engine.tokenizer, result.tokens, heads, result.text)
-    return Completion(result.text, pieces, result.stats, result.stop_reason, engine.n_future)
+    return Completion(result.text, pieces, result.stats, result.stop_reason, engine.n_future, engine_name(engine))
+
+
+def engine_name(engine) -> str:
+    name = type(engine).__name__.removesuffix("Engine").lower()
+    quant = getattr(engine, "quant", None)
+    return f"{name} {quant}" if isinstance(quant, str) else name

@@ -175,7 +175,7 @@ class PlaygroundScreen(TuiScreen):
         self.query_one("#pg-stats", StatsPanel).show(
             [
                 ("tokens", f"{s.new_tokens} in {s.forward_passes} forwards: {s.tokens_per_forward:.2f} per forward"),
-                ("time", f"{s.wall_s * 1e3:.0f} ms (prefill {s.prefill_s * 1e3:.0f} ms, {prompt})"),
+                ("time", f"{s.wall_s * 1e3:.0f} ms on {c.engine} (prefill {s.prefill_s * 1e3:.0f} ms, {prompt})"),
                 ("accepted", f"per draft head {acceptance}; stopped by {c.stop_reason}"),
             ]
         )
