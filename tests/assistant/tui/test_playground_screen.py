@@ -47,6 +47,25 @@ async def test_completion_at_the_cursor(home, tmp_path, trained_model):
         assert editor.text == text + suggestion
 
 
+async def test_completion_on_the_llama_cpp_engine_where_the_model_is_exported(home, tmp_path, trained_model):
+    from assistant.engine.llama_engine import LlamaEngine
+    from models.gguf_export import export_model
+
+    loaded, body = trained_model
+    entry = ModelStore(home).add(save_model(tmp_path / "trained", loaded.model, loaded.tokenizer), make_default=True)
+    export_model(entry.path, "q8_0")
+    text = body[: body.index("def add_3(x, y):\n") + len("def add_3(x, y):\n    return ")]
+    app = make_app(home, playground_text=text, start_mode="playground")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen, editor = app.screen, app.screen.query_one(TextArea)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: screen.shown_version == screen._version, timeout=60, what="a completion")
+        assert "on llama q8_0" in screen.query_one("#pg-stats").plain
+        row, col = editor.cursor_location
+        plain = complete_at(LlamaEngine.from_dir(entry.path, "q8_0"), editor.text, row, col, app.settings.max_tokens, k=1)
+        assert plain.tokens and editor.suggestion == plain.text
+
+
 async def test_token_pieces_join_to_the_text_and_carry_heads(trained_model):
     loaded, body = trained_model
     engine = TorchEngine(loaded.model, loaded.tokenizer)
