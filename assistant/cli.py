@@ -7,6 +7,7 @@
     mtp-assistant models import PATH                   convert Meta's released MTP checkpoint
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
+    mtp-assistant tui [--repo PATH]                    the terminal UI: models, training, playground
 
 Errors the user can fix are one line on stderr and a non-zero exit, never a traceback.
 """
@@ -471,6 +472,21 @@ def cmd_bench(args) -> int:
     return 0 if not result.mismatches else EXIT_ERROR
 
 
+def _add_tui_parser(sub) -> None:
+    p = sub.add_parser("tui", help="the terminal UI: manage models, train on a repository, try completions")
+    p.add_argument("--repo", default=".", help="repository the Train screen starts with (default: the current directory)")
+    p.add_argument("--screen", default="models", choices=("models", "train", "playground", "bench", "server"))
+    p.set_defaults(func=cmd_tui)
+
+
+def cmd_tui(args) -> int:
+    from assistant.tui.app import MtpApp, TuiSettings
+
+    app = MtpApp(TuiSettings(repo=args.repo, start_mode=args.screen))
+    app.run()
+    return app.return_code or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-assistant", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -479,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
     _add_complete_parser(sub)
     _add_bench_parser(sub)
+    _add_tui_parser(sub)
     return parser
 
 

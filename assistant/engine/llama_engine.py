@@ -260,7 +260,7 @@ class LlamaEngine:
             outcome = decode(self._step, prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel)
             self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
         text = cut_at_stop_strings(self.tokenizer.decode(outcome.tokens), config.stop_strings)
-        return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats)
+        return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)
 
     def capture_z(self, tokens: Sequence[int]) -> np.ndarray:
         """z (the trunk output) of a fresh prefill of `tokens`: (T, D). For checks against torch."""

@@ -111,6 +111,9 @@ def test_speculative_greedy_equals_plain_at_every_quantization(model64, quant):
             for reuse in (False, True):
                 spec = engine.generate(prompt, GenerationConfig(max_new_tokens=40, k=k, reuse_prefix=reuse))
                 assert spec.tokens == plain.tokens, (quant, text, k, reuse)
+                # Which head drafted each token (the TUI colours them): as many as the stats say.
+                assert len(spec.token_heads) == len(spec.tokens)
+                assert [spec.token_heads.count(h) for h in range(2, k + 1)] == spec.stats.draft_accepted
             accepted_any |= spec.stats.tokens_per_forward > 1.5
     assert accepted_any, "a model trained on repetitive code should accept drafts"
 
