@@ -4,7 +4,6 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-RUN_DIR ?= runs/demo
 
 .PHONY: setup run test test-slow bench-backward bench-model bench-decode default-model clean
 
@@ -18,14 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Main job. Until the shipped default model lands (issue 7) this trains a tiny MTP
-# model on this repository's own source and prints its per-head validation scores.
+# Main job: the terminal UI on the shipped default model (models/default).
 run: setup
-	rm -rf $(RUN_DIR)
-	$(VENV)/bin/mtp-assistant train . --out $(RUN_DIR) --preset tiny --steps 1000 --seq-len 128 \
-		--batch-size 8 --lr 5e-3 --warmup 50 --eval-every 250 --checkpoint-every 250
-	$(VENV)/bin/mtp-assistant eval $(RUN_DIR)/model --repo . --seq-len 128
-	$(VENV)/bin/mtp-assistant complete models/config.py --line 96 --col 5 --model $(RUN_DIR)/model --multiline --max-tokens 48
+	$(VENV)/bin/mtp-assistant tui
 
 test: setup
 	$(PY) -m pytest -q

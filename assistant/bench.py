@@ -85,27 +85,32 @@ def implied_tokens_per_forward(accuracy: list[float], k: int) -> float:
 
 @dataclass
 class BenchResult:
-    rows: list[dict[str, Any]] = field(default_factory=list)  # one per k
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per (engine, k)
     head_accuracy: list[float] = field(default_factory=list)
     prompts: int = 0
     mismatches: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None  # engine whose plain decoding the last column compares against
 
     def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "prompts": self.prompts, "mismatches": self.mismatches,
-                "head_accuracy": self.head_accuracy, "rows": self.rows}
+                "head_accuracy": self.head_accuracy, "baseline": self.baseline, "rows": self.rows}
 
     def table(self) -> str:
+        base = f" | speedup vs {self.baseline} k=1 (median)" if self.baseline else ""
         lines = [
-            "| k | tokens/forward (median) | implied by head accuracy | tokens/s (median) | speedup vs k=1 (median) "
-            "| acceptance per draft head | time outside the model |",
-            "|---|---|---|---|---|---|---|",
+            "| engine | k | tokens/forward (median) | implied by head accuracy | tokens/s (median) "
+            "| decode-only tokens/s (median) | speedup vs k=1 (median) "
+            f"| acceptance per draft head | time outside the model{base} |",
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
         ]
         for r in self.rows:
             acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
+            implied = f"{r['implied_tokens_per_forward']:.2f}" if self.head_accuracy else "-"
             lines.append(
-                f"| {r['k']} | {r['tokens_per_forward']:.2f} | {r['implied_tokens_per_forward']:.2f} | "
-                f"{r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {acceptance} | {r['loop_overhead']:.1%} |"
+                f"| {r['engine']} | {r['k']} | {r['tokens_per_forward']:.2f} | {implied} | "
+                f"{r['tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {acceptance} | {r['loop_overhead']:.1%} |"
+                + (f" {r['speedup_vs_baseline']:.2f}x |" if base else "")
             )
         return "\n".join(lines)
 
@@ -116,68 +121,96 @@ def run_bench(
     prompts: list[str],
     config: BenchConfig = BenchConfig(),
     progress: Callable[[int, int], None] | None = None,
+    accuracy_model=None,
+    baseline: str | None = None,
 ) -> BenchResult:
-    n = engine.n_future
+    """engine: one engine, or {label: engine} to compare several side by side, each prompt
+    running every engine and k in turn. accuracy_model: the torch model that scores head
+    accuracy (default: the first engine's .model, if it has one). baseline: the label whose
+    plain (k=1) decoding the speedup_vs_baseline column divides by."""
+    engines = engine if isinstance(engine, dict) else {getattr(engine, "label", "torch"): engine}
+    first = next(iter(engines.values()))
+    accuracy_model = accuracy_model if accuracy_model is not None else getattr(first, "model", None)
+    n = first.n_future
     ks = [k for k in (config.ks or range(1, n + 1)) if 1 <= k <= n]
     if 1 not in ks:
         ks = [1, *ks]  # plain decoding is the reference for exactness and speed
     prompts = prompts[: config.limit] if config.limit else prompts
     stop_ids = (tokenizer.eot_id,)
     # Prompts keep their end, and leave room in the context for the continuation.
-    max_prompt = min(config.max_prompt_tokens, engine.max_seq_len - config.max_new_tokens - n)
+    max_prompt = min(config.max_prompt_tokens, first.max_seq_len - config.max_new_tokens - n)
     if max_prompt < 1:
-        raise ValueError(f"{config.max_new_tokens} new tokens do not fit the model's context of {engine.max_seq_len}")
+        raise ValueError(f"{config.max_new_tokens} new tokens do not fit the model's context of {first.max_seq_len}")
     encoded = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id] for p in prompts]
 
-    def generate(prompt, k):
+    def generate(eng, prompt, k):
         # reuse_prefix=False: every k pays the same full prefill, so only decoding differs.
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, k=k, stop_token_ids=stop_ids, reuse_prefix=False)
-        return engine.generate(prompt, gen)
+        return eng.generate(prompt, gen)
 
     for prompt in encoded[: config.warmup]:
-        for k in ks:
-            generate(prompt, k)
+        for eng in engines.values():
+            for k in ks:
+                generate(eng, prompt, k)
 
-    per_k: dict[int, dict[str, list[float]]] = {
-        k: {"tpf": [], "tps": [], "speedup": [], "acc": [], "overhead": []} for k in ks
+    per_k: dict[tuple[str, int], dict[str, list[float]]] = {
+        (label, k): {"tpf": [], "tps": [], "dtps": [], "speedup": [], "acc": [], "overhead": [], "vs_base": []}
+        for label in engines for k in ks
     }
     hits = [0] * n
     scored = [0] * n
-    result = BenchResult(prompts=len(encoded))
+    result = BenchResult(prompts=len(encoded), baseline=baseline if baseline in engines else None)
     for i, prompt in enumerate(encoded):
-        runs = {k: generate(prompt, k) for k in ks}
-        plain = runs[1]
-        if not plain.tokens:
-            continue
-        plain_time = plain.stats.wall_s
-        for k, run in runs.items():
-            if run.tokens != plain.tokens:
-                result.mismatches += 1
-            s = run.stats
-            per_k[k]["tpf"].append(s.tokens_per_forward)
-            per_k[k]["tps"].append(s.tokens_per_s)
-            per_k[k]["speedup"].append(plain_time / s.wall_s)
-            per_k[k]["acc"].append(s.acceptance)
-            per_k[k]["overhead"].append(s.loop_overhead)
-        h, c = head_accuracy(engine.model, prompt, plain.tokens)
-        hits = [a + b for a, b in zip(hits, h)]
-        scored = [a + b for a, b in zip(scored, c)]
+        runs = {(label, k): generate(eng, prompt, k) for label, eng in engines.items() for k in ks}
+        base_time = runs[(result.baseline, 1)].stats.wall_s if result.baseline else None
+        for label in engines:
+            plain = runs[(label, 1)]
+            if not plain.tokens:
+                continue
+            for k in ks:
+                run = runs[(label, k)]
+                if run.tokens != plain.tokens:
+                    result.mismatches += 1
+                s = run.stats
+                data = per_k[(label, k)]
+                data["tpf"].append(s.tokens_per_forward)
+                data["tps"].append(s.tokens_per_s)
+                data["dtps"].append(s.new_tokens / s.decode_s if s.decode_s > 0 else 0.0)
+                data["speedup"].append(plain.stats.wall_s / s.wall_s)
+                data["acc"].append(s.acceptance)
+                data["overhead"].append(s.loop_overhead)
+                if base_time is not None:
+                    # per token: engines may stop at different lengths where their roundings differ
+                    base_tokens = max(1, len(runs[(result.baseline, 1)].tokens))
+                    data["vs_base"].append((base_time / base_tokens) / (s.wall_s / max(1, len(run.tokens))))
+        plain = runs[(next(iter(engines)), 1)]
+        if accuracy_model is not None and plain.tokens:
+            h, c = head_accuracy(accuracy_model, prompt, plain.tokens)
+            hits = [a + b for a, b in zip(hits, h)]
+            scored = [a + b for a, b in zip(scored, c)]
         if progress:
             progress(i + 1, len(encoded))
 
-    result.head_accuracy = [h / c if c else 0.0 for h, c in zip(hits, scored)]
-    for k in ks:
-        data = per_k[k]
-        if not data["tpf"]:
-            continue
-        acceptance = [statistics.mean(a[j] for a in data["acc"]) for j in range(k - 1)]
-        result.rows.append({
-            "k": k,
-            "tokens_per_forward": statistics.median(data["tpf"]),
-            "implied_tokens_per_forward": implied_tokens_per_forward(result.head_accuracy, k),
-            "tokens_per_s": statistics.median(data["tps"]),
-            "speedup": statistics.median(data["speedup"]),
-            "acceptance": acceptance,
-            "loop_overhead": statistics.median(data["overhead"]),
-        })
+    result.head_accuracy = [h / c if c else 0.0 for h, c in zip(hits, scored)] if accuracy_model is not None else []
+    for label in engines:
+        for k in ks:
+            data = per_k[(label, k)]
+            if not data["tpf"]:
+                continue
+            acceptance = [statistics.mean(a[j] for a in data["acc"]) for j in range(k - 1)]
+            row = {
+                "engine": label,
+                "k": k,
+                "tokens_per_forward": statistics.median(data["tpf"]),
+                "implied_tokens_per_forward": implied_tokens_per_forward(result.head_accuracy, k)
+                if result.head_accuracy else None,
+                "tokens_per_s": statistics.median(data["tps"]),  # prefill included
+                "decode_tokens_per_s": statistics.median(data["dtps"]),  # after the prefill
+                "speedup": statistics.median(data["speedup"]),
+                "acceptance": acceptance,
+                "loop_overhead": statistics.median(data["overhead"]),
+            }
+            if data["vs_base"]:
+                row["speedup_vs_baseline"] = statistics.median(data["vs_base"])
+            result.rows.append(row)
     return result

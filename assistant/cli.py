@@ -7,6 +7,7 @@
     mtp-assistant models import PATH                   convert Meta's released MTP checkpoint
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
+    mtp-assistant tui [--repo PATH]                    the terminal UI: models, training, playground
     mtp-assistant lsp [--tcp PORT] [--model M]         the language server (stdio by default)
 
 Errors the user can fix are one line on stderr and a non-zero exit, never a traceback.
@@ -224,6 +225,7 @@ def _add_models_parser(sub) -> None:
     default.add_argument("name")
     default.set_defaults(func=cmd_models_default)
     _add_models_import_parser(msub)
+    _add_models_export_parser(msub)
 
 
 def cmd_models_list(args) -> int:
@@ -307,6 +309,40 @@ def cmd_models_import(args) -> int:
     return 0
 
 
+def _add_models_export_parser(msub) -> None:
+    from models.gguf_export import QUANTS
+
+    p = msub.add_parser("export", help="write the GGUF files the llama.cpp engine runs into the model directory")
+    p.add_argument("model", nargs="?", default="default", help="model directory or store name")
+    p.add_argument("--quant", default="q8_0", help=f"one or more of {', '.join(QUANTS)}, comma-separated")
+    p.add_argument("--threads", type=int, default=1, help="quantizer threads")
+    p.set_defaults(func=cmd_models_export)
+
+
+def cmd_models_export(args) -> int:
+    from models.gguf_export import QUANTS, export_model
+
+    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
+    unknown = [q for q in quants if q not in QUANTS]
+    if unknown or not quants:
+        raise CliError(f"unknown quantization {', '.join(unknown) or '(none)'}; choose from {', '.join(QUANTS)}")
+    model_dir = ModelStore().resolve(args.model)
+    for quant in quants:
+        result = export_model(model_dir, quant, threads=args.threads)
+        size = sum(p.stat().st_size for p in result.files)
+        types = sorted({t for file_types in result.tensor_types.values() for t in file_types.values()})
+        print(f"{quant}: {len(result.files)} files, {size / 2**20:.1f} MiB in {result.files[0].parent} "
+              f"(tensor types: {', '.join(types)})")
+    return 0
+
+
+def _add_llama_arguments(p) -> None:
+    from models.gguf_export import QUANTS
+
+    p.add_argument("--quant", choices=QUANTS, help="llama.cpp engine: which GGUF export (default: q8_0 if exported, ...)")
+    p.add_argument("--threads", type=int, help="CPU threads (llama.cpp; torch for the torch engine)")
+
+
 def _add_device_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -318,7 +354,8 @@ def _add_complete_parser(sub) -> None:
     p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
     p.add_argument("--col", type=int, required=True, help="1-based column of the cursor, in characters")
     p.add_argument("--model", default="default", help="model directory or store name")
-    p.add_argument("--engine", default="torch", choices=("torch",))
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "llama"),
+                   help="auto: llama.cpp where the model has a GGUF export, else torch")
     p.add_argument("--k", type=int, help="heads used for drafting (1 = plain decoding; default: all)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--multiline", action="store_true", help="always several lines (default: decided at the cursor)")
@@ -326,6 +363,7 @@ def _add_complete_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--time-cap", type=float, help="seconds")
     _add_device_arguments(p)
+    _add_llama_arguments(p)
     p.set_defaults(func=cmd_complete)
 
 
@@ -350,7 +388,7 @@ def cmd_complete(args) -> int:
         heads=args.k,
         temperature=args.temperature,
     )
-    engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype)
+    engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype, args.quant, args.threads)
     # The same path as the language server's: prompt, stop rules, post-processing.
     result = CompletionService(engine, settings).complete(prefix, suffix, uri=Path(args.file).resolve().as_uri())
     print(result.text)
@@ -362,10 +400,15 @@ def cmd_complete(args) -> int:
     print(
         f"{s.new_tokens} tokens in {s.forward_passes} forwards ({s.tokens_per_forward:.2f} per forward), "
         f"prefill {s.prefill_s * 1e3:.1f} ms ({s.prompt_tokens} prompt tokens), decode {s.decode_s * 1e3:.1f} ms, "
-        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}",
+        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}; engine {engine_name(engine)}",
         file=sys.stderr,
     )
     return 0
+
+
+def engine_name(engine) -> str:
+    quant = getattr(engine, "quant", None)
+    return f"llama.cpp {quant}" if quant else "torch"
 
 
 def _add_lsp_parser(sub) -> None:
@@ -387,12 +430,14 @@ def cmd_lsp(args) -> int:
 def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="decoding speed: plain vs self-speculative with k = 1..n heads")
     p.add_argument("--model", default="default", help="model directory or store name")
-    p.add_argument("--engine", default="torch", choices=("torch",))
+    p.add_argument("--engine", default="torch", choices=("torch", "llama"))
+    p.add_argument("--quant", help="llama engine: GGUF exports to compare side by side, comma-separated (e.g. f16,q8_0,q4_k_m)")
+    p.add_argument("--with-torch", action="store_true", help="llama engine: also run the torch engine on the same prompts")
     p.add_argument("--prompts", default="humaneval", help="'humaneval' (the 164 problems) or a directory of held-out code")
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--max-new", type=int, default=128, help="tokens to generate per prompt")
     p.add_argument("--k", help="comma-separated head counts to compare (default: 1..n)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="CPU threads (torch and llama.cpp)")
     p.add_argument("--out", help="also write the results as JSON here")
     _add_device_arguments(p)
     p.set_defaults(func=cmd_bench)
@@ -409,21 +454,36 @@ def cmd_bench(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = ModelStore().resolve(args.model)
-    engine = load_engine(model_dir, args.engine, args.device, args.dtype)
+    engines, accuracy_model, baseline = {}, None, None
+    if args.engine == "llama":
+        quants = [q.strip() for q in (args.quant or "").split(",") if q.strip()] or [None]
+        for quant in quants:
+            eng = load_engine(model_dir, "llama", args.device, args.dtype, quant, args.threads)
+            engines[f"llama {eng.quant}"] = eng
+        if args.with_torch:
+            engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
+            baseline = "torch"
+        from models.checkpoint import load_model
+
+        accuracy_model = engines["torch"].model if args.with_torch else load_model(model_dir).model
+    else:
+        engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
+    engine = next(iter(engines.values()))
     prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
     config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit)
     result = run_bench(
-        engine, engine.tokenizer, prompts, config,
+        engines, engine.tokenizer, prompts, config,
         progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", file=sys.stderr, flush=True),
+        accuracy_model=accuracy_model, baseline=baseline,
     )
     print(file=sys.stderr)
     result.meta = {
-        "model": str(model_dir), "engine": args.engine, "prompts": args.prompts, "max_new": args.max_new,
+        "model": str(model_dir), "engine": ", ".join(engines), "threads": args.threads, "prompts": args.prompts, "max_new": args.max_new,
         "device": args.device, "dtype": args.dtype,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }
-    print(f"model {model_dir}, engine {args.engine} ({args.device}, {args.dtype}), {result.prompts} prompts "
+    print(f"model {model_dir}, engines {', '.join(engines)} ({args.device}, {args.dtype}), {result.prompts} prompts "
           f"({args.prompts}), {args.max_new} new tokens each, greedy; {result.meta['machine']}")
     print(f"head top-1 accuracy on the plain continuation: {' '.join(f'{a:.2f}' for a in result.head_accuracy)}")
     print(result.table())
@@ -434,6 +494,21 @@ def cmd_bench(args) -> int:
     return 0 if not result.mismatches else EXIT_ERROR
 
 
+def _add_tui_parser(sub) -> None:
+    p = sub.add_parser("tui", help="the terminal UI: manage models, train on a repository, try completions")
+    p.add_argument("--repo", default=".", help="repository the Train screen starts with (default: the current directory)")
+    p.add_argument("--screen", default="models", choices=("models", "train", "playground", "bench", "server"))
+    p.set_defaults(func=cmd_tui)
+
+
+def cmd_tui(args) -> int:
+    from assistant.tui.app import MtpApp, TuiSettings
+
+    app = MtpApp(TuiSettings(repo=args.repo, start_mode=args.screen))
+    app.run()
+    return app.return_code or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-assistant", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -442,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
     _add_complete_parser(sub)
     _add_bench_parser(sub)
+    _add_tui_parser(sub)
     _add_lsp_parser(sub)
     return parser
 

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="write logs here instead of stderr")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--model", help="model directory or store name (default: the store's default)")
-    p.add_argument("--engine", default="auto", help="auto (llama.cpp where the model has its files, else torch), torch, llama.cpp")
+    p.add_argument("--engine", default="auto", help="auto (llama.cpp where the model has a GGUF export, else torch), torch, llama")
     return p
 
 

@@ -150,7 +150,8 @@ class MtpServer(LanguageServer):
 
                 engine = await asyncio.to_thread(load_engine, model_dir, settings.engine)
                 self.service = CompletionService(engine, self.settings, self.context, self.stats)
-                engine_name = type(engine).__name__.removesuffix("Engine").lower()  # torch, llamacpp
+                quant = getattr(engine, "quant", None)  # the llama.cpp engine's weights: Q8_0, ...
+                engine_name = f"llama.cpp {quant}" if quant else "torch"
                 self.stats.model, self.stats.engine = str(model_dir), engine_name
                 self.model_error = None
                 log.info("model %s loaded (%s engine)", model_dir, engine_name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MULTILINE_MODES = ("auto", "always", "never")
-ENGINES = ("auto", "torch", "llama.cpp", "llamacpp")
+ENGINES = ("auto", "torch", "llama")  # as assistant.engine.load_engine names them
 SECTION = "mtpAssistant"
 
 

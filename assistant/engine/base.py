@@ -89,6 +89,9 @@ class GenerationResult:
     text: str  # their text, cut before a stop string
     stop_reason: str
     stats: DecodeStats
+    # Same length as tokens: 1 = head 1's own next token, i >= 2 = a draft from head i
+    # that head 1 accepted (what the TUI colours).
+    token_heads: list[int] = field(default_factory=list)
 
 
 class Engine(Protocol):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -58,6 +58,8 @@ class DecodeOutcome:
     stop_reason: str
     cached_len: int  # positions of prompt + tokens whose KV is valid in the cache
     stats: DecodeStats
+    # Per token: 1 = head 1's own token, i >= 2 = head i's draft that head 1 accepted.
+    token_heads: list[int] = field(default_factory=list)
 
 
 class _Greedy:
@@ -118,13 +120,15 @@ def decode(
     longest_stop = max(map(len, stop_strings), default=1)
     deadline = None if config.time_cap_s is None else time.perf_counter() + config.time_cap_s
     tokens: list[int] = []
+    token_heads: list[int] = []
     text = bytearray()
 
-    def emit(token: int) -> str | None:
-        """Append one token; the stop reason if generation must end here."""
+    def emit(token: int, head: int) -> str | None:
+        """Append one token (drafted by `head`); the stop reason if generation must end here."""
         if token in stop_ids:
             return STOP_TOKEN
         tokens.append(token)
+        token_heads.append(head)
         if stop_strings:
             piece = token_bytes(token)
             text.extend(piece)
@@ -154,7 +158,7 @@ def decode(
     reason = None
     while True:
         token = chooser.pick(next_row)
-        reason = emit(token)
+        reason = emit(token, 1)
         if reason is not None:
             break
         if cancel is not None and cancel.is_set():
@@ -187,7 +191,7 @@ def decode(
                 break
             stats.draft_accepted[i] += 1
             accepted += 1
-            reason = emit(draft)
+            reason = emit(draft, i + 2)
             if reason is not None:
                 break
         position += 1 + accepted  # the token and the accepted drafts are now cached
@@ -205,4 +209,4 @@ def decode(
     stats.decode_s = time.perf_counter() - started - stats.prefill_s
     # The last emitted token is cached only if a forward consumed it.
     cached_len = min(position, len(prompt) + len(tokens))
-    return DecodeOutcome(tokens, reason, cached_len, stats)
+    return DecodeOutcome(tokens, reason, cached_len, stats, token_heads)

@@ -100,4 +100,4 @@ class TorchEngine:
             self._cache_k = k
             self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
         text = cut_at_stop_strings(self.tokenizer.decode(outcome.tokens), config.stop_strings)
-        return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats)
+        return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)

@@ -56,6 +56,7 @@ def run_humaneval(
     problems = load_problems()[:limit]
     tokenizer = engine.tokenizer
     result = HumanEvalResult()
+    max_new_tokens = min(max_new_tokens, engine.max_seq_len // 2)  # a small context keeps room for the prompt
     room = engine.max_seq_len - max_new_tokens - engine.n_future - 1
     for i, problem in enumerate(problems):
         prompt = tokenizer.encode(problem["prompt"])[-room:]

@@ -217,6 +217,7 @@ def ship(run_dir: Path, data_dir: Path, dest: Path = SHIPPED_MODEL_DIR, humaneva
                       BenchConfig(max_new_tokens=64, max_prompt_tokens=256))
     card = {
         "sources": json.loads((data_dir / "sources.json").read_text()),
+        "model_config": config["model"],
         "train_config": train_config,
         "training": {
             "steps": train_records[-1]["step"],
@@ -244,7 +245,7 @@ def render_card(card: dict) -> str:
     """CARD.md: what the shipped model is, what it learned from, and what it scores."""
     t, tc = card["training"], card["train_config"]
     heads, lines, humaneval = card["heldout_heads"], card["next_line"], card["humaneval"]
-    config = tc["model_overrides"]
+    config = card["model_config"]
     out = [
         "# The default model",
         "",

@@ -113,3 +113,25 @@ def test_max_new_tokens_is_exact_for_every_k():
     for k in range(1, 9):
         for n in range(0, 12):
             assert len(run(StubModel(True), k, max_new=n).tokens) == n
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_token_heads_follow_the_blocks_when_heads_always_agree(k):
+    out = run(StubModel(agree=True), k, max_new=1 + 8 * k)
+    assert len(out.token_heads) == len(out.tokens)
+    # The prefill gives head 1's token; every forward then commits drafts 2..k and head 1's next.
+    assert out.token_heads == ([1] + list(range(2, k + 1))) * 8 + [1]
+    assert out.token_heads.count(1) == out.stats.forward_passes
+    for head in range(2, k + 1):
+        assert out.token_heads.count(head) == out.stats.draft_accepted[head - 2]
+
+
+def test_token_heads_are_all_head_one_when_heads_never_agree():
+    out = run(StubModel(agree=False), 4, max_new=20)
+    assert out.token_heads == [1] * 20
+
+
+def test_token_heads_stop_with_the_tokens():
+    stop = truth(3 + 5)
+    out = run(StubModel(agree=True), 4, stop_token_ids=(stop,))
+    assert out.token_heads == [1, 2, 3, 4, 1]

@@ -169,3 +169,17 @@ def test_sampling_is_reproducible_with_a_seed():
     engine = TorchEngine(random_model(), ByteTokenizer())
     config = GenerationConfig(max_new_tokens=20, k=4, temperature=0.8, seed=7)
     assert engine.generate([5, 6, 7], config).tokens == engine.generate([5, 6, 7], config).tokens
+
+
+def test_token_heads_match_the_acceptance_stats(trained_model):
+    loaded, body = trained_model
+    engine = TorchEngine(loaded.model, loaded.tokenizer)
+    prompt = loaded.tokenizer.encode(body[:150])
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=40, k=4))
+    assert len(result.token_heads) == len(result.tokens)
+    assert set(result.token_heads) <= {1, 2, 3, 4}
+    for head in (2, 3, 4):
+        assert result.token_heads.count(head) == result.stats.draft_accepted[head - 2]
+    # A draft from head i > 2 is only accepted right after head i - 1's.
+    for prev, head in zip(result.token_heads, result.token_heads[1:]):
+        assert head in (1, 2) or head == prev + 1

@@ -1,0 +1,280 @@
+"""The llama.cpp decoding backend: quantized GGUF weights on CPU or GPU.
+
+Files (models/gguf_export.py): gguf/<quant>/main.gguf is the main path (trunk + head 1 +
+norm + output) as a plain llama model; gguf/<quant>/head-<i>.gguf is head i as a
+one-block llama model with the shared norm and output.
+
+    main context   tokens -> logits of head 1 at every fed position, and z (the input
+                   of the last block, captured with llama_set_embeddings_layer_inp)
+    head contexts  z rows as input embeddings (batch.embd) -> logits of head i
+
+Each context has its own KV cache; rejected drafts are rolled back with
+llama_memory_seq_rm. z of every cached position is kept on the host, so the heads run
+lazily: only on positions that were accepted, only when their drafts are asked for,
+catching up from the kept z when a head was not used for a while (a call with a
+smaller k, or a completion that stopped). That also lets a new request reuse the cached
+prefix whatever k the previous one used.
+
+The decoding algorithm is speculative.decode, shared with the torch backend.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from assistant.engine import llama_ext
+from assistant.engine.base import GenerationConfig, GenerationResult, cut_at_stop_strings
+from assistant.engine.speculative import decode
+from assistant.engine.torch_engine import common_prefix_length
+from models.checkpoint import ModelFileError, read_config
+from models.gguf_export import available_quants, check_export, quiet_llama_logs
+from models.tokenizer import TokenizerError, load_tokenizer
+
+# Which export "auto" picks when several exist: q8_0 is within rounding of f16 in
+# acceptance and faster on CPU; q4_k_m is faster still but drafts a little worse.
+PREFERRED_QUANTS = ("q8_0", "q4_k_m", "f16", "f32")
+
+_GGML_TYPE_F32, _GGML_TYPE_F16 = 0, 1
+_FLASH_ATTN_DISABLED, _FLASH_ATTN_AUTO = 0, -1
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    quant: str | None = None  # None: the first of PREFERRED_QUANTS that was exported
+    threads: int | None = None  # CPU threads; None: half the logical cores (about the physical ones)
+    n_gpu_layers: int = -1  # blocks offloaded when libllama was built with a GPU backend; -1: all
+    n_ubatch: int = 512  # micro-batch size: a longer prompt is decoded in several
+    # f32 KV cache and no flash attention (which rounds Q to f16 on CPU). None: only for
+    # f32 exports, whose logits then match the torch engine to ~1e-6.
+    exact: bool | None = None
+
+
+_backend_ready = False
+
+
+def _backend_init() -> None:
+    """llama_backend_init, once per process (loads the ggml backends, e.g. CUDA)."""
+    global _backend_ready
+    if not _backend_ready:
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+class _Context:
+    """One llama.cpp model + context + batch, for a single sequence."""
+
+    def __init__(self, path: Path, settings: LlamaSettings, n_ctx: int, exact: bool, embd_dim: int = 0):
+        import llama_cpp
+
+        self.path = path
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = settings.n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self.model:
+            raise ModelFileError(path, "llama.cpp could not load it (corrupt GGUF, or built by a newer llama.cpp?)")
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_ctx  # a whole prompt in one llama_decode (split into micro-batches)
+        params.n_ubatch = min(settings.n_ubatch, n_ctx)
+        params.n_seq_max = 1
+        threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
+        params.n_threads = params.n_threads_batch = threads
+        if exact:
+            params.type_k = params.type_v = _GGML_TYPE_F32
+            params.flash_attn_type = _FLASH_ATTN_DISABLED
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise RuntimeError(f"{path}: llama.cpp could not create a context of {n_ctx} positions")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.dim = llama_cpp.llama_model_n_embd(self.model)
+        self.n_ctx = n_ctx
+        self.batch = llama_cpp.llama_batch_init(n_ctx, embd_dim, 1)
+        for i in range(n_ctx):  # one sequence, id 0, for every slot
+            self.batch.n_seq_id[i] = 1
+            self.batch.seq_id[i][0] = 0
+        # numpy views of the batch's arrays, to fill them without a Python loop per token
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(n_ctx,))
+        self._want = np.ctypeslib.as_array(self.batch.logits, shape=(n_ctx,))
+        if embd_dim:
+            self._embd = np.ctypeslib.as_array(self.batch.embd, shape=(n_ctx, embd_dim))
+        else:
+            self._token = np.ctypeslib.as_array(self.batch.token, shape=(n_ctx,))
+
+    def decode(self, start_pos: int, rows: np.ndarray, all_logits: bool) -> torch.Tensor:
+        """Write rows (token ids (T,) or embeddings (T, D)) at start_pos.., dropping whatever the
+        cache held from start_pos on. Logits (T or 1, V) of every row or of the last one."""
+        import llama_cpp
+
+        T = len(rows)
+        if start_pos + T > self.n_ctx:
+            raise ValueError(f"{start_pos + T} positions exceed the context of {self.n_ctx}")
+        llama_cpp.llama_memory_seq_rm(self.memory, 0, start_pos, -1)
+        (self._embd if rows.ndim == 2 else self._token)[:T] = rows
+        self._pos[:T] = np.arange(start_pos, start_pos + T)
+        self._want[:T] = 1 if all_logits else 0
+        self._want[T - 1] = 1
+        self.batch.n_tokens = T
+        status = llama_cpp.llama_decode(self.ctx, self.batch)
+        if status != 0:
+            raise RuntimeError(f"{self.path.name}: llama_decode failed with status {status}")
+        n_out = T if all_logits else 1
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out * self.vocab,))
+        return torch.from_numpy(logits.reshape(n_out, self.vocab).copy())  # (n_out, V)
+
+    def layer_input(self, layer: int, n_tokens: int) -> np.ndarray:
+        """The input of block `layer` for the last decode's tokens: (n_tokens, D)."""
+        pointer = llama_ext.get_embeddings_layer_inp(self.ctx, layer)
+        if not pointer:
+            raise RuntimeError(f"{self.path.name}: llama.cpp kept no input of block {layer}")
+        return np.ctypeslib.as_array(pointer, shape=(n_tokens * self.dim,)).reshape(n_tokens, self.dim)
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if getattr(self, "ctx", None):
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self.model)
+            self.ctx = None
+
+
+class _LlamaStepOutput:
+    """Head 1's logits at the fed positions (NaN before the last one for a prefill, see
+    _LlamaStepModel.forward) and, on demand, heads 2..k's at one of them."""
+
+    def __init__(self, step: "_LlamaStepModel", logits: torch.Tensor, start_pos: int, k: int):
+        self.step, self.logits, self.start_pos, self.k = step, logits, start_pos, k
+
+    def next_logits(self) -> torch.Tensor:
+        return self.logits  # (T, V)
+
+    def draft_logits(self, index: int) -> torch.Tensor:
+        return self.step.head_logits(self.start_pos + index, self.k)  # (k - 1, V)
+
+
+class _LlamaStepModel:
+    """The StepModel of speculative.decode over the main and head contexts."""
+
+    def __init__(self, main: _Context, heads: list[_Context], trunk_layers: int, max_len: int):
+        self.main, self.heads, self.trunk_layers = main, heads, trunk_layers
+        self.z = np.zeros((max_len, main.dim), dtype=np.float32)  # z of every cached position
+        self.head_fed = [0] * len(heads)  # positions whose z each head's cache holds
+
+    def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> _LlamaStepOutput:
+        T = len(tokens)
+        # decode() verifies at most k tokens at once; a longer batch is a prefill, of which it
+        # reads head 1 at the last position only. Unembedding every prompt position would add
+        # ~25% to a prefill (vocab 4096, dim 192), so the other rows are NaN, never guessed.
+        every_row = T <= k
+        logits = self.main.decode(start_pos, np.asarray(tokens, dtype=np.int32), all_logits=every_row)
+        if not every_row:
+            logits = torch.cat([torch.full((T - 1, logits.shape[1]), float("nan")), logits])  # (T, V)
+        self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
+        self.head_fed = [min(fed, start_pos) for fed in self.head_fed]  # the rest is stale
+        return _LlamaStepOutput(self, logits, start_pos, k)
+
+    def head_logits(self, position: int, k: int) -> torch.Tensor:
+        """Heads 2..k at `position`, after feeding each the z it has not seen up to there."""
+        rows = []
+        for h in range(k - 1):
+            fed = min(self.head_fed[h], position)
+            rows.append(self.heads[h].decode(fed, self.z[fed : position + 1], all_logits=False)[0])
+            self.head_fed[h] = position + 1
+        return torch.stack(rows)  # (k - 1, V)
+
+    def reset(self) -> None:
+        self.head_fed = [0] * len(self.heads)
+
+
+class LlamaEngine:
+    def __init__(self, model_dir: Path | str, settings: LlamaSettings = LlamaSettings()):
+        model_dir = Path(model_dir)
+        config, tokenizer_config, _ = read_config(model_dir)
+        try:
+            self.tokenizer = load_tokenizer(model_dir, tokenizer_config)
+        except TokenizerError as e:
+            raise ModelFileError(model_dir, str(e)) from None
+        exported = available_quants(model_dir)
+        quant = settings.quant or next((q for q in PREFERRED_QUANTS if q in exported), None)
+        if quant is None:
+            raise ModelFileError(
+                model_dir / "gguf", f"no GGUF export (run `mtp-assistant models export {model_dir} --quant q8_0`)"
+            )
+        files = check_export(model_dir, quant, config)
+        exact = settings.exact if settings.exact is not None else quant == "f32"
+        quiet_llama_logs()
+        _backend_init()
+        self.quant, self.settings, self.config = quant, settings, config
+        self.n_future = config.n_future_tokens
+        self.max_seq_len = config.max_seq_len
+        contexts: list[_Context] = []
+        try:
+            contexts.append(_Context(files[0], settings, config.max_seq_len, exact))
+            llama_ext.set_embeddings_layer_inp(contexts[0].ctx, config.n_trunk_layers, True)
+            for path in files[1:]:
+                contexts.append(_Context(path, settings, config.max_seq_len, exact, embd_dim=config.dim))
+        except BaseException:
+            for c in contexts:
+                c.close()
+            raise
+        self._step = _LlamaStepModel(contexts[0], contexts[1:], config.n_trunk_layers, config.max_seq_len)
+        self._cached: list[int] = []  # tokens whose KV (and z) is valid, in position order
+        self._lock = threading.Lock()  # one generation at a time on the shared caches
+
+    @classmethod
+    def from_dir(cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu") -> "LlamaEngine":
+        gpu_layers = 0 if device == "cpu" else -1
+        return cls(model_dir, LlamaSettings(quant=quant, threads=threads, n_gpu_layers=gpu_layers))
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        config: GenerationConfig = GenerationConfig(),
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("the prompt must hold at least one token")
+        if len(prompt) >= self.max_seq_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context of {self.max_seq_len}")
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt):
+            raise ValueError(f"prompt holds a token id outside the vocabulary of {vocab}")
+        k = min(config.k or self.n_future, self.n_future)
+        with self._lock:
+            # At least the last prompt token is fed again: its logits start the decoding.
+            # Heads catch up from the kept z, so any earlier k's cache is reusable.
+            start = min(common_prefix_length(prompt, self._cached), len(prompt) - 1) if config.reuse_prefix else 0
+            self._cached = []  # invalid while the caches are being written
+            outcome = decode(self._step, prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel)
+            self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
+        text = cut_at_stop_strings(self.tokenizer.decode(outcome.tokens), config.stop_strings)
+        return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)
+
+    def capture_z(self, tokens: Sequence[int]) -> np.ndarray:
+        """z (the trunk output) of a fresh prefill of `tokens`: (T, D). For checks against torch."""
+        with self._lock:
+            self._cached = []
+            self._step.forward(list(tokens), 0, 1)
+            return self._step.z[: len(tokens)].copy()
+
+    def close(self) -> None:
+        for c in [self._step.main, *self._step.heads]:
+            c.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,107 @@
+"""The `mtp-assistant tui` app: five screens (modes), switched with F1..F5."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from assistant.store import ModelStore
+from assistant.tui import runs
+from assistant.tui.screens.bench import BenchScreen
+from assistant.tui.screens.models import ModelsScreen
+from assistant.tui.screens.playground import PlaygroundScreen
+from assistant.tui.screens.server import ServerScreen
+from assistant.tui.screens.train import TrainScreen
+from assistant.tui.widgets.dialogs import QuitDialog
+from models import SHIPPED_MODEL_DIR
+
+PLAYGROUND_TEXT = '''def fibonacci(n):
+    """The n-th Fibonacci number."""
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def factorial(n):
+    '''
+
+
+@dataclass
+class TuiSettings:
+    """What the screens start from; the CLI and the tests set them."""
+
+    store_root: Path | None = None  # None: $MTP_ASSISTANT_HOME or the OS's data dir
+    shipped_dir: Path | None = SHIPPED_MODEL_DIR  # listed as a model when present; None hides it
+    repo: str = "."
+    train_steps: int = 200
+    train_lr: float = 1e-3
+    train_seq_len: int = 256
+    train_batch_size: int = 8
+    train_device: str = "auto"
+    playground_text: str = PLAYGROUND_TEXT
+    auto_complete: bool = True  # complete after a pause in typing
+    complete_delay_s: float = 0.3
+    max_tokens: int = 32
+    bench_prompts: str = "humaneval"
+    bench_limit: int = 5
+    bench_max_new: int = 64
+    refresh_s: float = 0.5  # how often live views read their files
+    start_mode: str = "models"
+
+
+class MtpApp(App):
+    TITLE = "mtp-assistant"
+    CSS_PATH = "app.tcss"
+    MODES = {
+        "models": ModelsScreen,
+        "train": TrainScreen,
+        "playground": PlaygroundScreen,
+        "bench": BenchScreen,
+        "server": ServerScreen,
+    }
+    BINDINGS = [
+        Binding("f1", "switch_mode('models')", "Models", show=False),  # in the NavBar
+        Binding("f2", "switch_mode('train')", "Train", show=False),  # in the NavBar
+        Binding("f3", "switch_mode('playground')", "Playground", show=False),  # in the NavBar
+        Binding("f4", "switch_mode('bench')", "Bench", show=False),  # in the NavBar
+        Binding("f5", "switch_mode('server')", "Server", show=False),  # in the NavBar
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, settings: TuiSettings | None = None):
+        super().__init__()
+        self.settings = settings or TuiSettings()
+        self.store = ModelStore(self.settings.store_root)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.store.root / "runs"
+
+    @property
+    def servers_dir(self) -> Path:
+        return self.store.root / "servers"
+
+    def on_mount(self) -> None:
+        self.switch_mode(self.settings.start_mode)
+
+    async def action_quit(self) -> None:
+        """Training runs go on in the background; say so, and offer to stop them."""
+        running = [info for info in runs.list_runs(self.runs_dir) if info.state == runs.RUNNING]
+        if not running:
+            self.exit()
+            return
+
+        def answer(choice: str | None) -> None:
+            if choice == "stop":
+                for info in running:
+                    runs.stop_run(info.path)
+                self.exit(message="stopped the training runs; resume them from the Train screen")
+            elif choice == "leave":
+                names = ", ".join(f"{i.name} (pid {runs.recorded_pid(i.path)})" for i in running)
+                self.exit(message=f"training continues in the background: {names}; `mtp-assistant tui` re-attaches")
+
+        self.push_screen(QuitDialog([info.name for info in running]), answer)

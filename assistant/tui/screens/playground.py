@@ -1,0 +1,191 @@
+"""Playground: an editor with the assistant's ghost completion at the cursor, its tokens
+coloured by the head that drafted them, and the decoding stats."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import Footer, Label, Select, TextArea
+
+from assistant.store import StoreError
+from assistant.tui.completion import Completion, complete_at
+from assistant.tui.models_info import list_models
+from assistant.tui.screens.base import TuiScreen
+from assistant.tui.widgets.completion_view import CompletionView
+from assistant.tui.widgets.nav import NavBar
+from assistant.tui.widgets.stats_panel import StatsPanel
+from models.checkpoint import ModelFileError
+
+DEFAULT_MODEL = "__default__"
+
+
+class PlaygroundScreen(TuiScreen):
+    AUTO_FOCUS = "#editor"
+    BINDINGS = [
+        Binding("ctrl+g", "complete", "Complete"),
+        Binding("ctrl+l", "accept", "Accept (or →)"),
+    ]
+
+    class Completed(Message):
+        def __init__(self, completion: Completion, version: int):
+            super().__init__()
+            self.completion, self.version = completion, version
+
+    class Failed(Message):
+        def __init__(self, error: str):
+            super().__init__()
+            self.error = error
+
+    def __init__(self):
+        super().__init__()
+        self._engine = None
+        self._engine_path: str | None = None
+        self._engine_lock = threading.Lock()  # one load at a time
+        self._cancel = threading.Event()
+        self._version = 0  # bumped by every edit and cursor move: stale completions are dropped
+        self._debounce: Timer | None = None
+        self._model_value = DEFAULT_MODEL
+        self._length = 0  # of the editor's text, to tell deletions
+        self.shown_version = -1  # the version whose completion is on screen
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("playground", id="nav")
+        with Vertical(id="playground-body"):
+            with Horizontal(classes="field"):
+                yield Label("model", classes="field-label")
+                yield Select(
+                    [("default model", DEFAULT_MODEL)],
+                    value=DEFAULT_MODEL,
+                    allow_blank=False,
+                    id="pg-model",
+                    compact=True,
+                )
+            yield TextArea(
+                self.app.settings.playground_text,
+                id="editor",
+                show_line_numbers=True,
+                tab_behavior="indent",
+                soft_wrap=False,
+            )
+            yield CompletionView("", id="completion")
+            yield StatsPanel("", id="pg-stats")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.sub_title = "Playground"
+        editor = self.query_one(TextArea)
+        self._length = len(editor.text)
+        lines = editor.text.split("\n")
+        editor.move_cursor((len(lines) - 1, len(lines[-1])))  # the end of the text
+        self.query_one("#pg-stats", StatsPanel).show([("stats", "type, or press ctrl+g for a completion")])
+
+    def on_screen_resume(self) -> None:
+        self._list_models()  # the store may have changed on another screen
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="models")
+    def _list_models(self) -> None:
+        models = [
+            (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+        ]
+        self.app.call_from_thread(self._set_models, models)
+
+    def _set_models(self, models: list[tuple[str, str]]) -> None:
+        self.query_one("#pg-model", Select).set_options([("default model", DEFAULT_MODEL)] + models)
+
+    # --- requests ---
+
+    @on(TextArea.Changed)
+    def _text_changed(self, event: TextArea.Changed) -> None:
+        # TextArea keeps the ghost text while what is typed matches it; a deletion must
+        # not leave a completion meant for the longer text.
+        length = len(event.text_area.text)
+        if length < self._length:
+            event.text_area.suggestion = ""
+        self._length = length
+        self._edited()
+
+    @on(TextArea.SelectionChanged)
+    def _edited(self) -> None:
+        self._version += 1
+        self._cancel.set()  # whatever is being computed is for text that is gone
+        if self._debounce is not None:
+            self._debounce.stop()
+        if self.app.settings.auto_complete:
+            self._debounce = self.set_timer(self.app.settings.complete_delay_s, self.action_complete)
+
+    @on(Select.Changed, "#pg-model")
+    def _model_changed(self, event: Select.Changed) -> None:
+        if event.value != self._model_value:  # not when the options are refreshed
+            self._model_value = event.value
+            self.action_complete()
+
+    def action_complete(self) -> None:
+        editor = self.query_one(TextArea)
+        self._cancel.set()
+        self._cancel = threading.Event()
+        row, col = editor.cursor_location
+        value = self.query_one("#pg-model", Select).value
+        model = None if value in (DEFAULT_MODEL, Select.BLANK) else str(value)
+        self.query_one("#pg-stats", StatsPanel).show([("stats", "completing...")])
+        self._complete(editor.text, row, col, model, self._version, self._cancel)
+
+    @work(thread=True, exit_on_error=False, group="complete")
+    def _complete(
+        self, text: str, row: int, col: int, model: str | None, version: int, cancel: threading.Event
+    ) -> None:
+        try:
+            engine = self._get_engine(model)
+            if cancel.is_set():
+                return
+            completion = complete_at(engine, text, row, col, self.app.settings.max_tokens, cancel=cancel)
+        except (StoreError, ModelFileError, ValueError, OSError) as e:
+            self.post_message(self.Failed(str(e)))
+            return
+        self.post_message(self.Completed(completion, version))
+
+    def _get_engine(self, model: str | None):
+        from assistant.engine import load_engine
+
+        with self._engine_lock:
+            path = str(self.app.store.resolve(model or "default"))
+            if self._engine is None or self._engine_path != path:
+                self._engine = load_engine(Path(path), "auto", "cpu", "float32")
+                self._engine_path = path
+            return self._engine
+
+    # --- results ---
+
+    def on_playground_screen_completed(self, message: Completed) -> None:
+        c = message.completion
+        if message.version != self._version:
+            return  # the text or the cursor moved on
+        self.shown_version = message.version
+        self.query_one(TextArea).suggestion = c.text
+        self.query_one(CompletionView).show(c.pieces, c.n_future)
+        s = c.stats
+        acceptance = " ".join(f"{a:.2f}" for a in s.acceptance) or "-"
+        prompt = f"{s.prompt_tokens} prompt tokens, {s.reused_tokens} cached"
+        self.query_one("#pg-stats", StatsPanel).show(
+            [
+                ("tokens", f"{s.new_tokens} in {s.forward_passes} forwards: {s.tokens_per_forward:.2f} per forward"),
+                ("time", f"{s.wall_s * 1e3:.0f} ms on {c.engine} (prefill {s.prefill_s * 1e3:.0f} ms, {prompt})"),
+                ("accepted", f"per draft head {acceptance}; stopped by {c.stop_reason}"),
+            ]
+        )
+
+    def on_playground_screen_failed(self, message: Failed) -> None:
+        self.query_one("#pg-stats", StatsPanel).show([("error", message.error)])
+        self.notify(message.error, title="completion", severity="error", timeout=8)
+
+    def action_accept(self) -> None:
+        editor = self.query_one(TextArea)
+        if editor.suggestion:
+            editor.insert(editor.suggestion)
+            editor.focus()

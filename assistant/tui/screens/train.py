@@ -1,0 +1,354 @@
+"""Train: fine-tune (or train from scratch) on a repository, as a background process,
+with a live plot of the loss per head. Runs survive the UI: it re-attaches to them."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Input,
+    Label,
+    ProgressBar,
+    Select,
+    Static,
+)
+from textual.worker import get_current_worker
+
+from assistant.store import StoreError
+from assistant.training.corpus import CorpusError, build_corpus
+from assistant.training.trainer import METRICS_FILE
+from assistant.tui import runs
+from assistant.tui.models_info import human_count, list_models
+from assistant.tui.screens.base import TuiScreen
+from assistant.tui.widgets.loss_plot import LossPlot
+from assistant.tui.widgets.nav import NavBar
+from assistant.tui.widgets.stats_panel import StatsPanel
+from models.checkpoint import ModelFileError, read_config
+from models.tokenizer import TokenizerError, load_tokenizer
+
+SCRATCH = "__scratch__"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def corpus_preview(repo: str, base_model: str | None) -> str:
+    """What training on `repo` would read (raises CorpusError / ModelFileError)."""
+    corpus = build_corpus(repo)
+    summary = corpus.summary()
+    n_bytes = summary["train"]["bytes"] + summary["val"]["bytes"]
+    tokens = f"{human_count(n_bytes)} byte tokens"
+    if base_model is not None:
+        _, tok_config, _ = read_config(base_model)
+        if tok_config.get("kind") != "byte":
+            try:
+                tokenizer = load_tokenizer(Path(base_model), tok_config)
+            except TokenizerError as e:
+                raise ModelFileError(base_model, str(e)) from None
+            count = sum(len(tokenizer.encode(f.text)) for f in corpus.train + corpus.val)
+            tokens = f"{human_count(count)} tokens"
+    skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items() if n) or "nothing"
+    return (
+        f"{summary['train']['files']} train + {summary['val']['files']} val files, "
+        f"{n_bytes / 1e3:.0f} kB, {tokens}\nskipped: {skipped}"
+    )
+
+
+class TrainScreen(TuiScreen):
+    BINDINGS = [
+        Binding("ctrl+s", "start", "Start"),
+        Binding("ctrl+t", "stop", "Stop"),
+        Binding("ctrl+r", "resume", "Resume"),
+        Binding("ctrl+o", "preview", "Preview corpus"),
+    ]
+
+    class Preview(Message):
+        def __init__(self, text: str, ok: bool):
+            super().__init__()
+            self.text, self.ok = text, ok
+
+    class RunsListed(Message):
+        def __init__(self, infos: list[runs.RunInfo], models: list[tuple[str, str]] | None):
+            super().__init__()
+            self.infos, self.models = infos, models
+
+    class MetricsUpdate(Message):
+        def __init__(self, run_dir: Path, records: list[dict[str, Any]], reset: bool, info: runs.RunInfo):
+            super().__init__()
+            self.run_dir, self.records, self.reset, self.info = run_dir, records, reset, info
+
+    def __init__(self):
+        super().__init__()
+        self.run_infos: list[runs.RunInfo] = []
+        self.attached: Path | None = None  # the run whose metrics are shown
+        self.records: list[dict[str, Any]] = []
+        self._procs: dict[Path, subprocess.Popen] = {}  # runs started by this UI: reaped when they end
+        self._models_known: list[tuple[str, str]] = []
+        self._base_value = SCRATCH
+        self._runs_shown: tuple | None = None  # (run infos, attached run) the table shows
+
+    def compose(self) -> ComposeResult:
+        settings = self.app.settings
+        yield NavBar("train", id="nav")
+        with Horizontal(id="train-body"):
+            with Vertical(id="train-form"):
+                with Horizontal(classes="field"):
+                    yield Label("repo", classes="field-label")
+                    yield Input(settings.repo, id="repo", compact=True)
+                yield Static("", id="corpus-preview")
+                with Horizontal(classes="field"):
+                    yield Label("base", classes="field-label")
+                    yield Select(
+                        [("from scratch (tiny)", SCRATCH)], value=SCRATCH, allow_blank=False, id="base", compact=True
+                    )
+                with Horizontal(classes="field"):
+                    yield Label("train", classes="field-label")
+                    yield Select(
+                        [("whole model", "full"), ("heads only", "heads")],
+                        value="full",
+                        allow_blank=False,
+                        id="finetune",
+                        compact=True,
+                    )
+                with Horizontal(classes="field"):
+                    yield Label("steps", classes="field-label")
+                    yield Input(str(settings.train_steps), id="steps", compact=True, type="integer")
+                    yield Label("lr", classes="field-label-short")
+                    yield Input(repr(settings.train_lr), id="lr", compact=True, type="number")
+                with Horizontal(classes="field"):
+                    yield Label("seq", classes="field-label")
+                    yield Input(str(settings.train_seq_len), id="seq-len", compact=True, type="integer")
+                    yield Label("batch", classes="field-label-short")
+                    yield Input(str(settings.train_batch_size), id="batch-size", compact=True, type="integer")
+                with Horizontal(id="train-buttons"):
+                    yield Button("Start", id="start", variant="success", compact=True)
+                    yield Button("Stop", id="stop", variant="error", compact=True)
+                    yield Button("Resume", id="resume", variant="primary", compact=True)
+                yield DataTable(id="runs-table", cursor_type="row")
+            with Vertical(id="train-live"):
+                yield LossPlot(id="loss-plot")
+                yield StatsPanel(id="train-stats")
+                yield ProgressBar(total=1, show_eta=False, id="train-progress")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.sub_title = "Train"
+        self.query_one("#runs-table", DataTable).add_columns("run", "state")
+        self.query_one("#train-stats", StatsPanel).show([("run", "none yet: press Start")])
+        self.action_preview()
+        self._list_runs(first=True)
+        self.set_interval(self.app.settings.refresh_s * 4, self._list_runs)
+
+    def on_screen_resume(self) -> None:
+        self._list_runs(with_models=True)  # the store may have changed on another screen
+
+    # --- corpus preview ---
+
+    def _base_model(self) -> str | None:
+        value = self.query_one("#base", Select).value
+        return None if value in (SCRATCH, Select.BLANK) else str(value)
+
+    def action_preview(self) -> None:
+        self.query_one("#corpus-preview", Static).update("reading the repository...")
+        self._preview(self.query_one("#repo", Input).value.strip() or ".", self._base_model())
+
+    @on(Input.Submitted, "#repo")
+    def _repo_submitted(self) -> None:
+        self.action_preview()
+
+    @on(Select.Changed, "#base")
+    def _base_changed(self, event: Select.Changed) -> None:
+        if event.value != self._base_value:  # not when the options are refreshed
+            self._base_value = event.value
+            self.action_preview()
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="preview")
+    def _preview(self, repo: str, base: str | None) -> None:
+        try:
+            self.post_message(self.Preview(corpus_preview(repo, base), True))
+        except (CorpusError, ModelFileError, OSError) as e:
+            self.post_message(self.Preview(str(e), False))
+
+    def on_train_screen_preview(self, message: Preview) -> None:
+        self.query_one("#corpus-preview", Static).update(message.text if message.ok else f"[red]{message.text}[/]")
+        if not message.ok:
+            self.notify(message.text, title="corpus", severity="error", timeout=8)
+
+    # --- runs ---
+
+    def _list_runs(self, first: bool = False, with_models: bool = False) -> None:
+        for path, proc in list(self._procs.items()):
+            if proc.poll() is not None:  # reap it: a zombie would look alive
+                del self._procs[path]
+        self._list_runs_worker(first, with_models or first)
+
+    @work(thread=True, exit_on_error=False, group="runs")
+    def _list_runs_worker(self, first: bool, with_models: bool) -> None:
+        infos = runs.list_runs(self.app.runs_dir)
+        models = None
+        if with_models:
+            models = [
+                (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+            ]
+        self.post_message(self.RunsListed(infos, models))
+        if first and infos and self.attached is None:
+            running = [i for i in infos if i.state == runs.RUNNING]
+            self.app.call_from_thread(self.attach, (running or infos)[0].path)
+
+    def on_train_screen_runs_listed(self, message: RunsListed) -> None:
+        self._update_models(message.models)
+        shown = (message.infos, self.attached)
+        if shown == self._runs_shown:
+            return  # unchanged: keep the table (and its cursor) as it is
+        self._runs_shown = shown
+        self.run_infos = message.infos
+        table = self.query_one("#runs-table", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for info in message.infos:
+            mark = ">" if info.path == self.attached else " "
+            done = f" {info.step / info.steps:.0%}" if info.steps and info.state in (runs.RUNNING, runs.STOPPED) else ""
+            table.add_row(f"{mark}{info.name}", f"{info.state}{done}", key=str(info.path))
+        if message.infos:
+            table.move_cursor(row=min(max(row, 0), len(message.infos) - 1))
+
+    def _update_models(self, models: list[tuple[str, str]] | None) -> None:
+        if models is not None and models != self._models_known:
+            self._models_known = models
+            base = self.query_one("#base", Select)
+            value = base.value
+            options = [("from scratch (tiny)", SCRATCH)] + models
+            base.set_options(options)
+            base.value = value if any(v == value for _, v in options) else SCRATCH
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "runs-table" and event.row_key.value:
+            self.attach(Path(event.row_key.value))
+
+    def selected_run(self) -> Path | None:
+        table = self.query_one("#runs-table", DataTable)
+        if self.run_infos and 0 <= table.cursor_row < len(self.run_infos):
+            return self.run_infos[table.cursor_row].path
+        return self.attached
+
+    def attach(self, run_dir: Path) -> None:
+        """Show this run's metrics from the start, then follow them."""
+        self.attached = run_dir
+        self.records = []
+        self.query_one(LossPlot).show([])
+        self._tail(run_dir)
+        self._list_runs()
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="tail")
+    def _tail(self, run_dir: Path) -> None:
+        worker = get_current_worker()
+        tail = runs.MetricsTail(run_dir / METRICS_FILE)
+        while not worker.is_cancelled:
+            records, reset = tail.read_new()
+            info = runs.describe_run(run_dir)
+            self.post_message(self.MetricsUpdate(run_dir, records, reset, info))
+            if info.state != runs.RUNNING:
+                records, reset = tail.read_new()  # whatever it wrote before it ended
+                if records or reset:
+                    self.post_message(self.MetricsUpdate(run_dir, records, reset, info))
+                return
+            time.sleep(self.app.settings.refresh_s)
+
+    def on_train_screen_metrics_update(self, message: MetricsUpdate) -> None:
+        if message.run_dir != self.attached:
+            return
+        if message.reset:
+            self.records = []
+        if message.records or message.reset:
+            self.records.extend(message.records)
+            self.query_one(LossPlot).show(self.records)
+        info = message.info
+        p = runs.summarize(self.records, info.steps)
+        rows = [("run", f"{info.name} ({info.state})")]
+        if p.loss is not None:
+            eta = _duration(p.eta_s) if info.state == runs.RUNNING else "-"
+            rows.append(("step", f"{p.step}/{p.steps}   {p.tokens_per_s or 0:,.0f} tok/s   ETA {eta}"))
+            val = f"   val {p.val_loss:.3f}" if p.val_loss is not None else ""
+            rows.append(("loss", f"train {p.loss:.3f}{val}  (sum of heads)"))
+        if p.val_accuracy:
+            rows.append(("val acc", " ".join(f"h{i + 1} {a:.0%}" for i, a in enumerate(p.val_accuracy))))
+        if info.state == runs.FAILED:
+            rows.append(("log", runs.log_tail(info.path, 2) or "(empty)"))
+        self.query_one("#train-stats", StatsPanel).show(rows)
+        bar = self.query_one("#train-progress", ProgressBar)
+        bar.update(total=max(1, p.steps), progress=p.step)
+
+    # --- start / stop / resume ---
+
+    def _request(self) -> runs.TrainRequest:
+        def number(id: str, kind):
+            text = self.query_one(f"#{id}", Input).value.strip()
+            try:
+                return kind(text)
+            except ValueError:
+                raise ValueError(f"{id}: not a number: {text!r}") from None
+
+        return runs.TrainRequest(
+            repo=self.query_one("#repo", Input).value.strip() or ".",
+            base_model=self._base_model(),
+            finetune=str(self.query_one("#finetune", Select).value),
+            steps=number("steps", int),
+            lr=number("lr", float),
+            seq_len=number("seq-len", int),
+            batch_size=number("batch-size", int),
+            device=self.app.settings.train_device,
+        )
+
+    @on(Button.Pressed, "#start")
+    def action_start(self) -> None:
+        try:
+            request = self._request()
+            if not Path(request.repo).is_dir():
+                raise ValueError(f"not a directory: {request.repo}")
+            run_dir, proc = runs.start_run(request, self.app.runs_dir)
+        except (ValueError, OSError, StoreError) as e:
+            self.notify(str(e), title="cannot start", severity="error")
+            return
+        self._procs[run_dir] = proc
+        self.notify(f"training in the background: {run_dir.name} (pid {proc.pid})", title="started")
+        self.attach(run_dir)
+
+    @on(Button.Pressed, "#stop")
+    def action_stop(self) -> None:
+        run_dir = self.attached
+        if run_dir is None or not runs.stop_run(run_dir):
+            self.notify("no running run is shown", severity="warning")
+            return
+        self.notify(f"stopping {run_dir.name}: resume continues from its last checkpoint", title="stop")
+
+    @on(Button.Pressed, "#resume")
+    def action_resume(self) -> None:
+        run_dir = self.selected_run()
+        if run_dir is None:
+            self.notify("select a stopped run to resume", severity="warning")
+            return
+        try:
+            self._procs[run_dir] = runs.resume_run(run_dir)
+        except (ValueError, OSError) as e:
+            self.notify(str(e), title="cannot resume", severity="error")
+            return
+        self.notify(f"resuming {run_dir.name}", title="resume")
+        self.attach(run_dir)
+
+    def running_runs(self) -> list[Path]:
+        return [info.path for info in runs.list_runs(self.app.runs_dir) if info.state == runs.RUNNING]

@@ -1,0 +1,29 @@
+"""The top line: which screen this is and the keys (or clicks) that switch screens."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+SCREENS = (
+    ("f1", "models", "Models"),
+    ("f2", "train", "Train"),
+    ("f3", "playground", "Playground"),
+    ("f4", "bench", "Bench"),
+    ("f5", "server", "Server"),
+)
+
+
+class NavBar(Static):
+    def __init__(self, current: str, **kwargs):
+        super().__init__(**kwargs)
+        self.current = current
+
+    def on_mount(self) -> None:
+        text = Text.from_markup("[b]mtp-assistant[/b] ")
+        for key, mode, label in SCREENS:
+            style = "reverse bold" if mode == self.current else ""
+            item = Text.from_markup(f"[@click=app.switch_mode('{mode}')] {key} {label} [/]")
+            item.stylize(style)
+            text.append_text(item)
+        self.update(text)

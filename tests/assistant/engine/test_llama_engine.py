@@ -1,0 +1,215 @@
+"""The llama.cpp engine against the torch engine: same greedy tokens at f32/f16, z equal to
+the torch trunk, speculative == plain at every quantization, prefix reuse, errors."""
+
+import random
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from assistant.engine import has_llama_files, load_engine
+from assistant.engine.base import GenerationConfig
+from assistant.engine.llama_engine import LlamaEngine, LlamaSettings
+from assistant.engine.torch_engine import TorchEngine
+from assistant.training.trainer import TrainConfig, train
+from models.checkpoint import ModelFileError, load_model, save_model
+from models.gguf_export import export_files, export_model
+from models.tokenizer import ByteTokenizer
+
+from .helpers import random_model
+
+QUANTS = ("f16", "q8_0", "q4_k_m")
+
+
+@pytest.fixture(scope="module")
+def model64(tmp_path_factory):
+    """A 4-head byte model of dim 64 (rows llama.cpp's 32-wide blocks fit) trained for seconds
+    on repetitive code, exported at f32 and every quantization."""
+    repo = tmp_path_factory.mktemp("repo")
+    body = "".join(
+        f"def add_{i}(x, y):\n    return x + y + {i}\n\n\nclass Point{i}:\n    def __init__(self, x, y):\n"
+        f"        self.x = x\n        self.y = y\n\n"
+        for i in range(40)
+    )
+    (repo / "a.py").write_text(body)
+    out = tmp_path_factory.mktemp("run") / "run"
+    config = TrainConfig(
+        repo=str(repo), out_dir=str(out), model_overrides={"dim": 64, "n_layers": 5, "n_heads": 4, "max_seq_len": 256},
+        steps=100, batch_size=8, seq_len=96, lr=5e-3, warmup_steps=10, fim_rate=0.0, eval_every=1000,
+        checkpoint_every=1000, device="cpu",
+    )
+    model_dir = train(config, show_progress=False)
+    for quant in ("f32", *QUANTS):
+        export_model(model_dir, quant)
+    return load_model(model_dir), body
+
+
+def engine_for(loaded, quant, **settings) -> LlamaEngine:
+    return LlamaEngine(loaded.path, LlamaSettings(quant=quant, threads=1, **settings))
+
+
+def cuts(body, count, seed=0, width=120):
+    rng = random.Random(seed)
+    return [body[max(0, c - width) : c] for c in (rng.randrange(20, len(body) - 1) for _ in range(count))]
+
+
+# Ties: two logits within rounding of each other may come out in either order in two
+# correct implementations. Each llama.cpp token is checked against torch teacher-forced
+# on llama.cpp's own output, at every position where torch's top-2 margin exceeds the
+# tolerance (f32: 1e-3; f16 weights: 0.05; the logits are O(10)); near-ties are skipped
+# and at most 10% of positions may be.
+@pytest.mark.parametrize("quant,tolerance", [("f32", 1e-3), ("f16", 0.05)])
+def test_greedy_tokens_match_the_torch_engine(model64, quant, tolerance):
+    loaded, body = model64
+    engine = engine_for(loaded, quant)
+    torch_engine = TorchEngine(loaded.model, loaded.tokenizer)
+    checked = skipped = identical = 0
+    prompts = [loaded.tokenizer.encode(p) for p in cuts(body, 6)]
+    for prompt in prompts:
+        tokens = engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1)).tokens
+        with torch.no_grad():
+            logits = loaded.model(torch.tensor([prompt + tokens]), heads=(0,))[0, 0]  # (T, V)
+        for i, token in enumerate(tokens):
+            row = logits[len(prompt) - 1 + i]
+            top2 = row.topk(2).values
+            if top2[0] - top2[1] <= tolerance:
+                skipped += 1
+                continue
+            checked += 1
+            assert int(row.argmax()) == token, (quant, prompt, i)
+        identical += tokens == torch_engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1)).tokens
+    assert skipped <= 0.1 * (checked + skipped)
+    assert identical >= len(prompts) - 1  # whole sequences agree unless a near-tie flipped one
+
+
+@pytest.mark.parametrize("n_ubatch", [512, 7])
+def test_captured_z_matches_the_torch_trunk(model64, n_ubatch):
+    """z from llama_get_embeddings_layer_inp, also when one decode spans several micro-batches
+    (n_ubatch 7: 100 tokens in 15 micro-batches). Tolerance: 1e-4 of z's largest magnitude
+    (measured: ~1e-6 of it)."""
+    loaded, body = model64
+    engine = engine_for(loaded, "f32", n_ubatch=n_ubatch)
+    tokens = loaded.tokenizer.encode(body[:100])
+    z = engine.capture_z(tokens)
+    with torch.no_grad():
+        expected = loaded.model.trunk(torch.tensor([tokens]))[0].numpy()  # (T, D)
+    assert z.shape == expected.shape
+    assert np.abs(z - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_speculative_greedy_equals_plain_at_every_quantization(model64, quant):
+    loaded, body = model64
+    engine = engine_for(loaded, quant)
+    accepted_any = False
+    for text in cuts(body, 8, seed=1):
+        prompt = loaded.tokenizer.encode(text)
+        plain = engine.generate(prompt, GenerationConfig(max_new_tokens=40, k=1, reuse_prefix=False))
+        for k in (2, 3, 4):
+            for reuse in (False, True):
+                spec = engine.generate(prompt, GenerationConfig(max_new_tokens=40, k=k, reuse_prefix=reuse))
+                assert spec.tokens == plain.tokens, (quant, text, k, reuse)
+                # Which head drafted each token (the TUI colours them): as many as the stats say.
+                assert len(spec.token_heads) == len(spec.tokens)
+                assert [spec.token_heads.count(h) for h in range(2, k + 1)] == spec.stats.draft_accepted
+            accepted_any |= spec.stats.tokens_per_forward > 1.5
+    assert accepted_any, "a model trained on repetitive code should accept drafts"
+
+
+def test_speculative_equals_plain_with_real_k_quants(tmp_path):
+    """dim 256: rows fit 256-wide k-quant blocks, so q4_k_m holds Q4_K/Q6_K tensors."""
+    model = random_model(n_future=3, dim=256, n_layers=4)
+    save_model(tmp_path, model, ByteTokenizer())
+    types = export_model(tmp_path, "q4_k_m").tensor_types["main.gguf"]
+    assert "Q4_K" in types.values()
+    engine = LlamaEngine(tmp_path, LlamaSettings(threads=1))
+    assert engine.quant == "q4_k_m"
+    rng = random.Random(0)
+    for _ in range(4):
+        prompt = [rng.randrange(256) for _ in range(rng.randint(1, 30))]
+        plain = engine.generate(prompt, GenerationConfig(max_new_tokens=24, k=1)).tokens
+        assert engine.generate(prompt, GenerationConfig(max_new_tokens=24, k=3)).tokens == plain
+
+
+def test_prefix_reuse_across_requests_and_head_counts(model64):
+    loaded, body = model64
+    tok = loaded.tokenizer
+    engine = engine_for(loaded, "q8_0")
+
+    def check(text, k, reused):
+        """Reusing gives the tokens of a fresh engine, and the same drafts (heads' caches are right)."""
+        config = GenerationConfig(max_new_tokens=12, k=k)
+        result = engine.generate(tok.encode(text), config)
+        fresh = engine_for(loaded, "q8_0").generate(tok.encode(text), config)
+        assert result.stats.reused_tokens >= reused, (text, k)
+        assert result.tokens == fresh.tokens and result.stats.draft_accepted == fresh.stats.draft_accepted, (text, k)
+        return result
+
+    text = body[:200]
+    assert check(text[:150], 4, 0).stats.reused_tokens == 0
+    check(text[:160], 4, 150)
+    # Heads catch up from the kept z, so a different k reuses the cache too.
+    check(text[:170], 2, 160)
+    check(text[:180], 4, 170)
+    # The user deleted text: the shorter common prefix is reused, the rest rolled back.
+    assert check(text[:140] + "pass\n", 3, 140).stats.reused_tokens == 140
+    assert check(text[:120] + "   ", 4, 120).stats.reused_tokens == 120
+
+
+def test_stats_stops_cancel_and_bad_prompts(model64):
+    loaded, body = model64
+    engine = engine_for(loaded, "q8_0")
+    prompt = loaded.tokenizer.encode(body[:100])
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=30, k=4, stop_strings=("\n\n",)))
+    assert result.stop_reason in ("stop_string", "max_tokens") and "\n\n" not in result.text
+    s = result.stats
+    assert s.prompt_tokens == len(prompt) and s.new_tokens == len(result.tokens) and len(s.acceptance) == 3
+    cancel = threading.Event()
+    cancel.set()
+    assert engine.generate(prompt, GenerationConfig(max_new_tokens=30), cancel).stop_reason == "cancelled"
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.generate([], GenerationConfig())
+    with pytest.raises(ValueError, match="no room"):
+        engine.generate([1] * 256, GenerationConfig())
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([1, 9999], GenerationConfig())
+
+
+def test_load_errors_name_the_file(model64, tmp_path):
+    loaded, _ = model64
+    bare = tmp_path / "bare"
+    shutil.copytree(loaded.path, bare, ignore=shutil.ignore_patterns("gguf"))
+    assert not has_llama_files(bare)
+    with pytest.raises(ModelFileError, match="no GGUF export"):
+        LlamaEngine(bare)
+    with pytest.raises(ModelFileError, match="f16/main.gguf: missing"):
+        LlamaEngine(bare, LlamaSettings(quant="f16"))
+    broken = tmp_path / "broken"
+    shutil.copytree(loaded.path, broken)
+    main, head2, head3, head4 = export_files(broken, "q8_0", 4)
+    head4.unlink()
+    assert has_llama_files(broken)  # other exports are complete
+    with pytest.raises(ModelFileError, match="head-4.gguf: missing"):
+        LlamaEngine(broken, LlamaSettings(quant="q8_0"))
+    shutil.copy(export_files(broken, "q4_k_m", 4)[3], head4)  # the right head, from another export
+    LlamaEngine(broken, LlamaSettings(quant="q8_0", threads=1)).close()  # same weights: accepted
+    shutil.copy(head2, head4)
+    with pytest.raises(ModelFileError, match="head-4.gguf: does not match its main model main.gguf: head is 2"):
+        LlamaEngine(broken, LlamaSettings(quant="q8_0"))
+    data = main.read_bytes()
+    main.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ModelFileError, match="q8_0/main.gguf: .*truncated"):
+        LlamaEngine(broken, LlamaSettings(quant="q8_0"))
+
+
+def test_load_engine_auto_prefers_llama_where_exported(model64, tmp_path):
+    loaded, _ = model64
+    assert has_llama_files(loaded.path)
+    engine = load_engine(loaded.path, threads=1)
+    assert isinstance(engine, LlamaEngine) and engine.quant == "q8_0"
+    assert isinstance(load_engine(loaded.path, "llama", quant="f16", threads=1), LlamaEngine)
+    bare = tmp_path / "bare"
+    shutil.copytree(loaded.path, bare, ignore=shutil.ignore_patterns("gguf"))
+    assert isinstance(load_engine(bare), TorchEngine)

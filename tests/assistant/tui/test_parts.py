@@ -1,0 +1,123 @@
+"""The UI-free parts: run bookkeeping, metrics tailing, subprocess jobs, model listing."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from assistant.store import ModelStore
+from assistant.tui import runs
+from assistant.tui.jobs import run_command
+from assistant.tui.models_info import list_models, scores
+from tests.assistant.engine.helpers import random_model
+
+from .conftest import save_tiny
+
+
+def test_metrics_tail_reads_only_complete_new_lines_and_notices_a_rewrite(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = runs.MetricsTail(path)
+    assert tail.read_new() == ([], False)  # no file yet
+    path.write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2')  # the trainer is mid-write
+    assert tail.read_new() == ([{"step": 1}], False)
+    with open(path, "a") as f:
+        f.write("}\n")
+    assert tail.read_new() == ([{"step": 2}], False)
+    assert tail.read_new() == ([], False)
+    path.write_text(json.dumps({"step": 1}) + "\n")  # a resumed run dropped records past its checkpoint
+    assert tail.read_new() == ([{"step": 1}], True)
+
+
+def test_summarize_gives_progress_speed_and_eta():
+    records = [
+        {"step": s, "split": "train", "loss": 10.0 / s, "tokens_per_s": 500.0, "time": 100.0 + 2 * s}
+        for s in range(1, 11)
+    ]
+    records.append({"step": 10, "split": "val", "loss": 1.5, "accuracy_per_head": [0.5, 0.25]})
+    p = runs.summarize(records, steps=30)
+    assert (p.step, p.steps, p.loss, p.val_loss, p.val_accuracy) == (10, 30, 1.0, 1.5, [0.5, 0.25])
+    assert p.tokens_per_s == 500.0 and p.eta_s == 40.0  # 2 s per step, 20 steps left
+
+
+def test_run_states_follow_the_process_and_the_files(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = runs._spawn([sys.executable, "-c", "import time; time.sleep(30)", str(run_dir)], run_dir)
+    try:
+        assert runs.run_state(run_dir) == runs.RUNNING
+        assert runs.stop_run(run_dir)
+        proc.wait(timeout=10)
+        # Exited but not yet reaped would be a zombie: not running either way.
+        assert runs.run_state(run_dir) == runs.FAILED and not runs.stop_run(run_dir)
+        (run_dir / "checkpoint").mkdir()
+        assert runs.run_state(run_dir) == runs.STOPPED
+        (run_dir / "model").mkdir()
+        assert runs.run_state(run_dir) == runs.FINISHED
+    finally:
+        proc.kill()
+        proc.wait()
+    # A recorded pid that now belongs to another program does not count as the run.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run_dir / runs.PROCESS_FILE).write_text(json.dumps({"pid": other.pid}))
+        assert not runs.is_running(run_dir) and runs.pid_alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_train_request_validation_and_command(tmp_path):
+    with pytest.raises(ValueError):
+        runs.TrainRequest(repo=".", steps=0)
+    with pytest.raises(ValueError):
+        runs.TrainRequest(repo=".", finetune="heads")
+    command = runs.train_command(
+        runs.TrainRequest(repo=str(tmp_path), base_model="/m", finetune="heads", steps=50), tmp_path / "out"
+    )
+    assert command[:4] == [sys.executable, "-m", "assistant.cli", "train"]
+    assert command[command.index("--base") + 1] == "/m" and command[command.index("--finetune") + 1] == "heads"
+    assert command[command.index("--eval-every") + 1] == "5" and "--quiet" in command
+
+
+def test_run_command_reports_output_and_cancels():
+    lines = []
+    cancel = threading.Event()
+    script = "import time\nprint('step one', flush=True)\ntime.sleep(60)"
+
+    def on_output(line):
+        lines.append(line)
+        cancel.set()
+
+    started = time.monotonic()
+    result = run_command([sys.executable, "-c", script], cancel, on_output, poll_s=0.05)
+    assert result.returncode is None and lines == ["step one"] and time.monotonic() - started < 30
+    result = run_command(
+        [sys.executable, "-c", "import sys; sys.exit('mtp-assistant: error: no such thing')"], threading.Event()
+    )
+    assert result.returncode == 1 and result.error_line() == "mtp-assistant: error: no such thing"
+
+
+def test_model_listing_reads_files_only(home, tmp_path):
+    store = ModelStore(home)
+    store.add(save_tiny(tmp_path / "a", provenance={"trained_by": "x", "val_loss_per_head": [1.0, 2.0], "repo": "/r"}))
+    gguf = store.models_dir / "a" / "gguf"
+    (gguf / "q4_k_m").mkdir(parents=True)
+    (gguf / "q4_k_m" / "main.gguf").write_bytes(b"GGUF")
+    (gguf / "q4_k_m" / "head-2.gguf").write_bytes(b"GGUF")
+    (gguf / "old-f16.gguf").write_bytes(b"GGUF")
+    (store.models_dir / "broken").mkdir()
+    (store.models_dir / "broken" / "config.json").write_text("[]")
+    shipped = save_tiny(tmp_path / "shipped")
+    infos = list_models(store, shipped)
+    assert [(m.name, m.is_default, m.shipped) for m in infos] == [
+        ("a", True, False),
+        ("broken", False, False),
+        ("(shipped) default", False, True),
+    ]
+    a = infos[0]
+    assert a.quantizations == ("old-f16", "q4_k_m") and len(a.gguf_files) == 3 and a.n_future == 4
+    assert a.parameters == sum(p.numel() for p in random_model().parameters())
+    assert scores(a.provenance) == {"val_loss_per_head": [1.0, 2.0]}
+    assert infos[1].error and "JSON object" in infos[1].error

@@ -1,0 +1,116 @@
+"""Train screen: a real background training run, followed live; stop, re-attach, resume."""
+
+import json
+import time
+
+import pytest
+from textual.widgets import Input, ProgressBar
+
+from assistant.training.metrics import read_metrics
+from assistant.tui import runs
+from assistant.tui.widgets.loss_plot import LossPlot
+
+from .conftest import make_app, notifications, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+def train_app(home, repo, steps):
+    return make_app(
+        home,
+        start_mode="train",
+        repo=str(repo),
+        train_steps=steps,
+        train_seq_len=32,
+        train_batch_size=2,
+        train_device="cpu",
+    )
+
+
+def wait_process_end(run_dir, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while runs.is_running(run_dir):
+        assert time.monotonic() < deadline, "the training process did not end"
+        time.sleep(0.1)
+
+
+async def test_short_run_plots_live_metrics(home, code_repo):
+    app = train_app(home, code_repo, steps=30)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(
+            pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="corpus preview"
+        )
+        await pilot.click("#start")
+        await wait_for(pilot, lambda: screen.attached is not None, what="the run")
+        run_dir = screen.attached
+        seen = []
+        plot = screen.query_one(LossPlot)
+
+        def finished():
+            seen.append(len(plot._records))
+            return runs.run_state(run_dir) == runs.FINISHED and any(
+                r["split"] == "val" and r["step"] == 30 for r in screen.records
+            )
+
+        await wait_for(pilot, finished, timeout=120, what="the run to finish")
+        await pilot.pause(0.3)
+        # The plot grew while the run went on, and holds every record of the file.
+        assert len(set(seen)) >= 2, seen
+        records = read_metrics(run_dir / "metrics.jsonl")
+        assert plot._records == records
+        assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 31))
+        assert len(records[-1]["loss_per_head"]) == 4
+        stats = screen.query_one("#train-stats").plain
+        assert "30/30" in stats and "tok/s" in stats and "h4" in stats
+        assert screen.query_one("#train-progress", ProgressBar).progress == 30
+        assert (run_dir / "model" / "config.json").is_file()
+        assert json.loads((run_dir / runs.PROCESS_FILE).read_text())["pid"] > 0
+
+
+async def test_bad_repo_and_settings_are_notifications(home, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.bin").write_bytes(b"\0\1\2")
+    app = train_app(home, empty, steps=5)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: any("no code files" in m for m in notifications(app)), what="corpus error")
+        app.screen.query_one("#steps", Input).value = "0"
+        await pilot.click("#start")
+        await wait_for(pilot, lambda: any("must be positive" in m for m in notifications(app)), what="settings error")
+        assert runs.list_runs(app.runs_dir) == []
+        assert app.is_running
+
+
+@pytest.mark.slow
+async def test_run_survives_the_ui_and_resumes_exactly(home, code_repo):
+    steps = 400
+    app = train_app(home, code_repo, steps=steps)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await pilot.click("#start")
+        await wait_for(pilot, lambda: screen.attached is not None, what="the run")
+        run_dir = screen.attached
+        await wait_for(pilot, lambda: len(screen.records) > 5, timeout=120, what="first steps")
+        # Quitting asks, and leaves the run going in the background.
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: app.screen.query("#leave"), what="quit dialog")
+        await pilot.click("#leave")
+    assert runs.is_running(run_dir)
+
+    # A new UI re-attaches to it, stops it after a checkpoint, and resumes it.
+    app = train_app(home, code_repo, steps=steps)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.attached == run_dir, what="re-attaching")
+        await wait_for(pilot, lambda: runs.last_step(run_dir) > 100, timeout=180, what="a checkpoint")
+        await pilot.click("#stop")
+        await wait_for(pilot, lambda: runs.run_state(run_dir) == runs.STOPPED, timeout=60, what="the stop")
+        stopped_at = runs.last_step(run_dir)
+        assert stopped_at < steps
+        await pilot.click("#resume")
+        await wait_for(pilot, lambda: runs.run_state(run_dir) == runs.FINISHED, timeout=300, what="the resumed run")
+        await wait_for(pilot, lambda: screen.records and screen.records[-1]["step"] == steps, what="the last records")
+    records = read_metrics(run_dir / "metrics.jsonl")
+    # One uninterrupted record of the steps: those after the last checkpoint were redone once.
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, steps + 1))
