@@ -44,3 +44,16 @@ def test_stats_file_is_written_and_removed(tmp_path):
     assert json.loads(path.read_text())["pid"] == os.getpid()
     writer.stop()
     assert not path.exists()
+
+
+def test_the_tui_reads_what_the_server_writes(tmp_path):
+    from assistant.tui.servers import read_servers
+
+    stats = ServerStats(model="m", engine="torch")
+    stats.completed(0.02, cached=False)
+    writer = StatsFileWriter(stats, tmp_path)
+    writer.write()
+    [server] = read_servers(tmp_path / "servers")
+    assert (server["pid"], server["completions"], server["stale"]) == (os.getpid(), 1, False)
+    writer.stop()
+    assert read_servers(tmp_path / "servers") == []
