@@ -51,6 +51,7 @@ class ReplayResult:
 
         s = self.server
         return {
+            "engine": s.get("engine"),
             "requests": len(every),
             "latency_ms": pct(every),
             "latency_ms_single_line": pct(self.latencies_ms["single"]),
