@@ -10,6 +10,7 @@ written to escape it (use a container for that).
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,4 +72,6 @@ def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> Sandbo
         except subprocess.TimeoutExpired:
             return SandboxResult(False, "timeout", "")
     tail = proc.stderr.decode("utf-8", "replace")[-500:]
+    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # the CPU-time limit, before the wall clock's
+        return SandboxResult(False, "timeout", tail)
     return SandboxResult(proc.returncode == 0, "passed" if proc.returncode == 0 else "failed", tail)
