@@ -36,9 +36,10 @@ class ModelEntry:
 
 
 class ModelStore:
-    def __init__(self, root: Path | str | None = None):
+    def __init__(self, root: Path | str | None = None, shipped_dir: Path | None = SHIPPED_MODEL_DIR):
         root = root or os.environ.get("MTP_ASSISTANT_HOME") or user_data_dir("mtp-assistant", appauthor=False)
         self.root = Path(root)
+        self.shipped_dir = shipped_dir  # the default while none is chosen; None: no fallback
         self.models_dir = self.root / "models"
         self.settings_path = self.root / "settings.json"
 
@@ -80,8 +81,8 @@ class ModelStore:
             if name is not None:
                 return self.models_dir / name
             # No default chosen: the model shipped in the repository (models/default).
-            if (SHIPPED_MODEL_DIR / "config.json").is_file():
-                return SHIPPED_MODEL_DIR
+            if self.shipped_dir is not None and (self.shipped_dir / "config.json").is_file():
+                return self.shipped_dir
             raise StoreError("no default model: add one with `mtp-assistant models add PATH --default`")
         path = Path(ref)
         if path.is_dir():

@@ -75,7 +75,7 @@ class MtpApp(App):
     def __init__(self, settings: TuiSettings | None = None):
         super().__init__()
         self.settings = settings or TuiSettings()
-        self.store = ModelStore(self.settings.store_root)
+        self.store = ModelStore(self.settings.store_root, shipped_dir=self.settings.shipped_dir)
 
     @property
     def runs_dir(self) -> Path:
