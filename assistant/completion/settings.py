@@ -29,7 +29,7 @@ class CompletionSettings:
     context_tokens: int = 768  # prompt tokens in all: prefix + suffix + snippets
     suffix_share: float = 0.2  # at most this share of the prompt for text after the cursor
     snippet_share: float = 0.25  # at most this share for snippets from other files
-    heads: int | None = None  # heads used for drafting; None: all of the model's
+    heads: int | str | None = "auto"  # heads used for drafting; "auto": the fastest k, measured; None: all
     temperature: float = 0.0  # 0: greedy (cacheable, exact); > 0: speculative sampling
     cache_size: int = 256  # completions remembered
     workspace_index: bool = True  # index the workspace for similar code (watchdog keeps it current)
@@ -62,7 +62,7 @@ def _check_field(name: str, value: Any) -> str | None:
     if name in ("suffix_share", "snippet_share"):
         return _share(name, value)
     if name == "heads":
-        return None if value is None else _positive_int(name, value, 64)
+        return None if value is None or value == "auto" else _positive_int(name, value, 64)
     if name == "temperature":
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 10
         return None if ok else f"temperature must be a number in [0, 10], got {value!r}"

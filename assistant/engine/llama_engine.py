@@ -198,6 +198,9 @@ class _LlamaStepModel:
 
 
 class LlamaEngine:
+    # Heads catch up from the kept z, so a call with another k still reuses the cached prefix.
+    reuses_cache_across_k = True
+
     def __init__(self, model_dir: Path | str, settings: LlamaSettings = LlamaSettings()):
         model_dir = Path(model_dir)
         config, tokenizer_config, _ = read_config(model_dir)

@@ -53,6 +53,9 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class TorchEngine:
+    # The heads' caches hold the positions of the last k used: another k re-runs the prefill.
+    reuses_cache_across_k = False
+
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()

@@ -27,7 +27,7 @@ def service(engine, **settings) -> CompletionService:
 
 
 def test_speculative_path_equals_plain_decoding(engine):
-    fast = service(engine).complete_at(TEXT, LINE, COL)
+    fast = service(engine, heads=None).complete_at(TEXT, LINE, COL)  # all heads draft
     plain = service(engine, heads=1).complete_at(TEXT, LINE, COL)
     assert fast.text and fast.text == plain.text
     assert fast.stats.forward_passes <= plain.stats.forward_passes
@@ -98,3 +98,26 @@ def test_max_tokens_is_capped_to_fit_the_context(engine):
     assert budget.max_tokens + max_new + engine.n_future < engine.max_seq_len
     result = svc.complete_at(TEXT * 20, LINE + 60, COL)
     assert result.stats.prompt_tokens <= budget.max_tokens
+
+
+def test_auto_heads_is_all_heads_where_a_change_of_k_costs_the_kv_cache(engine):
+    assert not engine.reuses_cache_across_k
+    completion = service(engine).complete_at(TEXT, LINE, COL)  # heads="auto"
+    assert len(completion.stats.draft_proposed) == engine.n_future - 1
+
+
+def test_auto_heads_tries_every_k_and_never_changes_the_text():
+    # A torch engine told it may switch k freely (llama.cpp's property): only prefills get dearer.
+    engine = TorchEngine(random_model(seed=2), ByteTokenizer())
+    engine.reuses_cache_across_k = True
+    plain = service(engine, heads=1, cache_size=1).complete_at(TEXT, LINE, COL).text
+    svc = service(engine, cache_size=1)  # heads="auto"; a cache of one, refilled by each new text
+    used = []
+    for i in range(6):
+        text = TEXT + " " * (i % 2)  # alternate two texts so that the cache never answers
+        completion = svc.complete_at(text, LINE, COL + i % 2)
+        used.append(completion.stats.draft_proposed.__len__() + 1)  # k = draft positions + 1
+        if i % 2 == 0:
+            assert completion.text == plain
+    assert used[:4] == [1, 2, 3, 4]  # each k measured once, then the cheapest
+    assert set(svc.adaptive.cost) == {1, 2, 3, 4} and used[4] == svc.adaptive.best()
