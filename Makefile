@@ -44,7 +44,8 @@ bench-decode: setup
 
 # The shipped default model (models/default), rebuilt from nothing: gather the pinned
 # corpus, train (BPE tokenizer included) on one CPU thread, copy it into models/default and
-# measure its card (held-out heads, next-line exact match, HumanEval, speed).
+# measure its card (held-out heads, next-line exact match, HumanEval, speed), then export the
+# GGUF files of the llama.cpp engine.
 DEFAULT_DATA ?= runs/default-data
 DEFAULT_RUN ?= runs/default
 default-model: setup
@@ -52,6 +53,7 @@ default-model: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/mtp-assistant train $(DEFAULT_DATA)/train --out $(DEFAULT_RUN) --quiet \
 		$$($(PY) -m assistant.training.recipe train-args)
 	OMP_NUM_THREADS=1 $(PY) -m assistant.training.recipe ship $(DEFAULT_RUN) $(DEFAULT_DATA)
+	$(VENV)/bin/mtp-assistant models export models/default --quant f16,q8_0,q4_k_m
 
 clean:
 	rm -rf $(VENV) runs
