@@ -53,7 +53,7 @@ default-model: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/mtp-assistant train $(DEFAULT_DATA)/train --out $(DEFAULT_RUN) --quiet \
 		$$($(PY) -m assistant.training.recipe train-args)
 	OMP_NUM_THREADS=1 $(PY) -m assistant.training.recipe ship $(DEFAULT_RUN) $(DEFAULT_DATA)
-	$(VENV)/bin/mtp-assistant models export models/default --quant f16,q8_0,q4_k_m
+	$(VENV)/bin/mtp-assistant models export models/default --quant q8_0
 
 clean:
 	rm -rf $(VENV) runs
