@@ -51,9 +51,12 @@ class LlamaSettings:
     threads: int | None = None  # CPU threads; None: half the logical cores (about the physical ones)
     n_gpu_layers: int = -1  # blocks offloaded when libllama was built with a GPU backend; -1: all
     n_ubatch: int = 512  # micro-batch size: a longer prompt is decoded in several
-    # f32 KV cache and no flash attention (which rounds Q to f16 on CPU). None: only for
-    # f32 exports, whose logits then match the torch engine to ~1e-6.
-    exact: bool | None = None
+    # f32 KV cache and no flash attention (which rounds Q to f16 on CPU). On by default: with
+    # flash attention a k-token verify and a 1-token step round differently, which flipped a
+    # near-tie at q4_k_m (1 of 240 benchmark runs differed from plain decoding; BENCHMARKS.md);
+    # off, no run differed. Costs ~40-60% per token on a small CPU model. False: faster, and
+    # speculative output may then differ from plain output at near-ties.
+    exact: bool = True
 
 
 _backend_ready = False
@@ -215,7 +218,7 @@ class LlamaEngine:
                 model_dir / "gguf", f"no GGUF export (run `mtp-assistant models export {model_dir} --quant q8_0`)"
             )
         files = check_export(model_dir, quant, config)
-        exact = settings.exact if settings.exact is not None else quant == "f32"
+        exact = settings.exact
         quiet_llama_logs()
         _backend_init()
         self.quant, self.settings, self.config = quant, settings, config
