@@ -124,6 +124,27 @@ def read_config(model_dir: Path | str) -> tuple[ModelConfig, dict[str, Any], dic
     return config, data["tokenizer"], provenance
 
 
+def check_tensor_names(path: Path, names: set[str], expected: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise, naming the file, unless `names` are exactly the tensors `source` implies."""
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:5]}" + (" ..." if len(unexpected) > 5 else ""))
+        raise ModelFileError(path, f"does not match {source}: " + "; ".join(parts))
+
+
+def check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: tuple[int, ...], source: str) -> None:
+    """Raise, naming the file, unless the tensor has the shape `source` implies and a float dtype."""
+    if tuple(tensor.shape) != shape:
+        raise ModelFileError(path, f"tensor {name} has shape {tuple(tensor.shape)}, {source} implies {shape}")
+    if not tensor.is_floating_point():
+        raise ModelFileError(path, f"tensor {name} has non-float dtype {tensor.dtype}")
+
+
 def _read_weights(path: Path, model: MTPTransformer) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelFileError(path, "missing")
@@ -131,24 +152,11 @@ def _read_weights(path: Path, model: MTPTransformer) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
-            missing = sorted(set(expected) - names)
-            unexpected = sorted(names - set(expected))
-            if missing or unexpected:
-                parts = []
-                if missing:
-                    parts.append(f"missing tensors {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
-                if unexpected:
-                    parts.append(f"unexpected tensors {unexpected[:5]}" + (" ..." if len(unexpected) > 5 else ""))
-                raise ModelFileError(path, "does not match config.json: " + "; ".join(parts))
+            check_tensor_names(path, names, expected, CONFIG_FILE)
             tensors = {}
             for name in sorted(names):
                 tensor = f.get_tensor(name)
-                if tuple(tensor.shape) != expected[name]:
-                    raise ModelFileError(
-                        path, f"tensor {name} has shape {tuple(tensor.shape)}, config.json implies {expected[name]}"
-                    )
-                if not tensor.is_floating_point():
-                    raise ModelFileError(path, f"tensor {name} has non-float dtype {tensor.dtype}")
+                check_tensor(path, name, tensor, expected[name], CONFIG_FILE)
                 tensors[name] = tensor
     except ModelFileError:
         raise

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import ModelFileError, save_model
+from models.checkpoint import ModelFileError, check_tensor, check_tensor_names, save_model
 from models.config import ConfigError, ModelConfig
 from models.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer, TokenizerError
 from models.transformer import MTPTransformer
@@ -163,24 +163,9 @@ def _refusal(error: Exception) -> str:
 def check_state_dict(path: Path, state: dict[str, torch.Tensor], model: MTPTransformer) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors for `model`, after checking names, shapes and dtypes."""
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    names = set(state) - IGNORED_KEYS
-    missing = sorted(set(expected) - names)
-    unexpected = sorted(names - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
-        if unexpected:
-            parts.append(f"unexpected tensors {unexpected[:5]}" + (" ..." if len(unexpected) > 5 else ""))
-        raise ModelFileError(path, f"does not match {PARAMS_FILE}: " + "; ".join(parts))
+    check_tensor_names(path, set(state) - IGNORED_KEYS, expected, PARAMS_FILE)
     for name in sorted(expected):
-        tensor = state[name]
-        if tuple(tensor.shape) != expected[name]:
-            raise ModelFileError(
-                path, f"tensor {name} has shape {tuple(tensor.shape)}, {PARAMS_FILE} implies {expected[name]}"
-            )
-        if not tensor.is_floating_point():
-            raise ModelFileError(path, f"tensor {name} has non-float dtype {tensor.dtype}")
+        check_tensor(path, name, state[name], expected[name], PARAMS_FILE)
     return {name: state[name] for name in expected}
 
 

@@ -77,6 +77,24 @@ STOP_CANCELLED = "cancelled"
 STOP_CONTEXT = "context_full"
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def checked_prompt(prompt: Sequence[int], max_seq_len: int) -> list[int]:
+    """The prompt as a list, or ValueError if it is empty or leaves no room to generate."""
+    prompt = list(prompt)
+    if not prompt:
+        raise ValueError("the prompt must hold at least one token")
+    if len(prompt) >= max_seq_len:
+        raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context of {max_seq_len}")
+    return prompt
+
+
 def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
     """The text before the earliest stop string (every backend's result text)."""
     cuts = [text.find(s) for s in stop_strings if s and s in text]

@@ -30,9 +30,14 @@ import numpy as np
 import torch
 
 from assistant.engine import llama_ext
-from assistant.engine.base import GenerationConfig, GenerationResult, cut_at_stop_strings
+from assistant.engine.base import (
+    GenerationConfig,
+    GenerationResult,
+    checked_prompt,
+    common_prefix_length,
+    cut_at_stop_strings,
+)
 from assistant.engine.speculative import decode
-from assistant.engine.torch_engine import common_prefix_length
 from models.checkpoint import ModelFileError, read_config
 from models.gguf_export import available_quants, check_export, quiet_llama_logs
 from models.tokenizer import TokenizerError, load_tokenizer
@@ -249,11 +254,7 @@ class LlamaEngine:
         config: GenerationConfig = GenerationConfig(),
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        prompt = list(prompt)
-        if not prompt:
-            raise ValueError("the prompt must hold at least one token")
-        if len(prompt) >= self.max_seq_len:
-            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context of {self.max_seq_len}")
+        prompt = checked_prompt(prompt, self.max_seq_len)
         vocab = self.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt):
             raise ValueError(f"prompt holds a token id outside the vocabulary of {vocab}")

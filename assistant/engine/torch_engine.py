@@ -11,7 +11,13 @@ from typing import Any, Sequence
 
 import torch
 
-from assistant.engine.base import GenerationConfig, GenerationResult, cut_at_stop_strings
+from assistant.engine.base import (
+    GenerationConfig,
+    GenerationResult,
+    checked_prompt,
+    common_prefix_length,
+    cut_at_stop_strings,
+)
 from assistant.engine.speculative import decode
 from models.transformer import KVCache, MTPTransformer, compute_dtype
 
@@ -42,14 +48,6 @@ class _TorchStepModel:
         x = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         hidden = self.model.forward_hidden(x, start_pos, self.cache, heads=range(k))  # (1, k, T, D)
         return _TorchStepOutput(self.unembedding, hidden[0])
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class TorchEngine:
@@ -83,11 +81,7 @@ class TorchEngine:
         config: GenerationConfig = GenerationConfig(),
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        prompt = list(prompt)
-        if not prompt:
-            raise ValueError("the prompt must hold at least one token")
-        if len(prompt) >= self.max_seq_len:
-            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context of {self.max_seq_len}")
+        prompt = checked_prompt(prompt, self.max_seq_len)
         k = min(config.k or self.n_future, self.n_future)
         with self._lock:
             if self._cache is None:
