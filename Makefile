@@ -43,16 +43,16 @@ bench-decode: setup
 	$(VENV)/bin/mtp-assistant bench --model $(BENCH_MODEL)/model --max-new 128 --out $(BENCH_MODEL)/bench.json
 
 # The shipped default model (models/default), rebuilt from nothing: gather the pinned
-# corpus, train (BPE tokenizer included) on one CPU thread, copy it into models/default and
+# corpus, train in stages (BPE tokenizer included; see STAGES in the recipe), copy the last
+# stage's model into models/default and
 # measure its card (held-out heads, next-line exact match, HumanEval, speed), then export the
 # GGUF files of the llama.cpp engine.
 DEFAULT_DATA ?= runs/default-data
-DEFAULT_RUN ?= runs/default
+DEFAULT_RUNS ?= runs/default-stages
 default-model: setup
 	$(PY) -m assistant.training.recipe gather $(DEFAULT_DATA)
-	OMP_NUM_THREADS=1 $(VENV)/bin/mtp-assistant train $(DEFAULT_DATA)/train --out $(DEFAULT_RUN) --quiet \
-		$$($(PY) -m assistant.training.recipe train-args)
-	OMP_NUM_THREADS=1 $(PY) -m assistant.training.recipe ship $(DEFAULT_RUN) $(DEFAULT_DATA)
+	$(PY) -m assistant.training.recipe train $(DEFAULT_DATA) $(DEFAULT_RUNS)
+	OMP_NUM_THREADS=1 $(PY) -m assistant.training.recipe ship $(DEFAULT_RUNS) $(DEFAULT_DATA)
 	$(VENV)/bin/mtp-assistant models export models/default --quant q8_0
 
 clean:

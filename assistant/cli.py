@@ -79,6 +79,10 @@ def _add_train_parser(sub) -> None:
     o.add_argument("--head-weights", type=_floats, help="per-head loss weights, e.g. 1,0.5,0.5,0.5")
     o.add_argument("--fim-rate", type=float, default=0.5)
     o.add_argument("--spm-rate", type=float, default=0.5)
+    o.add_argument(
+        "--window-lanes", type=int, default=0,
+        help="documents read side by side, one batch row each in turn (0: one per row; 1: consecutive windows)",
+    )
     o.add_argument("--checkpoint-every", type=int, default=100)
     o.add_argument("--eval-every", type=int, default=100)
     o.add_argument("--seed", type=int, default=0)
@@ -127,6 +131,7 @@ def cmd_train(args) -> int:
             head_weights=args.head_weights,
             fim_rate=args.fim_rate,
             spm_rate=args.spm_rate,
+            window_lanes=args.window_lanes,
             checkpoint_every=args.checkpoint_every,
             eval_every=args.eval_every,
             seed=args.seed,

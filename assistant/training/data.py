@@ -19,8 +19,13 @@ from assistant.fim import FimConfig, document_tokens
 class WindowStream:
     """Endless stream of windows of `seq_len + n_future` tokens over the training texts.
 
-    Consecutive windows overlap by n_future tokens so that every token is an input once:
-    a window's last n_future tokens serve only as targets of the heads.
+    Consecutive windows of one lane overlap by n_future tokens so that every token is an
+    input once: a window's last n_future tokens serve only as targets of the heads.
+
+    `lanes` independent cursors read documents from the shared shuffled order, and
+    `next_windows` takes its rows from the lanes in turn. With one lane a batch is a run of
+    consecutive windows, mostly of one file; with one lane per row each row comes from a
+    different file, so a small CPU batch is not one file's gradient.
     """
 
     def __init__(
@@ -31,9 +36,12 @@ class WindowStream:
         n_future: int,
         seed: int,
         fim: FimConfig = FimConfig(),
+        lanes: int = 1,
     ):
         if not texts:
             raise ValueError("no training documents")
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
         self.texts = list(texts)
         self.tokenizer = tokenizer
         self.seq_len = seq_len
@@ -43,7 +51,8 @@ class WindowStream:
         # Position in the stream.
         self.epoch = 0
         self.doc_cursor = 0
-        self.buffer: list[int] = []
+        self.buffers: list[list[int]] = [[] for _ in range(lanes)]
+        self.next_lane = 0
 
     def _epoch_order(self, epoch: int) -> list[int]:
         order = list(range(len(self.texts)))
@@ -64,19 +73,30 @@ class WindowStream:
         """The next `count` windows: (count, seq_len + n_future) int64."""
         rows = []
         for _ in range(count):
-            while len(self.buffer) < self.window:
-                self.buffer.extend(self._next_document())
-            rows.append(self.buffer[: self.window])
-            del self.buffer[: self.seq_len]  # keep the overlap
+            buffer = self.buffers[self.next_lane]
+            self.next_lane = (self.next_lane + 1) % len(self.buffers)
+            while len(buffer) < self.window:
+                buffer.extend(self._next_document())
+            rows.append(buffer[: self.window])
+            del buffer[: self.seq_len]  # keep the overlap
         return torch.tensor(rows, dtype=torch.long)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "doc_cursor": self.doc_cursor, "buffer": torch.tensor(self.buffer, dtype=torch.long)}
+        state: dict[str, Any] = {"epoch": self.epoch, "doc_cursor": self.doc_cursor, "next_lane": self.next_lane}
+        for lane, buffer in enumerate(self.buffers):
+            state[f"buffer.{lane}"] = torch.tensor(buffer, dtype=torch.long)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "buffer" in state:  # written before lanes existed: one lane
+            state = {**state, "buffer.0": state["buffer"], "next_lane": 0}
+        lanes = sum(1 for key in state if key.startswith("buffer."))
+        if lanes != len(self.buffers):
+            raise ValueError(f"the saved stream has {lanes} lanes, this one {len(self.buffers)}")
         self.epoch = int(state["epoch"])
         self.doc_cursor = int(state["doc_cursor"])
-        self.buffer = [int(t) for t in state["buffer"].tolist()]
+        self.next_lane = int(state["next_lane"])
+        self.buffers = [[int(t) for t in state[f"buffer.{lane}"].tolist()] for lane in range(lanes)]
 
 
 def evaluation_windows(

@@ -2,9 +2,13 @@
 
 `make default-model` runs the whole recipe from nothing:
 
-    python -m assistant.training.recipe gather DATA   # corpus: stdlib + pinned packages
-    mtp-assistant train DATA/train ...                # the flags in DEFAULT_TRAIN_ARGS
-    python -m assistant.training.recipe ship RUN      # copy the final model into models/default
+    python -m assistant.training.recipe gather DATA       # corpus: stdlib + pinned packages
+    python -m assistant.training.recipe train DATA RUNS   # the STAGES, each an `mtp-assistant train`
+    python -m assistant.training.recipe ship RUNS DATA    # copy the last stage's model into models/default
+
+Training comes in stages so that the model can grow across sessions: each stage after the
+first starts from the previous stage's model with a fresh learning-rate schedule, and a
+stage that was interrupted resumes from its last checkpoint.
 
 Sources are the running Python's standard library (PSF license) and the source of
 permissively licensed packages fetched as pinned wheels from the package registry.
@@ -75,15 +79,60 @@ HELDOUT_PACKAGES: tuple[Package, ...] = (
 # test harness, and the interpreter's own site-packages (other people's code).
 STDLIB_EXCLUDED_DIRS = ("site-packages", "test", "idle_test", "tests", "__pycache__")
 
-# `mtp-assistant train DATA/train` flags of the shipped model (see models/default/CARD.md
-# for why: a BPE model sees ~3.5x more code per CPU-second than a byte model, and needs
-# ~3.5x fewer forward passes per completion).
-DEFAULT_TRAIN_ARGS: tuple[str, ...] = (
-    "--tokenizer", "bpe", "--vocab-size", "4096",
-    "--preset", "small", "--dim", "192", "--n-layers", "8", "--n-heads", "6", "--n-future", "4",
-    "--seq-len", "384", "--batch-size", "12", "--lr", "2e-3", "--warmup", "100",
-    "--eval-every", "250", "--checkpoint-every", "50", "--seed", "0", "--steps", "1100",
+@dataclass(frozen=True)
+class Stage:
+    """One `mtp-assistant train DATA/train` run; a stage after the first adds `--base <previous model>`."""
+
+    threads: int  # OMP_NUM_THREADS: CPU training is bit-for-bit repeatable only at a fixed thread count
+    args: tuple[str, ...]
+
+
+# The shipped model's training (see models/default/CARD.md for why: a BPE model sees ~3.5x
+# more code per CPU-second than a byte model, and needs ~3.5x fewer forward passes per
+# completion). Stage 1 read consecutive windows (a batch mostly from one file); later stages
+# draw each batch row from a different file (--window-lanes 0).
+STAGES: tuple[Stage, ...] = (
+    Stage(threads=1, args=(
+        "--tokenizer", "bpe", "--vocab-size", "4096",
+        "--preset", "small", "--dim", "192", "--n-layers", "8", "--n-heads", "6", "--n-future", "4",
+        "--seq-len", "384", "--batch-size", "12", "--lr", "2e-3", "--warmup", "100", "--window-lanes", "1",
+        "--eval-every", "250", "--checkpoint-every", "50", "--seed", "0", "--steps", "1100",
+    )),
+    Stage(threads=2, args=(
+        "--seq-len", "384", "--batch-size", "12", "--lr", "2e-3", "--warmup", "100", "--window-lanes", "0",
+        "--eval-every", "250", "--checkpoint-every", "50", "--seed", "1", "--steps", "2800",
+    )),
 )
+
+
+def stage_dir(runs_root: Path, index: int) -> Path:
+    return runs_root / f"stage-{index + 1}"
+
+
+def stage_command(index: int, data_dir: Path, runs_root: Path) -> list[str]:
+    """The `mtp-assistant train` command line of stage `index` (0-based), started from nothing."""
+    command = [sys.executable, "-m", "assistant.cli", "train", str(data_dir / "train"),
+               "--out", str(stage_dir(runs_root, index)), "--quiet", *STAGES[index].args]
+    if index > 0:
+        command += ["--base", str(stage_dir(runs_root, index - 1) / "model")]
+    return command
+
+
+def train_stages(data_dir: Path, runs_root: Path) -> Path:
+    """Run every stage not finished yet (resuming a started one); return the last stage's model."""
+    import os
+
+    for index, stage in enumerate(STAGES):
+        out = stage_dir(runs_root, index)
+        if (out / "model" / "config.json").is_file():
+            continue
+        if (out / "train_config.json").is_file():
+            command = [sys.executable, "-m", "assistant.cli", "train", "--resume", str(out), "--quiet"]
+        else:
+            command = stage_command(index, data_dir, runs_root)
+        print(f"stage {index + 1}/{len(STAGES)}: {' '.join(command[2:])}", file=sys.stderr)
+        subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(stage.threads)}, check=True)
+    return stage_dir(runs_root, len(STAGES) - 1) / "model"
 
 
 def _copy_python_files(src: Path, dst: Path, excluded_dirs: tuple[str, ...] = ()) -> int:
@@ -182,10 +231,31 @@ def _card_examples(engine) -> list[dict[str, str]]:
     return examples
 
 
-def ship(run_dir: Path, data_dir: Path, dest: Path = SHIPPED_MODEL_DIR, humaneval_limit: int | None = None,
-         bench_limit: int = 40, next_line_cases: int = 200) -> dict:
-    """Copy a finished run's model into `dest` and measure everything its card reports."""
+def _stage_summary(run_dir: Path) -> dict:
+    """What one training run did, from its train_config.json and metrics.jsonl."""
     import statistics
+
+    train_config = json.loads((run_dir / "train_config.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_records = [r for r in records if r["split"] == "train"]
+    steps = train_records[-1]["step"]
+    return {
+        "run": run_dir.name,
+        "base_model": train_config.get("base_model"),
+        "steps": steps,
+        "tokens_seen": steps * train_config["batch_size"] * train_config["seq_len"],
+        "wall_hours": (train_records[-1]["time"] - train_records[0]["time"]) / 3600,
+        "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_records),
+        "lr": train_config["lr"],
+        "seed": train_config["seed"],
+        "window_lanes": train_config.get("window_lanes", 1),
+        "final_val": next((r for r in reversed(records) if r["split"] == "val"), None),
+    }
+
+
+def ship(stage_dirs: list[Path], data_dir: Path, dest: Path = SHIPPED_MODEL_DIR, humaneval_limit: int | None = None,
+         bench_limit: int = 40, next_line_cases: int = 200) -> dict:
+    """Copy the last stage's model into `dest` and measure everything its card reports."""
     import time
 
     from assistant.bench import BenchConfig, directory_prompts, run_bench
@@ -194,10 +264,12 @@ def ship(run_dir: Path, data_dir: Path, dest: Path = SHIPPED_MODEL_DIR, humaneva
     from assistant.evals.next_line import line_cases, run_next_line
     from assistant.training.evaluation import evaluate_on_repo
 
+    run_dir = stage_dirs[-1]
     model_dir = run_dir / "model"
     train_config = json.loads((run_dir / "train_config.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train_records = [r for r in records if r["split"] == "train"]
+    stages = [_stage_summary(d) for d in stage_dirs]
+    for index, stage in enumerate(stages):  # the thread count is the recipe's, not in the run's files
+        stage["threads"] = STAGES[index].threads if len(stages) == len(STAGES) else None
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "tokenizer.json"):
         if (model_dir / name).exists():
@@ -220,11 +292,11 @@ def ship(run_dir: Path, data_dir: Path, dest: Path = SHIPPED_MODEL_DIR, humaneva
         "model_config": config["model"],
         "train_config": train_config,
         "training": {
-            "steps": train_records[-1]["step"],
-            "tokens_seen": train_records[-1]["step"] * train_config["batch_size"] * train_config["seq_len"],
-            "wall_hours": (train_records[-1]["time"] - train_records[0]["time"]) / 3600,
-            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_records),
-            "final_val": next((r for r in reversed(records) if r["split"] == "val"), None),
+            "steps": sum(stage["steps"] for stage in stages),
+            "tokens_seen": sum(stage["tokens_seen"] for stage in stages),
+            "wall_hours": sum(stage["wall_hours"] for stage in stages),
+            "final_val": stages[-1]["final_val"],
+            "stages": stages,
         },
         "heldout_heads": {"tokens": heads.tokens, "loss_per_head": heads.stats.loss.tolist(),
                           "accuracy_per_head": heads.stats.accuracy.tolist()},
@@ -241,6 +313,14 @@ def ship(run_dir: Path, data_dir: Path, dest: Path = SHIPPED_MODEL_DIR, humaneva
     return card
 
 
+def _stage_row(number: int, stage: dict) -> str:
+    val = f"{stage['final_val']['loss_per_head'][0]:.3f}" if stage["final_val"] else "-"
+    rows_from = "consecutive windows" if stage["window_lanes"] == 1 else "one file per row"
+    return (f"| {number} | {stage['steps']} | {stage['tokens_seen'] / 1e6:.1f}M | {stage['wall_hours']:.2f} | "
+            f"{stage['threads'] or '?'} | {stage['median_tokens_per_s']:.0f} | {stage['lr']} | {stage['seed']} | "
+            f"{rows_from} | {val} |")
+
+
 def render_card(card: dict) -> str:
     """CARD.md: what the shipped model is, what it learned from, and what it scores."""
     t, tc = card["training"], card["train_config"]
@@ -250,19 +330,24 @@ def render_card(card: dict) -> str:
         "# The default model",
         "",
         f"A {len(heads['loss_per_head'])}-head multi-token-prediction code model (BPE vocabulary "
-        f"{tc['bpe_vocab_size']}, dim {config['dim']}, {config['n_layers']} blocks in all: "
+        f"{config['vocab_size']}, dim {config['dim']}, {config['n_layers']} blocks in all: "
         f"{config['n_layers'] - config['n_future_tokens'] + 1} in `layers` incl. head 1, "
         f"{config['n_future_tokens'] - 1} extra heads), trained from scratch on CPU by this project's "
         "own command (`make default-model`; the recipe is `assistant/training/recipe.py`).",
         "",
         "## Training",
         "",
-        f"- {t['steps']} steps x {tc['batch_size']} sequences x {tc['seq_len']} tokens = "
-        f"{t['tokens_seen'] / 1e6:.1f}M tokens seen, {t['wall_hours']:.2f} h on one thread of a 2-core "
-        f"x86 CPU (median {t['median_tokens_per_s']:.0f} tokens/s), AdamW lr {tc['lr']} warmup "
-        f"{tc['warmup_steps']} + cosine, seed {tc['seed']}, FIM rate {tc['fim_rate']} (half SPM).",
-        "- Determinism: the corpus is pinned (below); tokenizer training and one-thread CPU training are "
-        "deterministic for a given seed on the same torch build; another CPU or thread count can round differently.",
+        f"{t['steps']} steps = {t['tokens_seen'] / 1e6:.1f}M tokens seen in {t['wall_hours']:.2f} h on a 2-core x86 "
+        f"CPU, in {len(t['stages'])} stage(s); each stage after the first starts from the previous one's model "
+        "with a fresh warmup + cosine schedule (AdamW, FIM rate "
+        f"{tc['fim_rate']}, half SPM, {tc['batch_size']} sequences x {tc['seq_len']} tokens a step):",
+        "",
+        "| stage | steps | tokens | hours | threads | median tokens/s | peak lr | seed | batch rows from | val loss head 1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[_stage_row(i, stage) for i, stage in enumerate(t["stages"], 1)],
+        "",
+        "- Determinism: the corpus is pinned (below); tokenizer training and CPU training at the stage's thread count "
+        "are deterministic for a given seed on the same torch build; another CPU or thread count can round differently.",
         "",
         "## Data and licenses",
         "",
@@ -313,9 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gather", help="download and lay out the training and held-out code")
     g.add_argument("data_dir", type=Path)
-    sub.add_parser("train-args", help="print the training flags of the shipped model")
-    sh = sub.add_parser("ship", help="copy a finished run's model to models/default and measure its card")
-    sh.add_argument("run_dir", type=Path)
+    t = sub.add_parser("train", help="run (or resume) every training stage: RUNS/stage-1, RUNS/stage-2, ...")
+    t.add_argument("data_dir", type=Path)
+    t.add_argument("runs_root", type=Path)
+    sh = sub.add_parser("ship", help="copy the last stage's model to models/default and measure its card")
+    sh.add_argument("runs_root", type=Path)
     sh.add_argument("data_dir", type=Path)
     sh.add_argument("--dest", type=Path, default=SHIPPED_MODEL_DIR)
     sh.add_argument("--humaneval-limit", type=int)
@@ -330,14 +417,15 @@ def main(argv: list[str] | None = None) -> int:
         heldout_mb = sum(s["bytes"] for s in sources["heldout"]) / 1e6
         print(f"train {train_mb:.1f} MB, held-out {heldout_mb:.1f} MB -> {args.data_dir}")
     elif args.command == "ship":
-        card = ship(args.run_dir, args.data_dir, args.dest, args.humaneval_limit, args.bench_limit,
+        stage_dirs = [stage_dir(args.runs_root, i) for i in range(len(STAGES))]
+        card = ship(stage_dirs, args.data_dir, args.dest, args.humaneval_limit, args.bench_limit,
                     args.next_line_cases)
         print(json.dumps({k: card[k] for k in ("heldout_heads", "next_line", "humaneval")}, indent=1)[:3000])
         print(card["bench_table"])
     elif args.command == "card":
         (args.model_dir / "CARD.md").write_text(render_card(json.loads((args.model_dir / "card.json").read_text())))
-    elif args.command == "train-args":
-        print(" ".join(DEFAULT_TRAIN_ARGS))
+    elif args.command == "train":
+        print(train_stages(args.data_dir, args.runs_root))
     return 0
 
 

@@ -73,6 +73,9 @@ class TrainConfig:
     fim_rate: float = 0.5
     spm_rate: float = 0.5
     val_fraction: float = 0.1
+    # Independent document cursors a batch's rows are drawn from in turn (see WindowStream);
+    # 0 = one per sequence of the (micro-)batch.
+    window_lanes: int = 0
     # Bookkeeping.
     checkpoint_every: int = 100
     eval_every: int = 100
@@ -97,6 +100,7 @@ class TrainConfig:
             "tokenizer": self.tokenizer in ("byte", "bpe"),
             "preset": self.preset in PRESETS,
             "val_fraction": 0 <= self.val_fraction < 1,
+            "window_lanes": self.window_lanes >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -114,6 +118,8 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
         data = dict(data)
         data["betas"] = tuple(data["betas"])
+        # Runs started before lanes existed read consecutive windows: keep resuming them exactly.
+        data.setdefault("window_lanes", 1)
         if data.get("head_weights") is not None:
             data["head_weights"] = tuple(data["head_weights"])
         return cls(**data)
@@ -292,7 +298,10 @@ def train(
         print(describe_run(corpus, model, tokenizer), file=sys.stderr)
     optimizer = _optimizer(parts.trainable, config)
     fim = FimConfig(rate=config.fim_rate, spm_rate=config.spm_rate)
-    stream = WindowStream([f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim)
+    lanes = config.window_lanes or config.batch_size // config.grad_accum
+    stream = WindowStream(
+        [f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim, lanes=lanes
+    )
     val_texts = [f.text for f in corpus.val] or [f.text for f in corpus.train]  # a one-file repo validates on itself
     val_windows = evaluation_windows(val_texts, tokenizer, config.seq_len, model.n_future, config.eval_windows)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

@@ -1,13 +1,23 @@
 import json
+from pathlib import Path
 
-from assistant.training.recipe import CARD_EXAMPLES, DEFAULT_TRAIN_ARGS, render_card, ship
+from assistant.training.recipe import CARD_EXAMPLES, STAGES, render_card, ship, stage_command
 from assistant.training.trainer import TrainConfig, train
 from models.checkpoint import load_model
 
 
 def test_card_examples_each_mark_one_cursor():
     assert len(CARD_EXAMPLES) == 10 and all(case.count("|") == 1 for case in CARD_EXAMPLES)
-    assert "--steps" in DEFAULT_TRAIN_ARGS and "--seed" in DEFAULT_TRAIN_ARGS
+
+
+def test_every_stage_fixes_its_steps_and_seed_and_later_stages_start_from_the_previous():
+    for index, stage in enumerate(STAGES):
+        assert "--steps" in stage.args and "--seed" in stage.args and stage.threads >= 1
+        command = stage_command(index, Path("DATA"), Path("RUNS"))
+        assert command[command.index("--out") + 1] == str(Path("RUNS") / f"stage-{index + 1}")
+        if index > 0:
+            assert command[command.index("--base") + 1] == str(Path("RUNS") / f"stage-{index}" / "model")
+            assert "--tokenizer" not in stage.args  # the base model's tokenizer and shape carry over
 
 
 def test_ship_copies_the_model_and_measures_its_card(tmp_path, code_repo):
@@ -23,14 +33,20 @@ def test_ship_copies_the_model_and_measures_its_card(tmp_path, code_repo):
                          model_overrides={"dim": 32, "n_layers": 4, "n_heads": 2}, steps=3, batch_size=2,
                          seq_len=96, eval_every=1000, checkpoint_every=1000, device="cpu")
     train(config, show_progress=False)
+    second = tmp_path / "run-2"  # a second stage starts from the first one's model
+    train(TrainConfig(repo=str(code_repo), out_dir=str(second), base_model=str(run / "model"), steps=2,
+                      batch_size=2, seq_len=96, eval_every=1000, checkpoint_every=1000, device="cpu"),
+          show_progress=False)
     dest = tmp_path / "shipped"
-    card = ship(run, data, dest, humaneval_limit=1, bench_limit=1, next_line_cases=3)
+    card = ship([run, second], data, dest, humaneval_limit=1, bench_limit=1, next_line_cases=3)
 
     shipped = load_model(dest)  # a loadable model, its context the one it trained at
     assert shipped.config.max_seq_len == 96
-    assert card["training"]["steps"] == 3 and card["training"]["tokens_seen"] == 3 * 2 * 96
+    assert card["training"]["steps"] == 5 and card["training"]["tokens_seen"] == 5 * 2 * 96
+    assert [stage["steps"] for stage in card["training"]["stages"]] == [3, 2]
     assert card["next_line"]["cases"] == 3 and card["humaneval"]["problems"] == 1
     assert len(card["heldout_heads"]["accuracy_per_head"]) == 4 and len(card["examples"]) == 10
     text = (dest / "CARD.md").read_text()
     assert text == render_card(json.loads((dest / "card.json").read_text()))
     assert "| heldout | held | 0 | MIT |" in text and "HumanEval pass@1" in text
+    assert "| 1 | 3 | 0.0M |" in text and "| 2 | 2 | 0.0M |" in text

@@ -121,3 +121,10 @@ def test_invalid_settings_and_existing_run(code_repo, tmp_path):
 def test_train_config_json_round_trip(code_repo, tmp_path):
     c = config(code_repo, tmp_path, head_weights=(1.0, 0.5, 0.5, 0.5))
     assert TrainConfig.from_json(json.loads(json.dumps(c.to_json()))) == c
+
+
+def test_configs_written_before_window_lanes_resume_with_one_lane(code_repo, tmp_path):
+    saved = config(code_repo, tmp_path).to_json()
+    del saved["window_lanes"]
+    assert TrainConfig.from_json(saved).window_lanes == 1
+    assert config(code_repo, tmp_path).window_lanes == 0  # new runs: one lane per row
