@@ -158,14 +158,17 @@ class _Context:
 
 
 class _LlamaStepOutput:
-    """Head 1's logits at the fed positions (NaN before the last one for a prefill, see
+    """Head 1's logits at the fed positions (the last one only for a prefill, see
     _LlamaStepModel.forward) and, on demand, heads 2..k's at one of them."""
 
-    def __init__(self, step: "_LlamaStepModel", logits: torch.Tensor, start_pos: int, k: int):
+    def __init__(self, step: "_LlamaStepModel", logits: torch.Tensor, n_fed: int, start_pos: int, k: int):
         self.step, self.logits, self.start_pos, self.k = step, logits, start_pos, k
+        self.first_row = n_fed - len(logits)  # fed position of logits[0]
 
-    def next_logits(self) -> torch.Tensor:
-        return self.logits  # (T, V)
+    def next_logits(self, start: int = 0) -> torch.Tensor:
+        if start < self.first_row:
+            raise ValueError(f"logits of fed position {start} were not computed (prefill: last position only)")
+        return self.logits[start - self.first_row :]  # (T - start, V)
 
     def draft_logits(self, index: int) -> torch.Tensor:
         return self.step.head_logits(self.start_pos + index, self.k)  # (k - 1, V)
@@ -183,14 +186,11 @@ class _LlamaStepModel:
         T = len(tokens)
         # decode() verifies at most k tokens at once; a longer batch is a prefill, of which it
         # reads head 1 at the last position only. Unembedding every prompt position would add
-        # ~25% to a prefill (vocab 4096, dim 192), so the other rows are NaN, never guessed.
-        every_row = T <= k
-        logits = self.main.decode(start_pos, np.asarray(tokens, dtype=np.int32), all_logits=every_row)
-        if not every_row:
-            logits = torch.cat([torch.full((T - 1, logits.shape[1]), float("nan")), logits])  # (T, V)
+        # ~25% to a prefill (vocab 4096, dim 192).
+        logits = self.main.decode(start_pos, np.asarray(tokens, dtype=np.int32), all_logits=T <= k)  # (T or 1, V)
         self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
         self.head_fed = [min(fed, start_pos) for fed in self.head_fed]  # the rest is stale
-        return _LlamaStepOutput(self, logits, start_pos, k)
+        return _LlamaStepOutput(self, logits, T, start_pos, k)
 
     def head_logits(self, position: int, k: int) -> torch.Tensor:
         """Heads 2..k at `position`, after feeding each the z it has not seen up to there."""

@@ -37,8 +37,9 @@ from assistant.engine.base import (
 
 
 class StepOutput(Protocol):
-    def next_logits(self) -> torch.Tensor:
-        """Head 1's logits at every fed position: (T, V)."""
+    def next_logits(self, start: int = 0) -> torch.Tensor:
+        """Head 1's logits at the fed positions from `start` on: (T - start, V). A prefill
+        (more than k tokens fed) is only asked for its last position."""
 
     def draft_logits(self, index: int) -> torch.Tensor:
         """Heads 2..k's logits at fed position `index`: (k - 1, V)."""
@@ -146,7 +147,7 @@ def decode(
     clock = time.perf_counter()
     out = model.forward(prompt[start_pos:], start_pos, k)
     last = len(prompt) - start_pos - 1
-    next_logits = out.next_logits()[last : last + 1]  # (1, V)
+    next_logits = out.next_logits(last)  # (1, V)
     draft_logits = out.draft_logits(last) if k > 1 else None  # (k - 1, V)
     stats.model_s += time.perf_counter() - clock
     stats.forward_passes = 1

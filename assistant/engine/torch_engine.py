@@ -27,8 +27,10 @@ class _TorchStepOutput:
         self.unembedding = unembedding  # (V, D), at least fp32
         self.hidden = hidden  # (k, T, D) normalised hidden states of heads 1..k
 
-    def next_logits(self) -> torch.Tensor:
-        return self._logits(self.hidden[0])  # (T, V)
+    def next_logits(self, start: int = 0) -> torch.Tensor:
+        # Only the rows asked for: unembedding every position of a prefill would add ~15%
+        # to it (vocab 4096, dim 192).
+        return self._logits(self.hidden[0, start:])  # (T - start, V)
 
     def draft_logits(self, index: int) -> torch.Tensor:
         return self._logits(self.hidden[1:, index])  # (k - 1, V)

@@ -20,8 +20,9 @@ class StubOutput:
     def __init__(self, positions, k, agree):
         self.positions, self.k, self.agree = positions, k, agree
 
-    def next_logits(self):
-        return torch.stack([torch.nn.functional.one_hot(torch.tensor(truth(p + 1)), V).float() for p in self.positions])
+    def next_logits(self, start=0):
+        rows = list(self.positions)[start:]
+        return torch.stack([torch.nn.functional.one_hot(torch.tensor(truth(p + 1)), V).float() for p in rows])
 
     def draft_logits(self, index):
         p = self.positions[index]
