@@ -44,16 +44,14 @@ bench-decode: setup
 
 # The shipped default model (models/default), rebuilt from nothing: gather the pinned
 # corpus, train in stages (BPE tokenizer included; see STAGES in the recipe), copy the last
-# stage's model into models/default and
-# measure its card (held-out heads, next-line exact match, HumanEval, speed), then export the
-# GGUF files of the llama.cpp engine.
+# stage's model into models/default, export its llama.cpp (GGUF q8_0) files and measure its
+# card (held-out heads, next-line exact match, HumanEval, speed in both engines).
 DEFAULT_DATA ?= runs/default-data
 DEFAULT_RUNS ?= runs/default-stages
 default-model: setup
 	$(PY) -m assistant.training.recipe gather $(DEFAULT_DATA)
 	$(PY) -m assistant.training.recipe train $(DEFAULT_DATA) $(DEFAULT_RUNS)
 	OMP_NUM_THREADS=1 $(PY) -m assistant.training.recipe ship $(DEFAULT_RUNS) $(DEFAULT_DATA)
-	$(VENV)/bin/mtp-assistant models export models/default --quant q8_0
 
 clean:
 	rm -rf $(VENV) runs

@@ -105,6 +105,10 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+# The llama.cpp export shipped next to the safetensors (the engine every command picks).
+SHIPPED_QUANT = "q8_0"
+
+
 def stage_dir(runs_root: Path, index: int) -> Path:
     return runs_root / f"stage-{index + 1}"
 
@@ -263,6 +267,7 @@ def ship(stage_dirs: list[Path], data_dir: Path, dest: Path = SHIPPED_MODEL_DIR,
     from assistant.evals.humaneval import run_humaneval
     from assistant.evals.next_line import line_cases, run_next_line
     from assistant.training.evaluation import evaluate_on_repo
+    from models.gguf_export import export_model
 
     run_dir = stage_dirs[-1]
     model_dir = run_dir / "model"
@@ -278,6 +283,9 @@ def ship(stage_dirs: list[Path], data_dir: Path, dest: Path = SHIPPED_MODEL_DIR,
     # RoPE tables are computed, not stored: the context the model was trained at is its context.
     config["model"]["max_seq_len"] = train_config["seq_len"]
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # The llama.cpp files of the previous weights no longer match: export the new ones.
+    shutil.rmtree(dest / "gguf", ignore_errors=True)
+    export_model(dest, SHIPPED_QUANT)
 
     heldout = data_dir / "heldout"
     engine = load_engine(dest, "torch")
@@ -285,8 +293,11 @@ def ship(stage_dirs: list[Path], data_dir: Path, dest: Path = SHIPPED_MODEL_DIR,
     heads = evaluate_on_repo(dest, heldout, "all", train_config["seq_len"], max_windows=256)
     lines = run_next_line(engine, line_cases(heldout, next_line_cases))
     humaneval = run_humaneval(engine, humaneval_limit)
-    bench = run_bench(engine, engine.tokenizer, directory_prompts(heldout, bench_limit),
-                      BenchConfig(max_new_tokens=64, max_prompt_tokens=256))
+    # Side by side on the same prompts: the default engine (llama.cpp) and the torch reference.
+    engines = {f"llama {SHIPPED_QUANT}": load_engine(dest, "llama", quant=SHIPPED_QUANT, threads=1), "torch": engine}
+    bench = run_bench(engines, engine.tokenizer, directory_prompts(heldout, bench_limit),
+                      BenchConfig(max_new_tokens=64, max_prompt_tokens=256), accuracy_model=engine.model,
+                      baseline="torch")
     card = {
         "sources": json.loads((data_dir / "sources.json").read_text()),
         "model_config": config["model"],
@@ -375,7 +386,7 @@ def render_card(card: dict) -> str:
         f"- HumanEval pass@1 (greedy, {humaneval['problems']} problems): **{humaneval['pass_at_1']:.1%}** "
         f"({len(humaneval['passed'])} solved{': ' + ', '.join(humaneval['passed']) if humaneval['passed'] else ''}).",
         "",
-        "## Speed (torch engine, greedy, held-out prompts, 64 new tokens, one thread)",
+        "## Speed (greedy, held-out prompts, 64 new tokens, one thread; llama.cpp is the default engine)",
         "",
         card["bench_table"],
         "",

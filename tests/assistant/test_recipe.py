@@ -42,6 +42,8 @@ def test_ship_copies_the_model_and_measures_its_card(tmp_path, code_repo):
 
     shipped = load_model(dest)  # a loadable model, its context the one it trained at
     assert shipped.config.max_seq_len == 96
+    assert (dest / "gguf" / "q8_0" / "main.gguf").is_file()  # the default engine's files, of these weights
+    assert {row["engine"] for row in card["bench"]["rows"]} == {"llama q8_0", "torch"}
     assert card["training"]["steps"] == 5 and card["training"]["tokens_seen"] == 5 * 2 * 96
     assert [stage["steps"] for stage in card["training"]["stages"]] == [3, 2]
     assert card["next_line"]["cases"] == 3 and card["humaneval"]["problems"] == 1
