@@ -123,19 +123,21 @@ def stage_command(index: int, data_dir: Path, runs_root: Path) -> list[str]:
 
 
 def train_stages(data_dir: Path, runs_root: Path) -> Path:
-    """Run every stage not finished yet (resuming a started one); return the last stage's model."""
+    """Run the stages after the last finished one (resuming a started one); return the last
+    stage's model. On a machine without the earlier runs, copying models/default (the last
+    shipped stage's model) to RUNS/stage-N/model lets stage N + 1 start from it."""
     import os
 
-    for index, stage in enumerate(STAGES):
+    finished = [i for i in range(len(STAGES)) if (stage_dir(runs_root, i) / "model" / "config.json").is_file()]
+    for index in range(max(finished, default=-1) + 1, len(STAGES)):
         out = stage_dir(runs_root, index)
-        if (out / "model" / "config.json").is_file():
-            continue
         if (out / "train_config.json").is_file():
             command = [sys.executable, "-m", "assistant.cli", "train", "--resume", str(out), "--quiet"]
         else:
             command = stage_command(index, data_dir, runs_root)
         print(f"stage {index + 1}/{len(STAGES)}: {' '.join(command[2:])}", file=sys.stderr)
-        subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(stage.threads)}, check=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(STAGES[index].threads)}
+        subprocess.run(command, env=env, check=True)
     return stage_dir(runs_root, len(STAGES) - 1) / "model"
 
 
@@ -272,7 +274,17 @@ def ship(stage_dirs: list[Path], data_dir: Path, dest: Path = SHIPPED_MODEL_DIR,
     run_dir = stage_dirs[-1]
     model_dir = run_dir / "model"
     train_config = json.loads((run_dir / "train_config.json").read_text())
-    stages = [_stage_summary(d) for d in stage_dirs]
+    # A stage trained on another machine (its run is gone) is described by the card shipped then.
+    shipped_stages = json.loads((dest / "card.json").read_text())["training"].get("stages", []) \
+        if (dest / "card.json").is_file() else []
+    stages = []
+    for index, stage_run in enumerate(stage_dirs):
+        if (stage_run / "metrics.jsonl").is_file():
+            stages.append(_stage_summary(stage_run))
+        elif index < len(shipped_stages):
+            stages.append(shipped_stages[index])
+        else:
+            raise FileNotFoundError(f"{stage_run}: no metrics.jsonl, and the shipped card does not describe stage {index + 1}")
     for index, stage in enumerate(stages):  # the thread count is the recipe's, not in the run's files
         stage["threads"] = STAGES[index].threads if len(stages) == len(STAGES) else None
     dest.mkdir(parents=True, exist_ok=True)

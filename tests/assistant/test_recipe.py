@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 from assistant.training.recipe import CARD_EXAMPLES, STAGES, render_card, ship, stage_command
@@ -52,3 +53,29 @@ def test_ship_copies_the_model_and_measures_its_card(tmp_path, code_repo):
     assert text == render_card(json.loads((dest / "card.json").read_text()))
     assert "| heldout | held | 0 | MIT |" in text and "HumanEval pass@1" in text
     assert "| 1 | 3 | 0.0M |" in text and "| 2 | 2 | 0.0M |" in text
+
+
+def test_train_stages_chains_the_stages_and_starts_after_the_last_finished_one(tmp_path, code_repo, monkeypatch):
+    from assistant.training import recipe
+
+    tiny = ("--seq-len", "48", "--batch-size", "2", "--eval-every", "1000", "--checkpoint-every", "1000",
+            "--device", "cpu")
+    monkeypatch.setattr(recipe, "STAGES", (
+        recipe.Stage(threads=1, args=("--tokenizer", "bpe", "--vocab-size", "300", "--dim", "32", "--n-layers", "4",
+                                      "--n-heads", "2", "--steps", "2", *tiny)),
+        recipe.Stage(threads=1, args=("--steps", "1", *tiny)),
+    ))
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    (data / "train").symlink_to(code_repo)
+
+    final = recipe.train_stages(data, runs)
+    assert final == runs / "stage-2" / "model" and (final / "model.safetensors").is_file()
+    second = json.loads((runs / "stage-2" / "train_config.json").read_text())
+    assert second["base_model"] == str(runs / "stage-1" / "model") and second["steps"] == 1
+
+    # Another machine has only the shipped model of stage 2: nothing before it runs again.
+    shutil.rmtree(runs / "stage-1")
+    weights = (final / "model.safetensors").stat().st_mtime_ns
+    assert recipe.train_stages(data, runs) == final
+    assert not (runs / "stage-1").exists() and (final / "model.safetensors").stat().st_mtime_ns == weights
