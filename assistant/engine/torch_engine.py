@@ -28,8 +28,8 @@ class _TorchStepOutput:
         self.hidden = hidden  # (k, T, D) normalised hidden states of heads 1..k
 
     def next_logits(self, start: int = 0) -> torch.Tensor:
-        # Only the rows asked for: unembedding every position of a prefill would add ~15%
-        # to it (vocab 4096, dim 192).
+        # Only the rows asked for: a prefill needs its last position's logits, not a
+        # (T, V) product for every prompt position.
         return self._logits(self.hidden[0, start:])  # (T - start, V)
 
     def draft_logits(self, index: int) -> torch.Tensor:
