@@ -85,13 +85,16 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def checked_prompt(prompt: Sequence[int], max_seq_len: int) -> list[int]:
-    """The prompt as a list, or ValueError if it is empty or leaves no room to generate."""
+def checked_prompt(prompt: Sequence[int], max_seq_len: int, vocab_size: int) -> list[int]:
+    """The prompt as a list, or ValueError if it is empty, leaves no room to generate or
+    holds an id the model has no embedding for (checked before any cache is touched)."""
     prompt = list(prompt)
     if not prompt:
         raise ValueError("the prompt must hold at least one token")
     if len(prompt) >= max_seq_len:
         raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context of {max_seq_len}")
+    if any(not 0 <= t < vocab_size for t in prompt):
+        raise ValueError(f"prompt holds a token id outside the vocabulary of {vocab_size}")
     return prompt
 
 

@@ -24,7 +24,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -254,10 +254,7 @@ class LlamaEngine:
         config: GenerationConfig = GenerationConfig(),
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        prompt = checked_prompt(prompt, self.max_seq_len)
-        vocab = self.config.vocab_size
-        if any(not 0 <= t < vocab for t in prompt):
-            raise ValueError(f"prompt holds a token id outside the vocabulary of {vocab}")
+        prompt = checked_prompt(prompt, self.max_seq_len, self.config.vocab_size)
         k = min(config.k or self.n_future, self.n_future)
         with self._lock:
             # At least the last prompt token is fed again: its logits start the decoding.

@@ -83,7 +83,7 @@ class TorchEngine:
         config: GenerationConfig = GenerationConfig(),
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        prompt = checked_prompt(prompt, self.max_seq_len)
+        prompt = checked_prompt(prompt, self.max_seq_len, self.model.config.vocab_size)
         k = min(config.k or self.n_future, self.n_future)
         with self._lock:
             if self._cache is None:

@@ -5,6 +5,7 @@ import pytest
 
 from assistant.training.trainer import TrainConfig, train
 from models.checkpoint import load_model
+from tests.assistant.engine.helpers import repetitive_code
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -23,11 +24,7 @@ def code_repo(tmp_path) -> Path:
 def trained_model(tmp_path_factory):
     """A 4-head byte model trained for seconds on repetitive code: its heads agree often."""
     repo = tmp_path_factory.mktemp("repo")
-    body = "".join(
-        f"def add_{i}(x, y):\n    return x + y + {i}\n\n\nclass Point{i}:\n    def __init__(self, x, y):\n"
-        f"        self.x = x\n        self.y = y\n\n"
-        for i in range(40)
-    )
+    body = repetitive_code()
     (repo / "a.py").write_text(body)
     (repo / "b.py").write_text(body.replace("add", "sub").replace("+", "-"))
     out = tmp_path_factory.mktemp("run") / "run"

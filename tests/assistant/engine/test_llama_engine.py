@@ -18,7 +18,7 @@ from models.checkpoint import ModelFileError, load_model, save_model
 from models.gguf_export import export_files, export_model
 from models.tokenizer import ByteTokenizer
 
-from .helpers import random_model
+from .helpers import random_model, repetitive_code
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
 
@@ -28,11 +28,7 @@ def model64(tmp_path_factory):
     """A 4-head byte model of dim 64 (rows llama.cpp's 32-wide blocks fit) trained for seconds
     on repetitive code, exported at f32 and every quantization."""
     repo = tmp_path_factory.mktemp("repo")
-    body = "".join(
-        f"def add_{i}(x, y):\n    return x + y + {i}\n\n\nclass Point{i}:\n    def __init__(self, x, y):\n"
-        f"        self.x = x\n        self.y = y\n\n"
-        for i in range(40)
-    )
+    body = repetitive_code()
     (repo / "a.py").write_text(body)
     out = tmp_path_factory.mktemp("run") / "run"
     config = TrainConfig(

@@ -106,6 +106,8 @@ def test_stats_and_stops(trained_model):
         engine.generate([], GenerationConfig())
     with pytest.raises(ValueError, match="no room"):
         engine.generate([1] * 256, GenerationConfig())
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([1, 9999], GenerationConfig())
 
 
 def test_cut_at_stop_strings():
