@@ -58,3 +58,21 @@ def test_a_state_from_before_lanes_loads_as_one_lane():
     restored = stream(lanes=1)
     restored.load_state_dict(legacy)
     assert torch.equal(restored.next_windows(3), s.next_windows(3))
+
+
+def test_documents_follow_each_epochs_seeded_shuffle():
+    # The order is part of what makes a run repeatable: epoch e reads the documents in
+    # random.Random(f"{seed}:order:{e}") order, whatever caching the stream does.
+    import random
+
+    s = stream(lanes=1)
+    read = []
+    for _ in range(25):  # two and a half epochs
+        read.append(chr(s._next_document()[0]))
+    expected = []
+    for epoch in range(3):
+        order = list(range(10))
+        random.Random(f"3:order:{epoch}").shuffle(order)
+        expected += [TEXTS[i][0] for i in order]
+    assert read == expected[:25]
+    assert read[:10] != read[10:20]  # the epochs really differ
