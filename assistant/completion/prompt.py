@@ -10,6 +10,11 @@ part is the plain prefix, the way most training documents look; so it is for tok
 without FIM specials (Meta's Llama 2 SentencePiece models), which start with their BOS
 token instead. The snippets end with <eot>, as a previous document would in the packed
 training stream.
+
+The prefix's last token is healed (assistant/engine/healing.py): it is left out of
+the prompt and the engine writes its bytes again first, in tokens of the model's
+choosing, so that a cursor after "x = " or at an indented line start does not leave
+the model at a token boundary it never saw.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ class PromptBudget:
             raise ValueError("suffix_share + snippet_share must leave room for the prefix")
         if self.prefix_step < 1:
             raise ValueError(f"prefix_step must be >= 1, got {self.prefix_step}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    # The prefix's last token's bytes, cut from the prompt: the generation must write them
+    # first (GenerationConfig.heal_bytes). Empty when nothing was healed.
+    heal: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,10 @@ def build_prompt(
     suffix: str,
     budget: PromptBudget = PromptBudget(),
     snippets: Sequence[Snippet] = (),
-) -> list[int]:
-    """Token ids that ask the model for the text between prefix and suffix."""
+    heal: bool = True,
+) -> Prompt:
+    """The prompt that asks the model for the text between prefix and suffix; with `heal`,
+    the prefix's last token is healed."""
     # Llama models (SentencePiece) expect BOS first; our own tokenizers have none.
     head: list[int] = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
     has_fim = getattr(tokenizer, "has_fim", True)
@@ -91,11 +106,20 @@ def build_prompt(
         head += snippet_ids + ([tokenizer.eot_id] if has_fim else [])
     room = budget.max_tokens - len(head)
     if not suffix.strip() or not has_fim:
-        return head + _keep_end(tokenizer.encode(prefix), room, budget.prefix_step) or [tokenizer.eot_id]
+        prefix_ids, healed = _healed(tokenizer, _keep_end(tokenizer.encode(prefix), room, budget.prefix_step), heal)
+        return Prompt(head + prefix_ids or [tokenizer.eot_id], healed)
     room -= 3  # the three FIM specials
     suffix_ids = tokenizer.encode(suffix)[: int(budget.max_tokens * budget.suffix_share)]
     prefix_ids = _keep_end(tokenizer.encode(prefix), room - len(suffix_ids), budget.prefix_step)
-    return head + format_spm(tokenizer, prefix_ids, suffix_ids)
+    prefix_ids, healed = _healed(tokenizer, prefix_ids, heal)
+    return Prompt(head + format_spm(tokenizer, prefix_ids, suffix_ids), healed)
+
+
+def _healed(tokenizer: Any, prefix_ids: list[int], heal: bool) -> tuple[list[int], bytes]:
+    """The prefix without its last token, and that token's bytes (if healing applies)."""
+    if not heal or not prefix_ids or prefix_ids[-1] in getattr(tokenizer, "special_ids", ()):
+        return prefix_ids, b""
+    return prefix_ids[:-1], tokenizer.token_bytes(prefix_ids[-1])
 
 
 def split_at(text: str, line: int, column: int) -> tuple[str, str]:

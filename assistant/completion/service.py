@@ -133,8 +133,9 @@ class CompletionService:
             stop_token_ids=tuple(i for i in (tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id) if i is not None),
             stop_strings=the_plan.stop_strings,
             time_cap_s=s.time_cap_ms / 1000,
+            heal_bytes=prompt.heal,
         )
-        result = self.engine.generate(prompt, config, cancel)
+        result = self.engine.generate(prompt.ids, config, cancel)
         if adaptive and result.stop_reason != STOP_CANCELLED:
             self.adaptive.record(k, result.stats)
         if result.stop_reason == STOP_CANCELLED:

@@ -23,6 +23,10 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     time_cap_s: float | None = None  # checked between forward passes
     reuse_prefix: bool = True  # keep the KV cache of the longest common prefix between calls
+    # Token healing (engine/healing.py): bytes cut from the end of the prompt's text that the
+    # generation must write first, in tokens of the model's choosing. They are not part of
+    # the result's text and stop strings are looked for only after them.
+    heal_bytes: bytes = b""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -99,9 +103,16 @@ def checked_prompt(prompt: Sequence[int], max_seq_len: int, vocab_size: int) -> 
 
 
 def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
-    """The text before the earliest stop string (every backend's result text)."""
+    """The text before the earliest stop string."""
     cuts = [text.find(s) for s in stop_strings if s and s in text]
     return text[: min(cuts)] if cuts else text
+
+
+def result_text(tokenizer, tokens: Sequence[int], config: GenerationConfig) -> str:
+    """Every backend's result text: the new tokens' text after the healed bytes, cut
+    before the earliest stop string."""
+    data = tokenizer.decode_bytes(tokens)[len(config.heal_bytes) :]
+    return cut_at_stop_strings(data.decode("utf-8", errors="replace"), config.stop_strings)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from assistant.engine.base import (
     GenerationResult,
     checked_prompt,
     common_prefix_length,
-    cut_at_stop_strings,
+    result_text,
 )
 from assistant.engine.speculative import decode
 from models.checkpoint import ModelFileError, read_config
@@ -263,7 +263,7 @@ class LlamaEngine:
             self._cached = []  # invalid while the caches are being written
             outcome = decode(self._step, prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel)
             self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
-        text = cut_at_stop_strings(self.tokenizer.decode(outcome.tokens), config.stop_strings)
+        text = result_text(self.tokenizer, outcome.tokens, config)
         return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)
 
     def capture_z(self, tokens: Sequence[int]) -> np.ndarray:

@@ -13,6 +13,10 @@ greedy choice the output is exactly plain greedy decoding's. With sampling each 
 accepted with probability min(1, p/q) and a rejection resamples from max(0, p - q)
 renormalised (Leviathan et al. 2023, Chen et al. 2023), so the output follows plain
 sampling's distribution exactly. k = 1 is plain autoregressive decoding.
+
+With token healing (GenerationConfig.heal_bytes) head 1 chooses only among the tokens
+that agree with the healed bytes until they are written, and nothing is drafted
+meanwhile: those steps are plain steps in every k, so the output stays plain decoding's.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from assistant.engine.base import (
     DecodeStats,
     GenerationConfig,
 )
+from assistant.engine.healing import allowed_tokens, restrict, still_to_heal
 
 
 class StepOutput(Protocol):
@@ -122,16 +127,28 @@ def decode(
     deadline = None if config.time_cap_s is None else time.perf_counter() + config.time_cap_s
     tokens: list[int] = []
     token_heads: list[int] = []
-    text = bytearray()
+    text = bytearray()  # the new text after the healed bytes (only kept to find stop strings)
+    to_heal = config.heal_bytes  # healed bytes not yet written
+    healed_left_to_skip = len(to_heal)  # of the new bytes, not part of the new text
+
+    def healing(logits: torch.Tensor) -> torch.Tensor:
+        """(R, V) logits restricted to the tokens that agree with the bytes left to heal."""
+        if not to_heal:
+            return logits
+        excluded = tuple(sorted(stop_ids))  # ending inside the healed bytes would lose them
+        return restrict(logits, allowed_tokens(token_bytes, logits.shape[-1], to_heal, excluded))
 
     def emit(token: int, head: int) -> str | None:
         """Append one token (drafted by `head`); the stop reason if generation must end here."""
+        nonlocal healed_left_to_skip
         if token in stop_ids:
             return STOP_TOKEN
         tokens.append(token)
         token_heads.append(head)
         if stop_strings:
             piece = token_bytes(token)
+            skipped = min(healed_left_to_skip, len(piece))
+            piece, healed_left_to_skip = piece[skipped:], healed_left_to_skip - skipped
             text.extend(piece)
             # A new occurrence must end inside this token's bytes.
             tail = bytes(text[-(len(piece) + longest_stop - 1) :])
@@ -147,7 +164,7 @@ def decode(
     clock = time.perf_counter()
     out = model.forward(prompt[start_pos:], start_pos, k)
     last = len(prompt) - start_pos - 1
-    next_logits = out.next_logits(last)  # (1, V)
+    next_logits = healing(out.next_logits(last))  # (1, V)
     draft_logits = out.draft_logits(last) if k > 1 else None  # (k - 1, V)
     stats.model_s += time.perf_counter() - clock
     stats.forward_passes = 1
@@ -159,6 +176,8 @@ def decode(
     reason = None
     while True:
         token = chooser.pick(next_row)
+        if to_heal:
+            to_heal = still_to_heal(to_heal, token_bytes(token))
         reason = emit(token, 1)
         if reason is not None:
             break
@@ -168,8 +187,9 @@ def decode(
         if deadline is not None and time.perf_counter() > deadline:
             reason = STOP_TIME
             break
-        # Drafts beyond what is still wanted or fits in the context are not worth verifying.
-        room = min(k - 1, config.max_new_tokens - len(tokens), max_seq_len - position - 1)
+        # Drafts beyond what is still wanted or fits in the context are not worth verifying;
+        # none while healing (they would be verified against unrestricted logits).
+        room = min(0 if to_heal else k - 1, config.max_new_tokens - len(tokens), max_seq_len - position - 1)
         if room < 0:
             reason = STOP_CONTEXT
             break
@@ -177,7 +197,7 @@ def decode(
 
         clock = time.perf_counter()
         out = model.forward([token, *drafts], position, k)
-        verify_logits = out.next_logits()  # (1 + room, V)
+        verify_logits = healing(out.next_logits())  # (1 + room, V); room is 0 while healing
         stats.model_s += time.perf_counter() - clock
         stats.forward_passes += 1
         verify_rows = chooser.prepare(verify_logits)

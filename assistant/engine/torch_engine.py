@@ -16,7 +16,7 @@ from assistant.engine.base import (
     GenerationResult,
     checked_prompt,
     common_prefix_length,
-    cut_at_stop_strings,
+    result_text,
 )
 from assistant.engine.speculative import decode
 from models.transformer import KVCache, MTPTransformer, compute_dtype
@@ -98,5 +98,5 @@ class TorchEngine:
             )
             self._cache_k = k
             self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
-        text = cut_at_stop_strings(self.tokenizer.decode(outcome.tokens), config.stop_strings)
+        text = result_text(self.tokenizer, outcome.tokens, config)
         return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from assistant.completion.prompt import PromptBudget, build_prompt
 from assistant.engine.base import GenerationConfig
 from assistant.evals.sandbox import SandboxLimits, run_program
 
@@ -59,11 +60,14 @@ def run_humaneval(
     max_new_tokens = min(max_new_tokens, engine.max_seq_len // 2)  # a small context keeps room for the prompt
     room = engine.max_seq_len - max_new_tokens - engine.n_future - 1
     for i, problem in enumerate(problems):
-        prompt = tokenizer.encode(problem["prompt"])[-room:]
+        # The problem's text continued (no suffix), its last token healed: it is "\n", and
+        # the body's natural first token is an indented "\n   ".
+        prompt = build_prompt(tokenizer, problem["prompt"], "", PromptBudget(max_tokens=room))
         config = GenerationConfig(
-            max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=STOP_STRINGS
+            max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=STOP_STRINGS,
+            heal_bytes=prompt.heal,
         )
-        generated = engine.generate(prompt, config)
+        generated = engine.generate(prompt.ids, config)
         completion = generated.text
         result.completions[problem["task_id"]] = completion
         result.tokens_per_forward.append(generated.stats.tokens_per_forward)

@@ -10,7 +10,7 @@ A hit is a generated line equal to the real one, trailing whitespace ignored.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,8 @@ def run_next_line(engine: Any, cases: list[LineCase], max_new_tokens: int = 48, 
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=("\n",))
     result = NextLineResult()
     for case in cases:
-        generated = engine.generate(build_prompt(tokenizer, case.prefix, case.suffix, budget), config).text
+        prompt = build_prompt(tokenizer, case.prefix, case.suffix, budget)
+        generated = engine.generate(prompt.ids, replace(config, heal_bytes=prompt.heal)).text
         hit = generated.rstrip() == case.line.rstrip()
         result.hits += hit
         result.total += 1

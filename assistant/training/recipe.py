@@ -26,7 +26,7 @@ import sys
 import sysconfig
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from models import SHIPPED_MODEL_DIR
@@ -236,7 +236,8 @@ def _card_examples(engine) -> list[dict[str, str]]:
     examples = []
     for case in CARD_EXAMPLES:
         prefix, suffix = case.split("|")
-        result = engine.generate(build_prompt(engine.tokenizer, prefix, suffix, budget), config)
+        prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
+        result = engine.generate(prompt.ids, replace(config, heal_bytes=prompt.heal))
         examples.append({"prefix": prefix, "suffix": suffix, "completion": result.text})
     return examples
 

@@ -21,12 +21,17 @@ class Completion:
     engine: str  # e.g. "torch" or "llama q8_0"
 
 
-def token_pieces(tokenizer, tokens: list[int], heads: list[int], text: str) -> list[tuple[str, int]]:
-    """Each token's text with its head, cut where the result's text ends (a stop string)."""
+def token_pieces(
+    tokenizer, tokens: list[int], heads: list[int], text: str, healed: bytes = b""
+) -> list[tuple[str, int]]:
+    """Each token's text with its head, after the healed bytes (GenerationConfig.heal_bytes)
+    and cut where the result's text ends (a stop string)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pieces, used = [], 0
+    pieces, used, skip = [], 0, len(healed)
     for token, head in zip(tokens, heads):
-        piece = decoder.decode(tokenizer.token_bytes(token))  # "" while a character is split
+        data = tokenizer.token_bytes(token)
+        data, skip = data[skip:], max(0, skip - len(data))  # the healed bytes are not new text
+        piece = decoder.decode(data)  # "" while a character is split
         piece = piece[: max(0, len(text) - used)]
         if piece:
             pieces.append((piece, head))
@@ -54,10 +59,11 @@ def complete_at(
         k=k,
         stop_token_ids=(engine.tokenizer.eot_id,),
         stop_strings=() if multiline else ("\n",),
+        heal_bytes=prompt.heal,
     )
-    result = engine.generate(prompt, config, cancel)
+    result = engine.generate(prompt.ids, config, cancel)
     heads = result.token_heads or [1] * len(result.tokens)
-    pieces = token_pieces(engine.tokenizer, result.tokens, heads, result.text)
+    pieces = token_pieces(engine.tokenizer, result.tokens, heads, result.text, prompt.heal)
     return Completion(result.text, pieces, result.stats, result.stop_reason, engine.n_future, engine_name(engine))
 
 

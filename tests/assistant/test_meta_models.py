@@ -69,7 +69,7 @@ def test_torch_engine_speculative_greedy_equals_plain_on_the_imported_model(impo
     tok = engine.tokenizer
     assert engine.n_future == 3 and tok.kind == "sentencepiece"
     for prefix in ["def main(", "import os\n\nclass Point:\n    def __init__(self", "x = 'naïve 🐍'\n"]:
-        prompt = build_prompt(tok, prefix, "\n    return x\n", PromptBudget(max_tokens=64))
+        prompt = build_prompt(tok, prefix, "\n    return x\n", PromptBudget(max_tokens=64), heal=False).ids
         assert prompt[0] == tok.bos_id and prompt[1:] == tok.encode(prefix)  # no FIM: BOS + prefix
         plain = engine.generate(prompt, GenerationConfig(max_new_tokens=24, k=1, reuse_prefix=False))
         for k in (2, 3):
@@ -81,10 +81,10 @@ def test_torch_engine_speculative_greedy_equals_plain_on_the_imported_model(impo
 def test_prompt_for_a_tokenizer_without_fim_keeps_the_end_of_the_prefix(imported_home):
     tok = load_engine(ModelStore(imported_home["MTP_ASSISTANT_HOME"]).resolve("default"), "torch").tokenizer
     prefix = "def f(x):\n    return x\n" * 40
-    prompt = build_prompt(tok, prefix, "suffix()", PromptBudget(max_tokens=16))
+    prompt = build_prompt(tok, prefix, "suffix()", PromptBudget(max_tokens=16), heal=False).ids
     assert len(prompt) == 16 and prompt[0] == tok.bos_id
     assert prompt[1:] == tok.encode(prefix)[-15:]
-    assert build_prompt(tok, "", "", PromptBudget(max_tokens=16)) == [tok.bos_id]
+    assert build_prompt(tok, "", "", PromptBudget(max_tokens=16)).ids == [tok.bos_id]
 
 
 def test_complete_runs_on_the_imported_model(imported_home, tmp_path):
@@ -118,7 +118,7 @@ def test_llama_cpp_engine_runs_the_imported_model(tmp_path, release):
     llama, torch_engine = load_engine(model_dir, "llama", quant="f16"), load_engine(model_dir, "torch")
     tok = torch_engine.tokenizer
     for prefix in ["def main(", "import os\nclass Point:\n    def __init__(self", "x = 'naïve'\n"]:
-        prompt = build_prompt(tok, prefix, "", PromptBudget(max_tokens=64))
+        prompt = build_prompt(tok, prefix, "", PromptBudget(max_tokens=64), heal=False).ids
         plain = llama.generate(prompt, GenerationConfig(max_new_tokens=24, k=1, reuse_prefix=False)).tokens
         assert llama.generate(prompt, GenerationConfig(max_new_tokens=24, k=3)).tokens == plain
         # fp16 weights in both engines (the torch engine computes in fp32): same greedy tokens.

@@ -1,6 +1,6 @@
 import pytest
 
-from assistant.completion.prompt import PromptBudget, build_prompt, split_at
+from assistant.completion.prompt import Prompt, PromptBudget, build_prompt, split_at
 from models.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -28,13 +28,21 @@ def test_split_at_bad_line():
 
 
 def test_prefix_only_when_nothing_follows():
-    assert build_prompt(TOK, "def f(", "  \n") == TOK.encode("def f(")
-    assert build_prompt(TOK, "", "") == [TOK.eot_id]
+    assert build_prompt(TOK, "def f(", "  \n", heal=False) == Prompt(TOK.encode("def f("))
+    assert build_prompt(TOK, "", "") == Prompt([TOK.eot_id])
+
+
+def test_the_prefix_last_token_is_healed():
+    assert build_prompt(TOK, "x = ", "") == Prompt(TOK.encode("x ="), b" ")
+    spm = build_prompt(TOK, "y = f(", ")\n")  # SPM: the token before [MID] is the one healed
+    assert spm.heal == b"(" and TOK.decode(spm.ids[spm.ids.index(TOK.fim_prefix_id) + 1 : -1]) == "y = f"
+    assert spm.ids[-1] == TOK.fim_middle_id
+    assert build_prompt(TOK, "", "\nz = 1\n").heal == b""  # nothing before the cursor: nothing to heal
 
 
 def test_spm_order_and_budget():
     prefix, suffix = "x = 1\n" * 100, "\ny = 2\n" * 100
-    ids = build_prompt(TOK, prefix, suffix, PromptBudget(max_tokens=103, suffix_share=0.25))
+    ids = build_prompt(TOK, prefix, suffix, PromptBudget(max_tokens=103, suffix_share=0.25), heal=False).ids
     assert len(ids) == 103
     assert ids[0] == TOK.fim_suffix_id and ids[-1] == TOK.fim_middle_id
     pre = ids.index(TOK.fim_prefix_id)
@@ -44,8 +52,8 @@ def test_spm_order_and_budget():
 
 def test_typing_extends_the_prompt():
     """A keystroke at the cursor only appends to the cached part of an SPM prompt."""
-    a = build_prompt(TOK, "def add(a, b", ")\n\nprint(add(1, 2))\n")
-    b = build_prompt(TOK, "def add(a, b)", ")\n\nprint(add(1, 2))\n")
+    a = build_prompt(TOK, "def add(a, b", ")\n\nprint(add(1, 2))\n").ids
+    b = build_prompt(TOK, "def add(a, b)", ")\n\nprint(add(1, 2))\n").ids
     assert b[: len(a) - 1] == a[:-1]
 
 
@@ -54,7 +62,7 @@ from assistant.completion.prompt import Snippet
 
 def test_snippets_come_first_and_whole():
     snippets = [Snippet("a.py", "def helper():\n    return 1"), Snippet("b.py", "x" * 500)]
-    ids = build_prompt(TOK, "y = helper(", ")\n", PromptBudget(max_tokens=200, snippet_share=0.5), snippets)
+    ids = build_prompt(TOK, "y = helper(", ")\n", PromptBudget(max_tokens=200, snippet_share=0.5), snippets).ids
     eot = ids.index(TOK.eot_id)
     assert TOK.decode(ids[:eot]) == "# a.py\ndef helper():\n    return 1\n\n"  # b.py did not fit: left out whole
     assert ids[eot + 1] == TOK.fim_suffix_id and ids[-1] == TOK.fim_middle_id
@@ -70,8 +78,8 @@ def test_prefix_cut_in_steps_keeps_keystrokes_extending(step):
     text = "value = compute(alpha, beta) + other_thing\n" * 4
     extended = 0
     for n in range(100, len(text)):
-        a = build_prompt(TOK, text[:n], "\n}\n", budget, snippets)
-        b = build_prompt(TOK, text[: n + 1], "\n}\n", budget, snippets)
+        a = build_prompt(TOK, text[:n], "\n}\n", budget, snippets).ids
+        b = build_prompt(TOK, text[: n + 1], "\n}\n", budget, snippets).ids
         assert len(b) <= 64
         extended += b[: len(a) - 1] == a[:-1]
     total = len(text) - 100

@@ -4,6 +4,7 @@ the torch trunk, speculative == plain at every quantization, prefix reuse, error
 import random
 import shutil
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,6 +113,21 @@ def test_speculative_greedy_equals_plain_at_every_quantization(model64, quant):
                 assert [spec.token_heads.count(h) for h in range(2, k + 1)] == spec.stats.draft_accepted
             accepted_any |= spec.stats.tokens_per_forward > 1.5
     assert accepted_any, "a model trained on repetitive code should accept drafts"
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_healing_keeps_speculative_equal_to_plain(model64, quant):
+    loaded, body = model64
+    engine, tok = engine_for(loaded, quant), loaded.tokenizer
+    for text in cuts(body, 4, seed=2):
+        # A byte vocabulary writes the healed bytes one token each: several healing steps.
+        prompt, healed = tok.encode(text[:-5]), text[-5:].encode()
+        config = GenerationConfig(max_new_tokens=30, k=1, heal_bytes=healed, reuse_prefix=False)
+        plain = engine.generate(prompt, config)
+        assert tok.decode_bytes(plain.tokens[:5]) == healed
+        assert plain.text == tok.decode(plain.tokens[5:])
+        for k in (2, 4):
+            assert engine.generate(prompt, replace(config, k=k, reuse_prefix=True)).tokens == plain.tokens, (quant, k)
 
 
 def test_speculative_equals_plain_with_real_k_quants(tmp_path):

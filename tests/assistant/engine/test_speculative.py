@@ -136,3 +136,40 @@ def test_token_heads_stop_with_the_tokens():
     stop = truth(3 + 5)
     out = run(StubModel(agree=True), 4, stop_token_ids=(stop,))
     assert out.token_heads == [1, 2, 3, 4, 1]
+
+
+def letters(t: int) -> bytes:
+    return bytes([65 + t])  # the vocabulary `run` decodes with: token 2 is "C", 3 is "D"
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_healing_writes_the_healed_bytes_first_with_plain_steps(k):
+    model = StubModel(agree=True)
+    # "D" as a stop string: inside the healed bytes it is not new text and must not stop.
+    out = run(model, k, max_new=20, heal_bytes=b"CD", stop_strings=("D",))
+    assert out.tokens == [2, 3] + [truth(p) for p in range(5, 23)]
+    assert out.stop_reason == "max_tokens"
+    assert model.calls[1] == ([2], 3)  # "D" still to heal: no drafts in that step
+    if k > 1:
+        assert len(model.calls[2][0]) == k  # healed: drafting resumes
+
+
+def test_allowed_tokens_start_with_the_healed_bytes_or_write_a_part_of_them():
+    from assistant.engine.healing import allowed_tokens, still_to_heal
+
+    pieces = [letters(t) for t in range(V - 3)] + [b"CD", b"CDE", b""]
+
+    def token_bytes(t):
+        if not 0 <= t < len(pieces):
+            raise ValueError(f"token id {t} out of range")  # as the tokenizers do
+        return pieces[t]
+
+    def ids(mask):
+        return mask.nonzero().flatten().tolist()
+
+    assert ids(allowed_tokens(token_bytes, V, b"CD")) == [2, 29, 30]  # "C", "CD", "CDE"; never the empty one
+    assert ids(allowed_tokens(token_bytes, V, b"CD", excluded=(29,))) == [2, 30]
+    assert ids(allowed_tokens(token_bytes, V + 2, b"C")) == [2, 29, 30]  # ids past the tokenizer: never
+    assert still_to_heal(b"CD", b"C") == b"D" and still_to_heal(b"CD", b"CDE") == b""
+    with pytest.raises(ValueError, match="cannot be healed"):
+        allowed_tokens(token_bytes, V, b"C", excluded=(2, 29, 30))

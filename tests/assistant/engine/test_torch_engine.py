@@ -4,15 +4,16 @@ import math
 import random
 import threading
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 
 from assistant.engine.base import GenerationConfig, cut_at_stop_strings
 from assistant.engine.torch_engine import TorchEngine
-from models.tokenizer import ByteTokenizer
+from models.tokenizer import ByteTokenizer, train_bpe
 
-from .helpers import random_model
+from .helpers import random_model, repetitive_code
 
 
 def prompts(seed: int, count: int, vocab: int = 261) -> list[list[int]]:
@@ -185,3 +186,28 @@ def test_token_heads_match_the_acceptance_stats(trained_model):
     # A draft from head i > 2 is only accepted right after head i - 1's.
     for prev, head in zip(result.token_heads, result.token_heads[1:]):
         assert head in (1, 2) or head == prev + 1
+
+
+@pytest.fixture(scope="module")
+def bpe_engine():
+    """A random 4-head model over a BPE vocabulary, in which healed bytes can be written in
+    more than one way ("\n        " as "\n       " + " " or in one token)."""
+    tok = train_bpe([repetitive_code()], vocab_size=400)
+    return TorchEngine(random_model(n_future=4, vocab_size=tok.vocab_size, seed=5), tok)
+
+
+@pytest.mark.parametrize("heal", ["\n        ", " ", "(self"])
+def test_healing_keeps_speculative_equal_to_plain_and_writes_the_healed_bytes(bpe_engine, heal):
+    engine, tok = bpe_engine, bpe_engine.tokenizer
+    healed = heal.encode()
+    for text in ["class Point:\n    def __init__", "def add(a, b):\n    return a", "x = 1"]:
+        prompt = tok.encode(text)
+        config = GenerationConfig(max_new_tokens=12, k=1, heal_bytes=healed, stop_strings=("\n",), reuse_prefix=False)
+        plain = engine.generate(prompt, config)
+        written = tok.decode_bytes(plain.tokens)
+        assert written.startswith(healed), (text, written)
+        # The result's text starts after the healed bytes; the "\n" in them stops nothing.
+        assert plain.text == written[len(healed) :].decode("utf-8", errors="replace").split("\n")[0]
+        for k in (2, 3, 4):
+            spec = engine.generate(prompt, replace(config, k=k))
+            assert spec.tokens == plain.tokens and spec.text == plain.text, (text, k)

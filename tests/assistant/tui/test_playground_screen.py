@@ -78,6 +78,8 @@ async def test_token_pieces_join_to_the_text_and_carry_heads(trained_model):
     tok = ByteTokenizer()
     ids = tok.encode("é+ü")
     assert token_pieces(tok, ids, [1, 2, 3, 4, 1], "é+ü") == [("é", 2), ("+", 3), ("ü", 1)]
+    # Healed bytes (here "é", written again by the first tokens) are not part of the text.
+    assert token_pieces(tok, ids, [1, 2, 3, 4, 1], "+ü", healed="é".encode()) == [("+", 3), ("ü", 1)]
 
 
 async def test_no_model_is_an_error_notification(home):
