@@ -399,7 +399,7 @@ def render_card(card: dict) -> str:
         out.append(f"| {i + 1} | t+{i + 1} | {loss:.3f} | {acc:.1%} |")
     out += [
         "",
-        f"- Next-line exact match: **{lines['exact_match']:.1%}** of {lines['cases']} cursor positions at line starts.",
+        f"- Next-line exact match: **{lines['exact_match']:.1%}** of {lines['cases']} cursor positions at line starts (greedy, the last token before the cursor healed).",
         f"- HumanEval pass@1 (greedy, {humaneval['problems']} problems): **{humaneval['pass_at_1']:.1%}** "
         f"({len(humaneval['passed'])} solved{': ' + ', '.join(humaneval['passed']) if humaneval['passed'] else ''}).",
         "",
@@ -412,7 +412,7 @@ def render_card(card: dict) -> str:
         "",
         "## Ten examples (chosen before looking at any output)",
         "",
-        "The cursor is at the end of the text shown; the completion runs to the end of the line.",
+        "The cursor is at the end of the text shown; the completion runs to the end of the line (greedy, torch engine, the last token before the cursor healed as in the language server).",
         "",
     ]
     for i, example in enumerate(card["examples"], 1):
