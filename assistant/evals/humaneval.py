@@ -60,8 +60,8 @@ def run_humaneval(
     max_new_tokens = min(max_new_tokens, engine.max_seq_len // 2)  # a small context keeps room for the prompt
     room = engine.max_seq_len - max_new_tokens - engine.n_future - 1
     for i, problem in enumerate(problems):
-        # The problem's text continued (no suffix), its last token healed: it is "\n", and
-        # the body's natural first token is an indented "\n   ".
+        # The problem's text continued (no suffix), its last token healed: a prompt ends with a
+        # newline, which training text joins to the next line's indent ("\n   ").
         prompt = build_prompt(tokenizer, problem["prompt"], "", PromptBudget(max_tokens=room))
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=STOP_STRINGS,
