@@ -177,8 +177,15 @@ class _LlamaStepOutput:
 class _LlamaStepModel:
     """The StepModel of speculative.decode over the main and head contexts."""
 
-    def __init__(self, main: _Context, heads: list[_Context], trunk_layers: int, max_len: int):
+    def __init__(self, main: _Context, heads: list[_Context], trunk_layers: int, max_len: int, pad_single_rows: bool):
         self.main, self.heads, self.trunk_layers = main, heads, trunk_layers
+        # llama.cpp's CPU kernels round a 1-row batch differently from a batch of 2 or more
+        # rows (those all agree with each other and with a prefill, bit for bit). Quantized
+        # activations turn that into logit differences (up to 0.05 at q8_0) that flip near-ties
+        # between plain decoding (1 row a step) and verification (k rows). So in exact mode a
+        # 1-token forward gets a second, throwaway row at start_pos + 1 (the main context has
+        # a spare slot for it; the next forward overwrites it).
+        self.pad_single_rows = pad_single_rows
         self.z = np.zeros((max_len, main.dim), dtype=np.float32)  # z of every cached position
         self.head_fed = [0] * len(heads)  # positions whose z each head's cache holds
 
@@ -187,7 +194,12 @@ class _LlamaStepModel:
         # decode() verifies at most k tokens at once; a longer batch is a prefill, of which it
         # reads head 1 at the last position only. Unembedding every prompt position would add
         # ~25% to a prefill (vocab 4096, dim 192).
-        logits = self.main.decode(start_pos, np.asarray(tokens, dtype=np.int32), all_logits=T <= k)  # (T or 1, V)
+        rows = np.asarray(tokens, dtype=np.int32)
+        padded = self.pad_single_rows and T == 1
+        if padded:
+            rows = np.append(rows, rows[0])
+        # A padded batch's last row is the throwaway one: ask for every row's logits then.
+        logits = self.main.decode(start_pos, rows, all_logits=T <= k or padded)[:T]  # (T or 1, V)
         self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
         self.head_fed = [min(fed, start_pos) for fed in self.head_fed]  # the rest is stale
         return _LlamaStepOutput(self, logits, T, start_pos, k)
@@ -231,7 +243,7 @@ class LlamaEngine:
         self.max_seq_len = config.max_seq_len
         contexts: list[_Context] = []
         try:
-            contexts.append(_Context(files[0], settings, config.max_seq_len, exact))
+            contexts.append(_Context(files[0], settings, config.max_seq_len + 1, exact))  # + the padding slot
             llama_ext.set_embeddings_layer_inp(contexts[0].ctx, config.n_trunk_layers, True)
             for path in files[1:]:
                 contexts.append(_Context(path, settings, config.max_seq_len, exact, embd_dim=config.dim))
@@ -239,7 +251,7 @@ class LlamaEngine:
             for c in contexts:
                 c.close()
             raise
-        self._step = _LlamaStepModel(contexts[0], contexts[1:], config.n_trunk_layers, config.max_seq_len)
+        self._step = _LlamaStepModel(contexts[0], contexts[1:], config.n_trunk_layers, config.max_seq_len, exact)
         self._cached: list[int] = []  # tokens whose KV (and z) is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared caches
 

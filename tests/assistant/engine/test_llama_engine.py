@@ -225,3 +225,21 @@ def test_load_engine_auto_prefers_llama_where_exported(model64, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(loaded.path, bare, ignore=shutil.ignore_patterns("gguf"))
     assert isinstance(load_engine(bare), TorchEngine)
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_one_token_steps_compute_what_a_prefill_computes(model64, quant):
+    """A 1-row llama.cpp batch rounds differently from a multi-row one; the exact mode pads it,
+    so plain decoding's steps and a verify step see bit-identical trunk outputs."""
+    loaded, body = model64
+    ids = loaded.tokenizer.encode(body[:160])
+    engine = engine_for(loaded, quant)  # kept: its contexts close when it is collected
+    step = engine._step
+    step.reset()
+    step.forward(ids, 0, 1)
+    whole = step.z[: len(ids)].copy()  # (T, D) trunk output of one prefill
+    step.reset()
+    step.forward(ids[:100], 0, 1)
+    for i, token in enumerate(ids[100:]):
+        step.forward([token], 100 + i, 1)
+    assert np.array_equal(step.z[: len(ids)], whole)
