@@ -59,7 +59,8 @@ class LlamaSettings:
     # f32 KV cache and no flash attention (which rounds Q to f16 on CPU). On by default: with
     # flash attention a k-token verify and a 1-token step round differently, which flipped a
     # near-tie at q4_k_m (1 of 240 benchmark runs differed from plain decoding; BENCHMARKS.md);
-    # off, no run differed. Costs ~40-60% per token on a small CPU model. False: faster, and
+    # off, no run differed. Exact mode also pads 1-token forwards to two rows (see
+    # _LlamaStepModel). Costs ~40-60% per token on a small CPU model. False: faster, and
     # speculative output may then differ from plain output at near-ties.
     exact: bool = True
 
