@@ -114,10 +114,14 @@ def test_auto_heads_tries_every_k_and_never_changes_the_text():
     svc = service(engine, cache_size=1)  # heads="auto"; a cache of one, refilled by each new text
     used = []
     for i in range(6):
+        if i == 4:
+            # The timings are noisy: the 5th call must take what was cheapest after the first four.
+            assert set(svc.adaptive.cost) == {1, 2, 3, 4}
+            cheapest = svc.adaptive.best()
         text = TEXT + " " * (i % 2)  # alternate two texts so that the cache never answers
         completion = svc.complete_at(text, LINE, COL + i % 2)
         used.append(completion.stats.draft_proposed.__len__() + 1)  # k = draft positions + 1
         if i % 2 == 0:
             assert completion.text == plain
     assert used[:4] == [1, 2, 3, 4]  # each k measured once, then the cheapest
-    assert set(svc.adaptive.cost) == {1, 2, 3, 4} and used[4] == svc.adaptive.best()
+    assert used[4] == cheapest
