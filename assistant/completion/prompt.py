@@ -19,10 +19,12 @@ the model at a token boundary it never saw.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from assistant.engine.base import GenerationConfig
 from assistant.fim import format_spm
 
 
@@ -120,6 +122,12 @@ def _healed(tokenizer: Any, prefix_ids: list[int], heal: bool) -> tuple[list[int
     if not heal or not prefix_ids or prefix_ids[-1] in getattr(tokenizer, "special_ids", ()):
         return prefix_ids, b""
     return prefix_ids[:-1], tokenizer.token_bytes(prefix_ids[-1])
+
+
+def generate(engine: Any, prompt: Prompt, config: GenerationConfig, cancel: threading.Event | None = None):
+    """The engine's generation for a built prompt: its ids, with its healed bytes given to
+    the engine (without them the healed text would come back as part of the completion)."""
+    return engine.generate(prompt.ids, replace(config, heal_bytes=prompt.heal), cancel)
 
 
 def split_at(text: str, line: int, column: int) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from assistant.completion.cache import CompletionCache, context_key
 from assistant.completion.context import ContextCollector, looks_binary
 from assistant.completion.positions import UTF16, offset_at
 from assistant.completion.postprocess import postprocess
-from assistant.completion.prompt import PromptBudget, build_prompt, snippet_text
+from assistant.completion.prompt import PromptBudget, build_prompt, generate, snippet_text
 from assistant.completion.rules import apply_stop_rules, plan
 from assistant.completion.settings import CompletionSettings
 from assistant.completion.stats import ServerStats
@@ -133,9 +133,8 @@ class CompletionService:
             stop_token_ids=tuple(i for i in (tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id) if i is not None),
             stop_strings=the_plan.stop_strings,
             time_cap_s=s.time_cap_ms / 1000,
-            heal_bytes=prompt.heal,
         )
-        result = self.engine.generate(prompt.ids, config, cancel)
+        result = generate(self.engine, prompt, config, cancel)
         if adaptive and result.stop_reason != STOP_CANCELLED:
             self.adaptive.record(k, result.stats)
         if result.stop_reason == STOP_CANCELLED:

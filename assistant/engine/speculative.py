@@ -130,13 +130,13 @@ def decode(
     text = bytearray()  # the new text after the healed bytes (only kept to find stop strings)
     to_heal = config.heal_bytes  # healed bytes not yet written
     healed_left_to_skip = len(to_heal)  # of the new bytes, not part of the new text
+    never_while_healing = tuple(sorted(stop_ids))  # ending inside the healed bytes would lose them
 
     def healing(logits: torch.Tensor) -> torch.Tensor:
         """(R, V) logits restricted to the tokens that agree with the bytes left to heal."""
         if not to_heal:
             return logits
-        excluded = tuple(sorted(stop_ids))  # ending inside the healed bytes would lose them
-        return restrict(logits, allowed_tokens(token_bytes, logits.shape[-1], to_heal, excluded))
+        return restrict(logits, allowed_tokens(token_bytes, logits.shape[-1], to_heal, never_while_healing))
 
     def emit(token: int, head: int) -> str | None:
         """Append one token (drafted by `head`); the stop reason if generation must end here."""

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from assistant.completion.prompt import PromptBudget, build_prompt
+from assistant.completion.prompt import PromptBudget, build_prompt, generate
 from assistant.engine.base import GenerationConfig
 from assistant.evals.sandbox import SandboxLimits, run_program
 
@@ -64,10 +64,9 @@ def run_humaneval(
         # newline, which training text joins to the next line's indent ("\n   ").
         prompt = build_prompt(tokenizer, problem["prompt"], "", PromptBudget(max_tokens=room))
         config = GenerationConfig(
-            max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=STOP_STRINGS,
-            heal_bytes=prompt.heal,
+            max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=STOP_STRINGS
         )
-        generated = engine.generate(prompt.ids, config)
+        generated = generate(engine, prompt, config)
         completion = generated.text
         result.completions[problem["task_id"]] = completion
         result.tokens_per_forward.append(generated.stats.tokens_per_forward)

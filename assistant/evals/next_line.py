@@ -10,11 +10,11 @@ A hit is a generated line equal to the real one, trailing whitespace ignored.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assistant.completion.prompt import PromptBudget, build_prompt
+from assistant.completion.prompt import PromptBudget, build_prompt, generate
 from assistant.engine.base import GenerationConfig
 from assistant.training.corpus import CorpusConfig, build_corpus
 
@@ -73,8 +73,7 @@ def run_next_line(engine: Any, cases: list[LineCase], max_new_tokens: int = 48, 
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=("\n",))
     result = NextLineResult()
     for case in cases:
-        prompt = build_prompt(tokenizer, case.prefix, case.suffix, budget)
-        generated = engine.generate(prompt.ids, replace(config, heal_bytes=prompt.heal)).text
+        generated = generate(engine, build_prompt(tokenizer, case.prefix, case.suffix, budget), config).text
         hit = generated.rstrip() == case.line.rstrip()
         result.hits += hit
         result.total += 1

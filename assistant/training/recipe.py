@@ -26,7 +26,7 @@ import sys
 import sysconfig
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models import SHIPPED_MODEL_DIR
@@ -228,7 +228,7 @@ CARD_EXAMPLES: tuple[str, ...] = (
 
 
 def _card_examples(engine) -> list[dict[str, str]]:
-    from assistant.completion.prompt import PromptBudget, build_prompt
+    from assistant.completion.prompt import PromptBudget, build_prompt, generate
     from assistant.engine.base import GenerationConfig
 
     budget = PromptBudget(max_tokens=engine.max_seq_len - 64 - engine.n_future - 1)
@@ -236,8 +236,7 @@ def _card_examples(engine) -> list[dict[str, str]]:
     examples = []
     for case in CARD_EXAMPLES:
         prefix, suffix = case.split("|")
-        prompt = build_prompt(engine.tokenizer, prefix, suffix, budget)
-        result = engine.generate(prompt.ids, replace(config, heal_bytes=prompt.heal))
+        result = generate(engine, build_prompt(engine.tokenizer, prefix, suffix, budget), config)
         examples.append({"prefix": prefix, "suffix": suffix, "completion": result.text})
     return examples
 

@@ -7,7 +7,7 @@ import codecs
 import threading
 from dataclasses import dataclass
 
-from assistant.completion.prompt import PromptBudget, build_prompt, split_at
+from assistant.completion.prompt import PromptBudget, build_prompt, generate, split_at
 from assistant.engine.base import DecodeStats, GenerationConfig
 
 
@@ -59,9 +59,8 @@ def complete_at(
         k=k,
         stop_token_ids=(engine.tokenizer.eot_id,),
         stop_strings=() if multiline else ("\n",),
-        heal_bytes=prompt.heal,
     )
-    result = engine.generate(prompt.ids, config, cancel)
+    result = generate(engine, prompt, config, cancel)
     heads = result.token_heads or [1] * len(result.tokens)
     pieces = token_pieces(engine.tokenizer, result.tokens, heads, result.text, prompt.heal)
     return Completion(result.text, pieces, result.stats, result.stop_reason, engine.n_future, engine_name(engine))
