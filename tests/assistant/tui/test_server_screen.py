@@ -63,7 +63,11 @@ async def test_server_stats_are_shown_and_refreshed(home):
         detail = app.screen.query_one("#server-detail").plain
         assert "p95 48.2" in detail and "h2 0.80" in detail and "3 hits (25%)" in detail
 
-        live.write_text(json.dumps(stats(os.getpid(), requests=13, latency_ms={"p50": 19.0, "p95": None, "p99": None})))
+        # Replaced atomically, as the server does: a plain rewrite can be read half-written by
+        # the screen's reader thread, which then skips the file and shows no row for a moment.
+        update = live.with_suffix(".tmp")
+        update.write_text(json.dumps(stats(os.getpid(), requests=13, latency_ms={"p50": 19.0, "p95": None, "p99": None})))
+        os.replace(update, live)
         await wait_for(pilot, lambda: table.get_row_at(0)[3] == "13", what="the refresh")
         assert table.get_row_at(0)[5] == "-"
 
