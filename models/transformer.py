@@ -64,12 +64,23 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotation[None, :, None, :]).flatten(-2).type_as(x)
 
 
+# A cached forward of at most this many new tokens is a decoding step (a verify step, or the
+# few typed-ahead tokens of a reused prompt); see LayerCache.step_equivalent.
+MAX_STEP_ROWS = 16
+
+
 @dataclass
 class LayerCache:
     """Keys and values of one block, written in place at absolute positions."""
 
     k: torch.Tensor  # (B, max_len, n_kv_heads, hd)
     v: torch.Tensor  # (B, max_len, n_kv_heads, hd)
+    # Attend each new token of a step (up to MAX_STEP_ROWS after a cached prefix) with its own
+    # attention call, exactly the call a 1-token step makes: the fused masked kernel rounds a
+    # token's output differently from the 1-query kernel. With matmuls whose rows do not
+    # depend on the batch's row count (CPU bf16/fp16; not CPU fp32, see BENCHMARKS.md), a
+    # token then gets the same bits in a k-token verify step as in plain decoding.
+    step_equivalent: bool = False
 
 
 class KVCache:
@@ -79,12 +90,18 @@ class KVCache:
     forward simply writes over them (attention never looks past its own position).
     """
 
-    def __init__(self, config: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+    def __init__(
+        self, config: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32, step_equivalent=False
+    ):
         n_blocks = config.n_layers  # trunk + every head's block
         shape = (batch, max_len, config.kv_heads, config.head_dim)
         self.max_len = max_len
         self.layers = [
-            LayerCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+            LayerCache(
+                torch.zeros(shape, device=device, dtype=dtype),
+                torch.zeros(shape, device=device, dtype=dtype),
+                step_equivalent,
+            )
             for _ in range(n_blocks)
         ]
 
@@ -126,7 +143,12 @@ class Attention(nn.Module):
             v = v.repeat_interleave(repeat, dim=2)
 
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T or S, hd)
-        if start_pos == 0:
+        if cache is not None and cache.step_equivalent and start_pos > 0 and 1 < T <= MAX_STEP_ROWS:
+            # token t sees the cached positions and itself: keys 0..start_pos + t
+            seen = [start_pos + t + 1 for t in range(T)]  # token t sees keys 0..start_pos + t
+            rows = [F.scaled_dot_product_attention(q[:, :, t : t + 1], k[:, :, :n], v[:, :, :n]) for t, n in enumerate(seen)]
+            out = torch.cat(rows, dim=2)  # (B, H, T, hd)
+        elif start_pos == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif T == 1:  # one new token sees every cached position
             out = F.scaled_dot_product_attention(q, k, v)
@@ -241,7 +263,9 @@ class MTPTransformer(nn.Module):
         z = self.trunk(tokens)
         return torch.stack([self.output(self.head_hidden(z, head)) for head in heads], dim=1)
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+    def new_cache(
+        self, batch: int = 1, max_len: int | None = None, device=None, dtype=None, step_equivalent: bool = False
+    ) -> KVCache:
         param = self.output.weight
         return KVCache(
             self.config,
@@ -249,6 +273,7 @@ class MTPTransformer(nn.Module):
             max_len or self.config.max_seq_len,
             device=device or param.device,
             dtype=dtype or param.dtype,
+            step_equivalent=step_equivalent,
         )
 
     def forward_hidden(

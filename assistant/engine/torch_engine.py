@@ -29,8 +29,10 @@ class _TorchStepOutput:
 
     def next_logits(self, start: int = 0) -> torch.Tensor:
         # Only the rows asked for: a prefill needs its last position's logits, not a
-        # (T, V) product for every prompt position.
-        return self._logits(self.hidden[0, start:])  # (T - start, V)
+        # (T, V) product for every prompt position. One product per row: that is what a
+        # plain step computes, and a k-row product rounds differently (fp32 matmuls pick
+        # another kernel for 1, 2, 3 and 4+ rows), which can flip a near-tie.
+        return torch.cat([self._logits(row) for row in self.hidden[0, start:].split(1)])  # (T - start, V)
 
     def draft_logits(self, index: int) -> torch.Tensor:
         return self._logits(self.hidden[1:, index])  # (k - 1, V)
@@ -59,6 +61,10 @@ class TorchEngine:
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
+        # Half-precision CPU matmuls give a row the same bits whatever the batch's row count
+        # (measured; fp32 ones do not), so there a verify step's rows are plain steps' rows
+        # once each token's attention is its own call (see LayerCache.step_equivalent).
+        self._step_equivalent = dtype in (torch.bfloat16, torch.float16)
         weight = self.model.output.weight.detach()
         self._unembedding = weight.to(compute_dtype(weight.dtype))
         self.tokenizer = tokenizer
@@ -87,7 +93,7 @@ class TorchEngine:
         k = min(config.k or self.n_future, self.n_future)
         with self._lock:
             if self._cache is None:
-                self._cache = self.model.new_cache(batch=1)
+                self._cache = self.model.new_cache(batch=1, step_equivalent=self._step_equivalent)
             reusable = config.reuse_prefix and self._cache_k == k
             # At least the last prompt token is fed again: its logits start the decoding.
             start = min(common_prefix_length(prompt, self._cached), len(prompt) - 1) if reusable else 0

@@ -103,3 +103,25 @@ def test_bad_head_index():
     model = tiny()
     with pytest.raises(ValueError, match="head 3 out of range"):
         model(torch.zeros(1, 4, dtype=torch.long), heads=(3,))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_step_equivalent_cache_gives_verified_tokens_the_bits_of_plain_steps(dtype):
+    """With a step-equivalent cache, k tokens fed in one cached forward get bit for bit the
+    hidden states (every head) that k 1-token forwards give them. Without it the fused masked
+    attention kernel rounds differently: rows differ here in both dtypes on the dev machine."""
+    torch.manual_seed(3)
+    config = ModelConfig(dim=64, n_layers=6, n_heads=4, vocab_size=261, n_future_tokens=4, max_seq_len=128)
+    model = MTPTransformer(config).eval().to(dtype)
+    tokens = torch.randint(0, 261, (1, 60), generator=torch.Generator().manual_seed(0))
+    heads = range(4)
+    with torch.inference_mode():
+        for start in range(30, 40):
+            stepped = model.new_cache(step_equivalent=True)
+            model.forward_hidden(tokens[:, :start], 0, stepped, heads)  # prefill
+            steps = [model.forward_hidden(tokens[:, p : p + 1], p, stepped, heads)[0, :, 0] for p in range(start, start + 4)]
+            verified = model.new_cache(step_equivalent=True)
+            model.forward_hidden(tokens[:, :start], 0, verified, heads)
+            block = model.forward_hidden(tokens[:, start : start + 4], start, verified, heads)[0]  # (heads, 4, D)
+            for t in range(4):
+                assert torch.equal(block[:, t], steps[t]), (start, t)
