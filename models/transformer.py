@@ -144,7 +144,6 @@ class Attention(nn.Module):
 
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T or S, hd)
         if cache is not None and cache.step_equivalent and start_pos > 0 and 1 < T <= MAX_STEP_ROWS:
-            # token t sees the cached positions and itself: keys 0..start_pos + t
             seen = [start_pos + t + 1 for t in range(T)]  # token t sees keys 0..start_pos + t
             rows = [F.scaled_dot_product_attention(q[:, :, t : t + 1], k[:, :, :n], v[:, :, :n]) for t, n in enumerate(seen)]
             out = torch.cat(rows, dim=2)  # (B, H, T, hd)
