@@ -106,6 +106,10 @@ STAGES: tuple[Stage, ...] = (
         "--seq-len", "384", "--batch-size", "12", "--lr", "2e-3", "--warmup", "100", "--window-lanes", "0",
         "--eval-every", "250", "--checkpoint-every", "50", "--seed", "2", "--steps", "2800",
     )),
+    Stage(threads=2, args=(
+        "--seq-len", "384", "--batch-size", "12", "--lr", "2e-3", "--warmup", "100", "--window-lanes", "0",
+        "--eval-every", "250", "--checkpoint-every", "50", "--seed", "3", "--steps", "2400",
+    )),
 )
 
 
