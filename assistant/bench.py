@@ -100,16 +100,18 @@ class BenchResult:
         base = f" | speedup vs {self.baseline} k=1 (median)" if self.baseline else ""
         lines = [
             "| engine | k | tokens/forward (median) | implied by head accuracy | tokens/s (median) "
-            "| decode-only tokens/s (median) | speedup vs k=1 (median) "
+            "| decode-only tokens/s (median) | speedup vs k=1 (median) | decode step cost vs k=1 (median) "
             f"| acceptance per draft head | time outside the model{base} |",
-            "|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
         ]
         for r in self.rows:
             acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
             implied = f"{r['implied_tokens_per_forward']:.2f}" if self.head_accuracy else "-"
+            step_cost = f"{r['step_cost']:.2f}x" if r.get("step_cost") is not None else "-"
             lines.append(
                 f"| {r['engine']} | {r['k']} | {r['tokens_per_forward']:.2f} | {implied} | "
-                f"{r['tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {acceptance} | {r['loop_overhead']:.1%} |"
+                f"{r['tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {step_cost} | "
+                f"{acceptance} | {r['loop_overhead']:.1%} |"
                 + (f" {r['speedup_vs_baseline']:.2f}x |" if base else "")
             )
         return "\n".join(lines)
@@ -154,7 +156,8 @@ def run_bench(
                 generate(eng, prompt, k)
 
     per_k: dict[tuple[str, int], dict[str, list[float]]] = {
-        (label, k): {"tpf": [], "tps": [], "dtps": [], "speedup": [], "acc": [], "overhead": [], "vs_base": []}
+        (label, k): {"tpf": [], "tps": [], "dtps": [], "speedup": [], "step_cost": [], "acc": [], "overhead": [],
+                     "vs_base": []}
         for label in engines for k in ks
     }
     hits = [0] * n
@@ -177,6 +180,11 @@ def run_bench(
                 data["tps"].append(s.tokens_per_s)
                 data["dtps"].append(s.new_tokens / s.decode_s if s.decode_s > 0 else 0.0)
                 data["speedup"].append(plain.stats.wall_s / s.wall_s)
+                # What one decoding forward costs next to a plain one: k breaks even at that
+                # many tokens per forward (the prefill is the first forward of every run).
+                if s.forward_passes > 1 and plain.stats.forward_passes > 1 and plain.stats.decode_s > 0:
+                    step = s.decode_s / (s.forward_passes - 1)
+                    data["step_cost"].append(step / (plain.stats.decode_s / (plain.stats.forward_passes - 1)))
                 data["acc"].append(s.acceptance)
                 data["overhead"].append(s.loop_overhead)
                 if base_time is not None:
@@ -207,6 +215,7 @@ def run_bench(
                 "tokens_per_s": statistics.median(data["tps"]),  # prefill included
                 "decode_tokens_per_s": statistics.median(data["dtps"]),  # after the prefill
                 "speedup": statistics.median(data["speedup"]),
+                "step_cost": statistics.median(data["step_cost"]) if data["step_cost"] else None,
                 "acceptance": acceptance,
                 "loop_overhead": statistics.median(data["overhead"]),
             }

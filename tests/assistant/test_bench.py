@@ -37,6 +37,7 @@ def test_run_bench_on_a_trained_model(trained_model):
     assert result.mismatches == 0
     assert [r["k"] for r in result.rows] == [1, 2, 3, 4]
     assert result.rows[0]["tokens_per_forward"] == 1.0 and result.rows[0]["speedup"] == 1.0
+    assert result.rows[0]["step_cost"] == 1.0 and all(r["step_cost"] > 0 for r in result.rows)
     assert result.rows[-1]["tokens_per_forward"] > 1.2
     assert len(result.head_accuracy) == 4 and result.head_accuracy[0] == 1.0  # head 1 made the continuation
     assert "| 4 |" in result.table()
