@@ -181,10 +181,9 @@ def run_bench(
                 data["dtps"].append(s.new_tokens / s.decode_s if s.decode_s > 0 else 0.0)
                 data["speedup"].append(plain.stats.wall_s / s.wall_s)
                 # What one decoding forward costs next to a plain one: k breaks even at that
-                # many tokens per forward (the prefill is the first forward of every run).
-                if s.forward_passes > 1 and plain.stats.forward_passes > 1 and plain.stats.decode_s > 0:
-                    step = s.decode_s / (s.forward_passes - 1)
-                    data["step_cost"].append(step / (plain.stats.decode_s / (plain.stats.forward_passes - 1)))
+                # many tokens per forward.
+                if s.decode_step_s > 0 and plain.stats.decode_step_s > 0:
+                    data["step_cost"].append(s.decode_step_s / plain.stats.decode_step_s)
                 data["acc"].append(s.acceptance)
                 data["overhead"].append(s.loop_overhead)
                 if base_time is not None:

@@ -63,6 +63,11 @@ class DecodeStats:
         return self.new_tokens / self.forward_passes if self.forward_passes else 0.0
 
     @property
+    def decode_step_s(self) -> float:
+        """Mean time of a decoding forward (every forward after the prefill); 0 if none."""
+        return self.decode_s / (self.forward_passes - 1) if self.forward_passes > 1 else 0.0
+
+    @property
     def acceptance(self) -> list[float]:
         """Fraction of drafts accepted at each draft position (head 2 first)."""
         return [a / p if p else 0.0 for a, p in zip(self.draft_accepted, self.draft_proposed)]
