@@ -83,6 +83,10 @@ def _add_train_parser(sub) -> None:
         "--window-lanes", type=int, default=0,
         help="documents read side by side, one batch row each in turn (0: one per row; 1: consecutive windows)",
     )
+    o.add_argument(
+        "--data-workers", type=int, default=0,
+        help="processes tokenizing the next epoch ahead of training (0: in the loop; a GPU run wants many)",
+    )
     o.add_argument("--checkpoint-every", type=int, default=100)
     o.add_argument("--eval-every", type=int, default=100)
     o.add_argument("--seed", type=int, default=0)
@@ -132,6 +136,7 @@ def cmd_train(args) -> int:
             fim_rate=args.fim_rate,
             spm_rate=args.spm_rate,
             window_lanes=args.window_lanes,
+            data_workers=args.data_workers,
             checkpoint_every=args.checkpoint_every,
             eval_every=args.eval_every,
             seed=args.seed,

@@ -8,7 +8,10 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import array
+import multiprocessing
 import random
+from multiprocessing.pool import AsyncResult, Pool
 from typing import Any, Sequence
 
 import torch
@@ -26,6 +29,10 @@ class WindowStream:
     `next_windows` takes its rows from the lanes in turn. With one lane a batch is a run of
     consecutive windows, mostly of one file; with one lane per row each row comes from a
     different file, so a small CPU batch is not one file's gradient.
+
+    With `workers` > 0 a pool of that many processes tokenizes a whole epoch's documents
+    ahead of time (the next epoch while this one is read): a GPU step eats windows faster
+    than one Python process tokenizes them. The windows are the same either way.
     """
 
     def __init__(
@@ -37,6 +44,7 @@ class WindowStream:
         seed: int,
         fim: FimConfig = FimConfig(),
         lanes: int = 1,
+        workers: int = 0,
     ):
         if not texts:
             raise ValueError("no training documents")
@@ -55,6 +63,11 @@ class WindowStream:
         self.next_lane = 0
         self._order: list[int] = []
         self._order_epoch = -1
+        # Prefetching (workers > 0): epoch -> its documents' tokens, uint16 bytes by document index.
+        self.workers = workers
+        self._pool: Pool | None = None
+        self._pending: dict[int, AsyncResult] = {}
+        self._epoch_tokens: tuple[int, list[bytes]] | None = None
 
     def _epoch_order(self, epoch: int) -> list[int]:
         # Cached: shuffling every document's index costs O(documents) and used to be redone
@@ -68,12 +81,41 @@ class WindowStream:
     def _next_document(self) -> list[int]:
         order = self._epoch_order(self.epoch)
         doc = order[self.doc_cursor]
-        rng = random.Random(f"{self.seed}:fim:{self.epoch}:{doc}")
-        tokens = document_tokens(self.texts[doc], self.tokenizer, rng, self.fim)
+        if self.workers:
+            tokens = array.array("H", self._prefetched(self.epoch)[doc]).tolist()
+        else:
+            tokens = _tokenize(self.texts[doc], self.tokenizer, self.seed, self.epoch, doc, self.fim)
         self.doc_cursor += 1
         if self.doc_cursor == len(order):
             self.epoch, self.doc_cursor = self.epoch + 1, 0
         return tokens
+
+    def _prefetched(self, epoch: int) -> list[bytes]:
+        """Every document's tokens for `epoch`; starts tokenizing the next epoch in the background."""
+        if self._epoch_tokens is None or self._epoch_tokens[0] != epoch:
+            if self._pool is None:
+                if self.tokenizer.vocab_size > 2**16:
+                    raise ValueError("prefetching stores tokens as uint16: vocabulary too large")
+                # Forked workers inherit the texts and the tokenizer instead of unpickling them.
+                global _WORKER_STREAM
+                _WORKER_STREAM = self
+                self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            pending = self._pending.pop(epoch, None) or self._submit(epoch)
+            self._epoch_tokens = (epoch, pending.get())
+            self._pending = {epoch + 1: self._submit(epoch + 1)}
+        return self._epoch_tokens[1]
+
+    def _submit(self, epoch: int) -> AsyncResult:
+        assert self._pool is not None
+        jobs = [(epoch, doc) for doc in range(len(self.texts))]
+        return self._pool.map_async(_tokenize_in_worker, jobs, chunksize=max(1, len(jobs) // (self.workers * 16)))
+
+    def close(self) -> None:
+        """Stop the prefetching workers (a no-op without them)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+            self._pending = {}
 
     def next_windows(self, count: int) -> torch.Tensor:
         """The next `count` windows: (count, seq_len + n_future) int64."""
@@ -103,6 +145,24 @@ class WindowStream:
         self.doc_cursor = int(state["doc_cursor"])
         self.next_lane = int(state["next_lane"])
         self.buffers = [[int(t) for t in state[f"buffer.{lane}"].tolist()] for lane in range(lanes)]
+
+
+def _tokenize(text: str, tokenizer: Any, seed: int, epoch: int, doc: int, fim: FimConfig) -> list[int]:
+    """A document's tokens in one epoch: a pure function of (seed, epoch, doc) and the text."""
+    rng = random.Random(f"{seed}:fim:{epoch}:{doc}")
+    return document_tokens(text, tokenizer, rng, fim)
+
+
+# The stream a forked prefetch worker reads its texts and tokenizer from.
+_WORKER_STREAM: WindowStream | None = None
+
+
+def _tokenize_in_worker(job: tuple[int, int]) -> bytes:
+    epoch, doc = job
+    stream = _WORKER_STREAM
+    assert stream is not None
+    tokens = _tokenize(stream.texts[doc], stream.tokenizer, stream.seed, epoch, doc, stream.fim)
+    return array.array("H", tokens).tobytes()
 
 
 def evaluation_windows(

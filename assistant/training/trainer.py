@@ -76,6 +76,9 @@ class TrainConfig:
     # Independent document cursors a batch's rows are drawn from in turn (see WindowStream);
     # 0 = one per sequence of the (micro-)batch.
     window_lanes: int = 0
+    # Processes that tokenize the next epoch ahead of the training loop (0: tokenize in the
+    # loop, enough for a CPU run; a GPU run needs many). The windows are the same either way.
+    data_workers: int = 0
     # Bookkeeping.
     checkpoint_every: int = 100
     eval_every: int = 100
@@ -101,6 +104,7 @@ class TrainConfig:
             "preset": self.preset in PRESETS,
             "val_fraction": 0 <= self.val_fraction < 1,
             "window_lanes": self.window_lanes >= 0,
+            "data_workers": self.data_workers >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -199,13 +203,14 @@ def _build_model(config: TrainConfig, corpus: Corpus, device: torch.device) -> R
     return RunParts(model, tokenizer, trainable, provenance)
 
 
-def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # Decay matrices only; norms' gains stay free.
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    # One fused kernel on a GPU instead of a few per parameter (a small model's step is launch-bound).
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=device.type == "cuda")
 
 
 # --- checkpoints ---
@@ -296,11 +301,12 @@ def train(
     model, tokenizer = parts.model, parts.tokenizer
     if show_progress and world.is_main:
         print(describe_run(corpus, model, tokenizer), file=sys.stderr)
-    optimizer = _optimizer(parts.trainable, config)
+    optimizer = _optimizer(parts.trainable, config, device)
     fim = FimConfig(rate=config.fim_rate, spm_rate=config.spm_rate)
     lanes = config.window_lanes or config.batch_size // config.grad_accum
     stream = WindowStream(
-        [f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim, lanes=lanes
+        [f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim, lanes=lanes,
+        workers=config.data_workers,
     )
     val_texts = [f.text for f in corpus.val] or [f.text for f in corpus.train]  # a one-file repo validates on itself
     val_windows = evaluation_windows(val_texts, tokenizer, config.seq_len, model.n_future, config.eval_windows)
@@ -385,6 +391,7 @@ def train(
                 if on_step is not None:
                     on_step(done, record)
     finally:
+        stream.close()
         metrics.close()
         shutdown(world)
 

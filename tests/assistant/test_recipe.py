@@ -79,3 +79,47 @@ def test_train_stages_chains_the_stages_and_starts_after_the_last_finished_one(t
     weights = (final / "model.safetensors").stat().st_mtime_ns
     assert recipe.train_stages(data, runs) == final
     assert not (runs / "stage-1").exists() and (final / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_a_time_boxed_stage_gets_the_steps_that_fit_and_records_them(tmp_path, code_repo, monkeypatch):
+    from assistant.training import recipe
+
+    stage = recipe.Stage(threads=1, args=(
+        "--tokenizer", "bpe", "--vocab-size", "300", "--dim", "32", "--n-layers", "4", "--n-heads", "2",
+        "--n-future", "4", "--seq-len", "48", "--batch-size", "2", "--eval-every", "1000",
+        "--checkpoint-every", "1000", "--device", "cpu", "--data-workers", "2", "--steps", "1000",
+    ))
+    monkeypatch.setattr(recipe, "STAGES", (stage,))
+    monkeypatch.setattr(recipe, "fitting_steps", lambda s, seconds: 3 if s is stage and seconds == 7 else 0)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train").symlink_to(code_repo)
+
+    final = recipe.train_stages(data, tmp_path / "runs", seconds=7)
+    config = json.loads((final.parent / "train_config.json").read_text())
+    assert config["steps"] == 3 and config["data_workers"] == 2 and (final / "model.safetensors").is_file()
+
+
+def test_fitting_steps_measures_the_stage_shape_on_its_device():
+    from assistant.training import recipe
+
+    stage = recipe.Stage(threads=1, args=(
+        "--vocab-size", "300", "--dim", "32", "--n-layers", "4", "--n-heads", "2", "--n-future", "2",
+        "--seq-len", "32", "--batch-size", "2", "--device", "cpu", "--steps", "1",
+    ))
+    few, many = recipe.fitting_steps(stage, 0.001), recipe.fitting_steps(stage, 1000.0)
+    assert few == 1 and many > 100  # a step of this toy takes milliseconds
+
+
+def test_a_gpu_stage_on_a_machine_without_one_says_so(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from assistant.training import recipe
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(recipe, "STAGES", (recipe.Stage(threads=1, device="cuda", args=("--steps", "1")),))
+    with pytest.raises(SystemExit, match="NVIDIA GPU"):
+        recipe.train_stages(tmp_path / "data", tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -76,3 +76,19 @@ def test_documents_follow_each_epochs_seeded_shuffle():
         expected += [TEXTS[i][0] for i in order]
     assert read == expected[:25]
     assert read[:10] != read[10:20]  # the epochs really differ
+
+
+def test_prefetching_workers_give_the_same_windows_across_epochs_and_a_resume():
+    fim = FimConfig(rate=0.5, spm_rate=0.5)  # the FIM draws must match too
+    plain = WindowStream(TEXTS, ByteTokenizer(), seq_len=16, n_future=2, seed=3, fim=fim, lanes=4)
+    prefetching = WindowStream(TEXTS, ByteTokenizer(), seq_len=16, n_future=2, seed=3, fim=fim, lanes=4, workers=2)
+    resumed = WindowStream(TEXTS, ByteTokenizer(), seq_len=16, n_future=2, seed=3, fim=fim, lanes=4, workers=2)
+    try:
+        expected = plain.next_windows(100)  # 100 x 16 tokens: three epochs of 10 x ~51 tokens
+        first = prefetching.next_windows(50)
+        resumed.load_state_dict(prefetching.state_dict())
+        assert torch.equal(torch.cat([first, resumed.next_windows(50)]), expected)
+        assert torch.equal(prefetching.next_windows(50), expected[50:])
+    finally:
+        prefetching.close()
+        resumed.close()
