@@ -68,7 +68,8 @@ def _add_train_parser(sub) -> None:
     f.add_argument("--base", metavar="MODEL", help="start from this model (path or store name)")
     f.add_argument("--finetune", choices=("full", "heads"), default="full", help="train every weight or the heads only")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=1000)
+    o.add_argument("--steps", type=int, default=1000, help="length of the learning-rate schedule")
+    o.add_argument("--stop-after", type=int, metavar="STEPS", help="end the run after this many steps of the schedule")
     o.add_argument("--batch-size", type=int, default=8)
     o.add_argument("--grad-accum", type=int, default=1)
     o.add_argument("--seq-len", type=int, default=256)
@@ -125,6 +126,7 @@ def cmd_train(args) -> int:
             tokenizer=args.tokenizer,
             bpe_vocab_size=args.vocab_size,
             steps=args.steps,
+            stop_after=args.stop_after,
             batch_size=args.batch_size,
             grad_accum=args.grad_accum,
             seq_len=args.seq_len,

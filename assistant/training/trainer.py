@@ -58,7 +58,10 @@ class TrainConfig:
     tokenizer: str = "byte"  # "byte" or "bpe" (from scratch only)
     bpe_vocab_size: int = 4096
     # Optimisation.
-    steps: int = 1000
+    steps: int = 1000  # the length of the learning-rate schedule
+    # End the run after this many steps of the schedule (None: all of them): what a
+    # time-boxed run that was cut short shipped, so that the recipe can say so exactly.
+    stop_after: int | None = None
     batch_size: int = 8  # sequences per optimizer step, over all ranks and micro-batches
     grad_accum: int = 1
     seq_len: int = 256
@@ -89,6 +92,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = {
             "steps": self.steps > 0,
+            "stop_after": self.stop_after is None or 0 < self.stop_after <= self.steps,
             "batch_size": self.batch_size > 0,
             "grad_accum": self.grad_accum > 0 and self.batch_size % self.grad_accum == 0,
             "seq_len": self.seq_len > 0,
@@ -325,12 +329,13 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / TRAIN_CONFIG_FILE, (json.dumps(config.to_json(), indent=2) + "\n").encode())
     metrics = MetricsWriter(out / METRICS_FILE, enabled=world.is_main, truncate_after_step=start_step)
-    progress = ProgressReporter(config.steps, start_step, enabled=show_progress and world.is_main)
+    last_step = config.stop_after or config.steps
+    progress = ProgressReporter(last_step, start_step, enabled=show_progress and world.is_main)
     local_batch = config.batch_size // (world.size * config.grad_accum)
 
     try:
         with progress:
-            for step in range(start_step, config.steps):
+            for step in range(start_step, last_step):
                 t0 = time.perf_counter()
                 lr = learning_rate(step, config)
                 for group in optimizer.param_groups:
@@ -371,7 +376,7 @@ def train(
                 }
                 metrics.write(record)
                 done = step + 1
-                if done % config.eval_every == 0 or done == config.steps:
+                if done % config.eval_every == 0 or done == last_step:
                     val = evaluate(model, val_windows, autocast=autocast)
                     val_record = {
                         "step": done,
@@ -383,7 +388,7 @@ def train(
                     }
                     metrics.write(val_record)
                     progress.note(val_record)
-                if world.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
+                if world.is_main and (done % config.checkpoint_every == 0 or done == last_step):
                     _save_checkpoint(
                         out, parts, optimizer, stream, done, parts.provenance, config.batch_size * config.seq_len
                     )

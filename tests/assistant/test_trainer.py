@@ -68,6 +68,31 @@ def test_resume_matches_an_uninterrupted_run(code_repo, tmp_path):
     )
 
 
+def test_stop_after_ends_a_run_at_that_step_of_the_longer_schedule(code_repo, tmp_path):
+    """A run cut short keeps the longer run's schedule: its weights are that run's at the step."""
+
+    class Halt(Exception):
+        pass
+
+    def halt_after_4(step, record):
+        if step == 4:
+            raise Halt
+
+    full = config(code_repo, tmp_path / "full", steps=8, checkpoint_every=4)
+    with pytest.raises(Halt):  # the step-4 checkpoint of an 8-step schedule
+        train(full, on_step=halt_after_4, show_progress=False)
+    short = train(config(code_repo, tmp_path / "short", steps=8, stop_after=4, checkpoint_every=4), show_progress=False)
+
+    a = load_model(tmp_path / "full" / "checkpoint").model.state_dict()
+    b = load_model(short).model.state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    records = read_metrics(tmp_path / "short" / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    assert records[-1]["split"] == "val" and records[-1]["step"] == 4  # the end of a run is evaluated
+    with pytest.raises(TrainError, match="stop_after"):
+        config(code_repo, tmp_path / "bad", steps=8, stop_after=9)
+
+
 def test_finetune_heads_only_leaves_the_trunk_alone(code_repo, tmp_path):
     base = train(config(code_repo, tmp_path / "base", steps=3), show_progress=False)
     tuned = train(
