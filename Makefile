@@ -43,9 +43,10 @@ bench-decode: setup
 	$(VENV)/bin/mtp-assistant bench --model $(BENCH_MODEL)/model --max-new 128 --out $(BENCH_MODEL)/bench.json
 
 # The shipped default model (models/default), rebuilt from nothing: gather the pinned
-# corpus, train in stages (BPE tokenizer included; see STAGES in the recipe), copy the last
-# stage's model into models/default, export its llama.cpp (GGUF q8_0) files and measure its
-# card (held-out heads, next-line exact match, HumanEval, speed in both engines).
+# corpus, train in stages (BPE tokenizer included; see STAGES in the recipe: the shipped stage
+# needs an NVIDIA GPU and torch's CUDA build, see the recipe's docstring for training on another
+# machine), copy the last stage's model into models/default, export its llama.cpp (GGUF q8_0)
+# files and measure its card (held-out heads, next-line exact match, HumanEval, speed in both engines).
 DEFAULT_DATA ?= runs/default-data
 DEFAULT_RUNS ?= runs/default-stages
 default-model: setup

@@ -10,6 +10,12 @@ Training comes in stages so that the model can grow across sessions: each stage 
 first starts from the previous stage's model with a fresh learning-rate schedule, and a
 stage that was interrupted resumes from its last checkpoint.
 
+The shipped stage trains on an NVIDIA GPU (minutes there; days on a laptop CPU). Where the GPU
+is another machine, as when this project was lent one for a few minutes: `gather` here, copy
+DATA/train there, run `python -m assistant.training.recipe train DATA RUNS` with that
+machine's CUDA build of torch (`--seconds S` fits a fresh schedule into S seconds of training),
+copy RUNS/stage-1 back and `ship` here (the card's CPU measurements belong to this machine).
+
 Sources are the running Python's standard library (PSF license) and the source of
 permissively licensed packages fetched as pinned wheels from the package registry.
 Held-out packages go to DATA/heldout and are never trained on; the model card's
@@ -312,6 +318,7 @@ def _stage_summary(run_dir: Path) -> dict:
         "run": run_dir.name,
         "base_model": train_config.get("base_model"),
         "steps": steps,
+        "schedule_steps": train_config["steps"],  # more than steps: a run stopped early (--stop-after)
         "tokens_seen": steps * train_config["batch_size"] * train_config["seq_len"],
         "wall_hours": (train_records[-1]["time"] - train_records[0]["time"]) / 3600,
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_records),
@@ -403,7 +410,10 @@ def ship(stage_dirs: list[Path], data_dir: Path, dest: Path = SHIPPED_MODEL_DIR,
 def _stage_row(number: int, stage: dict) -> str:
     val = f"{stage['final_val']['loss_per_head'][0]:.3f}" if stage["final_val"] else "-"
     rows_from = "consecutive windows" if stage["window_lanes"] == 1 else "one file per row"
-    return (f"| {number} | {stage['steps']} | {stage['tokens_seen'] / 1e6:.1f}M | {stage['wall_hours']:.2f} | "
+    steps = stage["steps"]
+    if stage.get("schedule_steps", steps) != steps:
+        steps = f"{steps} of {stage['schedule_steps']}"
+    return (f"| {number} | {steps} | {stage['tokens_seen'] / 1e6:.1f}M | {stage['wall_hours']:.2f} | "
             f"{stage.get('hardware') or '?'} | {stage['threads'] or '?'} | {stage['median_tokens_per_s']:.0f} | {stage['lr']} | {stage['seed']} | "
             f"{rows_from} | {val} |")
 
