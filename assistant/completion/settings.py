@@ -23,7 +23,7 @@ class CompletionSettings:
     model: str | None = None  # model directory or store name; None: the store's default
     engine: str = "auto"  # auto: llama.cpp where the model has its files, else torch
     max_tokens: int = 48  # new tokens per completion
-    multiline: str = "auto"  # auto: multi-line after a block opener; always; never
+    multiline: str = "auto"  # auto: multi-line after a block opener or an opening """; always; never
     max_lines: int = 8  # lines in a multi-line completion
     time_cap_ms: int = 400  # generation stops after this long (between forward passes)
     context_tokens: int = 768  # prompt tokens in all: prefix + suffix + snippets

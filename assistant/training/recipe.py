@@ -277,7 +277,7 @@ def gather(data_dir: Path) -> dict:
 
 
 # Ten easy cases for the card, written down before any output of the model was seen.
-# "|" marks the cursor; the completion is decoded greedily up to the end of the line.
+# "|" marks the cursor; the completion is what the language server would show there.
 CARD_EXAMPLES: tuple[str, ...] = (
     'print("hello, world"|\n',
     "import os\nimport sys\n\n\ndef main():\n    args = sys.argv[1:]\n    for arg in args:\n        |\n",
@@ -293,16 +293,16 @@ CARD_EXAMPLES: tuple[str, ...] = (
 
 
 def _card_examples(engine) -> list[dict[str, str]]:
-    from assistant.completion.prompt import PromptBudget, build_prompt, generate
-    from assistant.engine.base import GenerationConfig
+    """What the language server shows at each example's cursor: its prompt, rules and default
+    settings (greedy), without the time cap, so that the card does not depend on the machine."""
+    from assistant.completion.service import CompletionService
+    from assistant.completion.settings import CompletionSettings
 
-    budget = PromptBudget(max_tokens=engine.max_seq_len - 64 - engine.n_future - 1)
-    config = GenerationConfig(max_new_tokens=48, stop_token_ids=(engine.tokenizer.eot_id,), stop_strings=("\n",))
+    service = CompletionService(engine, CompletionSettings(time_cap_ms=600_000, workspace_index=False))
     examples = []
     for case in CARD_EXAMPLES:
         prefix, suffix = case.split("|")
-        result = generate(engine, build_prompt(engine.tokenizer, prefix, suffix, budget), config)
-        examples.append({"prefix": prefix, "suffix": suffix, "completion": result.text})
+        examples.append({"prefix": prefix, "suffix": suffix, "completion": service.complete(prefix, suffix).text})
     return examples
 
 
@@ -483,12 +483,19 @@ def render_card(card: dict) -> str:
         "",
         "## Ten examples (chosen before looking at any output)",
         "",
-        "The cursor is at the end of the text shown; the completion runs to the end of the line (greedy, torch engine, the last token before the cursor healed as in the language server).",
+        "The cursor is at the end of the text shown; the completion is what the language server shows there "
+        "with its default settings (greedy; one line, or several after a block opener or an opened docstring; "
+        "the last token before the cursor healed), from the torch engine.",
         "",
     ]
     for i, example in enumerate(card["examples"], 1):
         shown = example["prefix"].rstrip("\n").split("\n")[-3:]
-        out += [f"{i}. ```", *[f"   {line}" for line in shown], "   ```", f"   -> `{example['completion']}`", ""]
+        out += [f"{i}. ```", *[f"   {line}" for line in shown], "   ```"]
+        completion = example["completion"]
+        if "\n" in completion:
+            out += ["   -> ```", *[f"   {line}" for line in completion.split("\n")], "   ```", ""]
+        else:
+            out += [f"   -> `{completion}`", ""]
     return "\n".join(out) + "\n"
 
 
@@ -510,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--next-line-cases", type=int, default=200)
     c = sub.add_parser("card", help="re-render CARD.md from card.json")
     c.add_argument("model_dir", type=Path, nargs="?", default=SHIPPED_MODEL_DIR)
+    c.add_argument("--examples", action="store_true",
+                   help="first recompute the ten examples (after a change to the completion rules)")
     args = parser.parse_args(argv)
     if args.command == "gather":
         sources = gather(args.data_dir)
@@ -523,7 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: card[k] for k in ("heldout_heads", "next_line", "humaneval")}, indent=1)[:3000])
         print(card["bench_table"])
     elif args.command == "card":
-        (args.model_dir / "CARD.md").write_text(render_card(json.loads((args.model_dir / "card.json").read_text())))
+        card = json.loads((args.model_dir / "card.json").read_text())
+        if args.examples:
+            from assistant.engine import load_engine
+
+            card["examples"] = _card_examples(load_engine(args.model_dir, "torch"))
+            (args.model_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        (args.model_dir / "CARD.md").write_text(render_card(card))
     elif args.command == "train":
         print(train_stages(args.data_dir, args.runs_root, args.seconds))
     return 0

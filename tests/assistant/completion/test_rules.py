@@ -42,3 +42,40 @@ MULTI = Plan(True, 5, ("\n\n",))  # inside a block opened at indent 4
 )
 def test_stop_rules(text, the_plan, max_lines, expected):
     assert apply_stop_rules(text, "", the_plan, max_lines) == expected
+
+
+@pytest.mark.parametrize(
+    "prefix, suffix, docstring",
+    [
+        ('def add(a, b):\n    """', "\n", True),
+        ("    x = r'''", "", True),
+        ('def add(a, b):\n    """Add."""', "\n", False),  # opened and closed: a line of code follows
+        ('def add(a, b):\n    """', '"""\n', False),  # the editor closed the quotes: one line in between
+        ('def add(a, b):\n    """Sum of a and b.\n\n    """', "\n", False),  # this one closes a docstring
+        ('"""', "\n", True),  # a module docstring
+        ('class A:\n    r"""', "\n", True),
+    ],
+)
+def test_plan_after_an_opening_triple_quote_writes_the_docstring(prefix, suffix, docstring):
+    p = plan(prefix, suffix)
+    assert p.docstring == docstring
+    if docstring:
+        assert p.multiline and p.scope_indent == len(prefix.split("\n")[-1]) - len(prefix.split("\n")[-1].lstrip())
+
+
+DOC = Plan(True, 4, ("\n\n",), docstring=True)
+
+
+@pytest.mark.parametrize(
+    "text, max_lines, expected",
+    [
+        ("\n    Add a and b.", 8, "\n    Add a and b."),  # the summary starts on the next line
+        ("\n    Add a and b.\n\n    More.", 8, "\n    Add a and b."),  # a blank line ends it
+        ('Add a and b."""\n    return a + b', 8, 'Add a and b."""'),  # closed on the quotes' line
+        ('\n    Add a\n    and b."""\n    return a + b', 8, '\n    Add a\n    and b."""'),  # the closing line ends it
+        ("\n    a\n    b\n    c", 2, "\n    a"),  # max lines (the first counts)
+        ("\n\n    Later.", 8, ""),  # nothing before the blank line
+    ],
+)
+def test_docstring_stop_rules(text, max_lines, expected):
+    assert apply_stop_rules(text, "", DOC, max_lines) == expected
