@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import multiprocessing
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.pool import AsyncResult, Pool
 from typing import Any, Sequence
 
@@ -182,3 +183,34 @@ def evaluation_windows(
     window = seq_len + n_future
     count = min(max_windows, (len(tokens) - n_future) // seq_len)
     return torch.tensor([tokens[i * seq_len : i * seq_len + window] for i in range(count)], dtype=torch.long)
+
+
+class StepPrefetcher:
+    """Each optimizer step's windows, the next step's made in a thread meanwhile.
+
+    The thread runs while the GPU computes (the loop waits on the device with the GIL
+    released), so a step no longer pays for building its windows. A checkpoint must hold
+    the stream's position before the windows already made for the next step: `take`
+    records it when asked to, between the two.
+    """
+
+    def __init__(self, stream: WindowStream, micro_batches: int, rows: int):
+        self.stream, self.micro_batches, self.rows = stream, micro_batches, rows
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="windows")
+        self._next: Future | None = None
+        self.saved_state: dict[str, Any] | None = None
+
+    def _make(self) -> list[torch.Tensor]:
+        return [self.stream.next_windows(self.rows) for _ in range(self.micro_batches)]
+
+    def take(self, save_state: bool = False) -> list[torch.Tensor]:
+        """This step's micro-batches, each (rows, seq_len + n_future); with `save_state`,
+        `saved_state` is the stream's position after them (what a checkpoint now saves)."""
+        batches = self._next.result() if self._next is not None else self._make()
+        if save_state:
+            self.saved_state = self.stream.state_dict()
+        self._next = self._executor.submit(self._make)
+        return batches
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -25,7 +25,7 @@ import torch
 
 from assistant.fim import FimConfig
 from assistant.training.corpus import Corpus, CorpusConfig, CorpusError, build_corpus
-from assistant.training.data import WindowStream, evaluation_windows
+from assistant.training.data import StepPrefetcher, WindowStream, evaluation_windows
 from assistant.training.evaluation import evaluate
 from assistant.training.distributed import average_gradients, init_world, shutdown, sum_across
 from assistant.training.metrics import MetricsWriter, ProgressReporter
@@ -221,7 +221,7 @@ def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: to
 
 
 def _save_checkpoint(
-    out: Path, parts: RunParts, optimizer, stream: WindowStream, step: int, provenance: dict, tokens_per_step: int
+    out: Path, parts: RunParts, optimizer, stream_state: dict, step: int, provenance: dict, tokens_per_step: int
 ) -> None:
     """Write the checkpoint beside the old one, then swap: a crash leaves one intact."""
     tmp, final, old = out / f"{CHECKPOINT_DIR}.tmp", out / CHECKPOINT_DIR, out / f"{CHECKPOINT_DIR}.old"
@@ -230,7 +230,7 @@ def _save_checkpoint(
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
-        "data": stream.state_dict(),
+        "data": stream_state,
         "torch_rng": torch.get_rng_state(),
         "python_rng": random.getstate(),
     }
@@ -332,6 +332,9 @@ def train(
     last_step = config.stop_after or config.steps
     progress = ProgressReporter(last_step, start_step, enabled=show_progress and world.is_main)
     local_batch = config.batch_size // (world.size * config.grad_accum)
+    # With data workers (a GPU run) the next step's windows are made while this one computes.
+    prefetch = StepPrefetcher(stream, config.grad_accum, config.batch_size // config.grad_accum) \
+        if config.data_workers else None
 
     try:
         with progress:
@@ -341,9 +344,14 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 stats_sum = torch.zeros(3, model.n_future)
-                for _ in range(config.grad_accum):
+                checkpointing = world.is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == last_step)
+                if prefetch is not None:
+                    micro_batches = prefetch.take(save_state=checkpointing)
+                else:
+                    micro_batches = (stream.next_windows(config.batch_size // config.grad_accum)
+                                     for _ in range(config.grad_accum))
+                for windows in micro_batches:
                     # Every rank reads the same global windows and keeps its own rows.
-                    windows = stream.next_windows(config.batch_size // config.grad_accum)
                     rows = windows[world.rank * local_batch : (world.rank + 1) * local_batch].to(device)
                     inputs, targets = split_window(rows, model.n_future)
                     stats = mtp_forward_backward(
@@ -388,14 +396,17 @@ def train(
                     }
                     metrics.write(val_record)
                     progress.note(val_record)
-                if world.is_main and (done % config.checkpoint_every == 0 or done == last_step):
+                if checkpointing:
+                    stream_state = prefetch.saved_state if prefetch is not None else stream.state_dict()
                     _save_checkpoint(
-                        out, parts, optimizer, stream, done, parts.provenance, config.batch_size * config.seq_len
+                        out, parts, optimizer, stream_state, done, parts.provenance, config.batch_size * config.seq_len
                     )
                 progress.advance(record)
                 if on_step is not None:
                     on_step(done, record)
     finally:
+        if prefetch is not None:
+            prefetch.close()
         stream.close()
         metrics.close()
         shutdown(world)

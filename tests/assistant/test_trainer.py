@@ -45,7 +45,8 @@ def test_training_lowers_validation_loss_of_every_head(code_repo, tmp_path):
     assert not (final / "trainer_state.pt").exists()
 
 
-def test_resume_matches_an_uninterrupted_run(code_repo, tmp_path):
+@pytest.mark.parametrize("data_workers", [0, 2])  # 2: windows made by worker processes, a step ahead
+def test_resume_matches_an_uninterrupted_run(code_repo, tmp_path, data_workers):
     reference = train(config(code_repo, tmp_path / "a"), show_progress=False)
 
     class Crash(Exception):
@@ -56,7 +57,7 @@ def test_resume_matches_an_uninterrupted_run(code_repo, tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train(config(code_repo, tmp_path / "b"), on_step=crash_at_5, show_progress=False)
+        train(config(code_repo, tmp_path / "b", data_workers=data_workers), on_step=crash_at_5, show_progress=False)
     assert not (tmp_path / "b" / "model").exists()
     resumed = train(resume_dir=tmp_path / "b", show_progress=False)
 
