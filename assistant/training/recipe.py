@@ -371,9 +371,11 @@ def ship(stage_dirs: list[Path], data_dir: Path, dest: Path = SHIPPED_MODEL_DIR,
             stages.append(shipped_stages[index])
         else:
             raise FileNotFoundError(f"{stage_run}: no metrics.jsonl, and the shipped card does not describe stage {index + 1}")
-    for index, stage in enumerate(stages):  # thread count and hardware are the recipe's, not in the run's files
-        stage["threads"] = STAGES[index].threads if len(stages) == len(STAGES) else None
-        stage["hardware"] = STAGES[index].hardware if len(stages) == len(STAGES) else None
+    # Thread count and hardware are the recipe's, not in the run's files.
+    recipe_stages = STAGES if len(stages) == len(STAGES) else (None,) * len(stages)
+    for stage, recipe_stage in zip(stages, recipe_stages):
+        stage["threads"] = recipe_stage.threads if recipe_stage else None
+        stage["hardware"] = recipe_stage.hardware if recipe_stage else None
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "tokenizer.json"):
         if (model_dir / name).exists():
