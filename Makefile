@@ -10,12 +10,33 @@ PY := $(VENV)/bin/python
 # The CPU build of torch goes in first: with no torch installed, pip would resolve
 # `torch` to a multi-GB CUDA build. llama-cpp-python builds from source (~5 min on
 # 2 cores; pip caches the wheel afterwards).
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed system-packages
 $(VENV)/.installed: pyproject.toml
+	@echo "== creating $(VENV) and installing torch (CPU build) =="
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
+	@echo "== installing mtp-assistant and its dependencies: llama-cpp-python compiles from source,"
+	@echo "   about 5 minutes on 2 cores the first time (pip caches the wheel afterwards) =="
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# Debian packages the tests use: bubblewrap (the HumanEval sandbox: no network, no writes
+# outside its directory) and neovim (a real editor drives the language server). Installed
+# when missing and we are root; otherwise named, and the tests that need them say why they skip.
+SYSTEM_PACKAGES = bwrap:bubblewrap nvim:neovim
+.PHONY: system-packages
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "== installing system packages:$$missing =="; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+				|| echo "note: could not install$$missing; the tests that need them skip"; \
+		else \
+			echo "note: missing system packages:$$missing (sudo apt-get install$$missing); the tests that need them skip"; \
+		fi; \
+	fi
 
 # Main job: the terminal UI on the shipped default model (models/default).
 run: setup
