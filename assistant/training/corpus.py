@@ -141,37 +141,68 @@ class CorpusError(Exception):
 # --------------------------------------------------------------------------- listing
 
 
+# The repository being read may be someone else's (a clone to train on), and its
+# .git/config, or a file it includes, can name programs for git to run. Each setting
+# below is pinned on the command line, which overrides every config file.
+# core.fsmonitor is the one the commands run here reach: ls-files, reading the index,
+# runs the monitor to learn what changed. Hooks run only when something is written
+# (the index: post-index-change), which --no-optional-locks and read-only commands avoid;
+# a transport (ssh command, proxy, credential helper) only on fetch or push, which
+# protocol.allow=never forbids. Clean/smudge filters, textconv and external diff run
+# only when a file's contents are read, never by these commands, and cannot be pinned
+# as a whole (each one is named by the repository): the tests check they stay idle.
+_GIT_HARDENING: tuple[str, ...] = (
+    "core.fsmonitor=false",
+    "core.hooksPath=/dev/null",
+    "core.untrackedCache=false",  # don't trust the index's cached directory listing
+    "core.pager=cat",
+    "protocol.allow=never",
+    # A bare repository committed inside the tree (its config beside HEAD) is not
+    # picked up by walking into its directory.
+    "safe.bareRepository=explicit",
+)
+
+# Only narrows repository discovery; every other GIT_* variable is dropped (GIT_DIR and
+# GIT_WORK_TREE, set inside hooks, would point git at another repository; GIT_CONFIG_*
+# and GIT_EXTERNAL_DIFF add settings; GIT_TRACE* write files).
+_GIT_ENV_KEPT: frozenset[str] = frozenset({"GIT_CEILING_DIRECTORIES"})
+
+
 def _git_env() -> dict[str, str]:
-    # Variables like GIT_DIR (set inside git hooks) would point git at another
-    # repository than the one under `root`.
-    drop = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _GIT_ENV_KEPT}
+    # No system or user config either: they could name programs too. Without the user's
+    # safe.directory list, git refuses a repository another user owns; the caller then
+    # walks the tree itself, reading .gitignore files as text and running nothing.
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_SYSTEM=os.devnull, GIT_CONFIG_GLOBAL=os.devnull,
+               GIT_TERMINAL_PROMPT="0")
+    return env
+
+
+def run_git(root: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """Run a read-only git command in `root` with every setting that runs a program off.
+
+    The one way this package runs git on a user's repository. Raises OSError or
+    subprocess.SubprocessError (TimeoutExpired) like subprocess.run."""
+    pinned = [arg for setting in _GIT_HARDENING for arg in ("-c", setting)]
+    return subprocess.run(
+        ["git", "--no-pager", "--no-optional-locks", *pinned, "-C", str(root), *args],
+        stdin=subprocess.DEVNULL, capture_output=True, env=_git_env(), timeout=timeout,
+    )
 
 
 def _git_ls_files(root: Path) -> list[str] | None:
     """Paths git tracks or would track under `root`, or None if git can't tell."""
     if shutil.which("git") is None:
         return None
-    env = _git_env()
     try:
-        inside = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
-            capture_output=True, text=True, env=env, timeout=30,
-        )
-        if inside.returncode != 0 or inside.stdout.strip() != "true":
-            return None
+        inside = run_git(root, "rev-parse", "--is-inside-work-tree", timeout=30)
+        if inside.returncode != 0 or inside.stdout.strip() != b"true":
+            return None  # no repository, a bare one, or one git refuses (another user's)
         # A directory the enclosing repository ignores (a virtualenv, pyenv's Pythons
         # inside ~/.pyenv) was still asked for by name: read its own .gitignore files.
-        ignored = subprocess.run(
-            ["git", "-C", str(root), "check-ignore", "-q", "."],
-            capture_output=True, env=env, timeout=30,
-        )
-        if ignored.returncode == 0:
+        if run_git(root, "check-ignore", "-q", ".", timeout=30).returncode == 0:
             return None
-        listed = subprocess.run(
-            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True, env=env, timeout=300,
-        )
+        listed = run_git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", timeout=300)
     except (OSError, subprocess.SubprocessError):
         return None
     if listed.returncode != 0:
@@ -246,20 +277,25 @@ def _walk_files(root: Path) -> list[str]:
 def list_candidate_files(root: Path) -> list[str]:
     """Regular files under `root` that git tracks or would track, sorted.
 
-    Paths are relative to `root` with POSIX separators. Symlinks, and paths
-    git lists that are missing from the work tree, are left out.
+    Paths are relative to `root` with POSIX separators. Symlinks, files reached
+    through a symlinked directory, and paths git lists that are missing from the
+    work tree, are left out.
     """
     root = Path(root)
     names = _git_ls_files(root)
     if names is None:
         names = _walk_files(root)
+    real_root = root.resolve()
     files = []
     for name in names:
+        path = root / name
         try:
-            mode = os.lstat(root / name).st_mode
+            mode = os.lstat(path).st_mode
         except OSError:
             continue  # deleted in the work tree but still in the index
-        if stat.S_ISREG(mode):
+        # An index lists "d/f" even where d is now a symlink out of the tree (git
+        # itself never writes through one); the walker does not follow them either.
+        if stat.S_ISREG(mode) and path.resolve().is_relative_to(real_root):
             files.append(name)  # both git and the walker give POSIX separators
     return sorted(set(files))
 

@@ -251,3 +251,175 @@ def test_real_repository():
     assert sum(p.endswith(".py") for p in paths) >= 3
     assert not any(p.startswith(".venv/") or "/.venv/" in p for p in paths)
     assert not any(p.startswith(".venv/") for reason in c.skipped.values() for p in reason)
+
+
+# ------------------------------------------------------------ an untrusted repository
+
+# Hooks git knows by name; each one, if git ever ran it, leaves its marker.
+HOOK_NAMES = (
+    "applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
+    "prepare-commit-msg", "commit-msg", "post-commit", "pre-rebase", "post-checkout", "post-merge",
+    "pre-push", "pre-receive", "update", "proc-receive", "post-receive", "post-update",
+    "reference-transaction", "push-to-checkout", "pre-auto-gc", "post-rewrite", "post-index-change",
+    "fsmonitor-watchman",
+)
+
+
+def touch_command(markers: Path, name: str) -> str:
+    return f"touch {markers / name}"
+
+
+def executable(path: Path, body: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def fsmonitor_script(repo: Path, markers: Path) -> str:
+    script = executable(markers.parent / "fsmonitor.sh", touch_command(markers, "fsmonitor-script"))
+    return f"[core]\n\tfsmonitor = {script}\n"
+
+
+def fsmonitor_command(repo: Path, markers: Path) -> str:
+    return f"[core]\n\tfsmonitor = {touch_command(markers, 'fsmonitor-command')}\n"
+
+
+def included_fsmonitor(repo: Path, markers: Path) -> str:
+    other = markers.parent / "included.config"
+    other.write_text(f"[core]\n\tfsmonitor = {touch_command(markers, 'include-path')}\n")
+    return f"[include]\n\tpath = {other}\n"
+
+
+def conditionally_included_fsmonitor(repo: Path, markers: Path) -> str:
+    other = markers.parent / "included-if.config"
+    other.write_text(f"[core]\n\tfsmonitor = {touch_command(markers, 'include-if')}\n")
+    return f'[includeIf "gitdir:/"]\n\tpath = {other}\n'
+
+
+def every_other_command_setting(repo: Path, markers: Path) -> str:
+    """Settings that run programs on other git commands: none may run during a scan."""
+    for hook in HOOK_NAMES:  # the default hooks directory and one named by core.hooksPath
+        executable(repo / ".git" / "hooks" / hook, touch_command(markers, f"hook-{hook}"))
+        executable(markers.parent / "hooks" / hook, touch_command(markers, f"hookspath-{hook}"))
+    write(repo, {".gitattributes": "* filter=evil diff=evil merge=evil\n"})
+    settings = {
+        "core.hooksPath": str(markers.parent / "hooks"),
+        "core.untrackedCache": "true",
+        "core.pager": touch_command(markers, "core-pager"),
+        "pager.ls-files": touch_command(markers, "pager-ls-files"),
+        "pager.rev-parse": touch_command(markers, "pager-rev-parse"),
+        "pager.check-ignore": touch_command(markers, "pager-check-ignore"),
+        "core.sshCommand": touch_command(markers, "ssh-command"),
+        "core.gitProxy": touch_command(markers, "git-proxy"),
+        "core.askPass": touch_command(markers, "askpass"),
+        "core.editor": touch_command(markers, "editor"),
+        "core.alternateRefsCommand": touch_command(markers, "alternate-refs"),
+        "credential.helper": f"!{touch_command(markers, 'credential-helper')}",
+        "diff.external": touch_command(markers, "diff-external"),
+        "diff.evil.textconv": touch_command(markers, "textconv"),
+        "diff.evil.command": touch_command(markers, "diff-driver"),
+        "merge.evil.driver": touch_command(markers, "merge-driver"),
+        "filter.evil.clean": touch_command(markers, "filter-clean"),
+        "filter.evil.smudge": touch_command(markers, "filter-smudge"),
+        "filter.evil.process": touch_command(markers, "filter-process"),
+        "gc.auto": "1",
+        "gc.autoDetach": "false",
+        "uploadpack.packObjectsHook": touch_command(markers, "pack-objects-hook"),
+    }
+    lines = []
+    for key, value in settings.items():
+        section, _, name = key.rpartition(".")
+        head, _, sub = section.partition(".")
+        lines.append(f'[{head} "{sub}"]' if sub else f"[{head}]")
+        lines.append(f'\t{name} = "{value}"')
+    return "\n".join(lines) + "\n"
+
+
+def hostile_repo(root: Path, markers: Path, config_for) -> Path:
+    """A repository with tracked, force-added, untracked and ignored files, whose config
+    (written last, so setting it up ran nothing) names programs that leave markers."""
+    repo = root / "repo"
+    markers.mkdir(parents=True)
+    write(repo, {".gitignore": "ignored.py\nforced.py\n", "a.py": code(1), "pkg/b.py": code(2),
+                 "forced.py": code(3), "ignored.py": code(4)})
+    git(repo, "init")
+    git(repo, "add", ".gitignore", "a.py", "pkg/b.py")
+    git(repo, "add", "-f", "forced.py")  # tracked though ignored: only git lists it
+    git(repo, "commit", "-m", "init")
+    write(repo, {"new.py": code(5)})
+    with open(repo / ".git" / "config", "a") as config:
+        config.write(config_for(repo, markers))
+    return repo
+
+
+# git lists forced.py (tracked though ignored); the fallback walker would not.
+GIT_LISTED_CODE = ["a.py", "forced.py", "new.py", "pkg/b.py"]
+
+
+def listed_code(root: Path) -> list[str]:
+    return [p for p in list_candidate_files(root) if p.endswith(".py")]
+
+
+@pytest.mark.parametrize(
+    "config_for,runs_on_plain_ls_files",
+    [(fsmonitor_script, True), (fsmonitor_command, True), (included_fsmonitor, True),
+     (conditionally_included_fsmonitor, True), (every_other_command_setting, False)],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_scan_runs_nothing_the_repository_config_names(no_parent_repo, config_for, runs_on_plain_ls_files):
+    markers = no_parent_repo / "markers"
+    repo = hostile_repo(no_parent_repo, markers, config_for)
+    if runs_on_plain_ls_files:  # the setting is live: a plain git ls-files does run it
+        subprocess.run(["git", "ls-files", "--others"], cwd=repo, capture_output=True, check=True)
+        assert list(markers.iterdir()), "the hostile setting did not fire: the test checks nothing"
+        for marker in markers.iterdir():
+            marker.unlink()
+
+    assert listed_code(repo) == GIT_LISTED_CODE  # still git's listing, not the walker's
+    assert all_paths(build_corpus(repo)) == GIT_LISTED_CODE
+    assert all_paths(build_corpus(repo / "pkg")) == ["b.py"]
+    assert sorted(p.name for p in markers.iterdir()) == []
+
+
+def test_scan_ignores_git_settings_from_the_environment(no_parent_repo, monkeypatch):
+    markers = no_parent_repo / "markers"
+    repo = hostile_repo(no_parent_repo, markers, lambda repo, markers: "")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.fsmonitor")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", touch_command(markers, "env-config"))
+    monkeypatch.setenv("GIT_DIR", str(no_parent_repo / "elsewhere"))  # as set inside a hook
+    assert listed_code(repo) == GIT_LISTED_CODE
+    assert list(markers.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a directory away needs root")
+def test_another_users_repository_is_walked_not_given_to_git(no_parent_repo, monkeypatch):
+    """Even where the user's own config trusts every directory (safe.directory = *), a
+    repository another user owns is read by the walker, which runs nothing."""
+    markers = no_parent_repo / "markers"
+    repo = hostile_repo(no_parent_repo, markers, fsmonitor_command)
+    home = no_parent_repo / "home"
+    write(home, {".gitconfig": "[safe]\n\tdirectory = *\n"})
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("SUDO_UID", raising=False)  # git run by root under sudo trusts the sudoer's files
+    for path in [repo, *repo.rglob("*")]:
+        os.lchown(path, 65534, 65534)
+    # The walker's view: forced.py is ignored by .gitignore, whatever the index says.
+    assert listed_code(repo) == ["a.py", "new.py", "pkg/b.py"]
+    assert list(markers.iterdir()) == []
+
+
+def test_an_index_entry_under_a_symlinked_directory_is_not_read(no_parent_repo):
+    """An index may list link/secret.py where link now points out of the tree."""
+    repo = no_parent_repo / "repo"
+    write(no_parent_repo, {"outside/secret.py": code(1), "repo/a.py": code(2), "repo/link/secret.py": code(1)})
+    git(repo, "init")
+    git(repo, "add", "a.py", "link/secret.py")
+    for path in (repo / "link").iterdir():
+        path.unlink()
+    (repo / "link").rmdir()
+    (repo / "link").symlink_to(no_parent_repo / "outside", target_is_directory=True)
+    assert "link/secret.py" in subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout
+    assert list_candidate_files(repo) == ["a.py"]

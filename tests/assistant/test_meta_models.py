@@ -13,8 +13,12 @@ from assistant.engine import load_engine
 from assistant.engine.base import GenerationConfig
 from assistant.store import ModelStore
 from tests.models.meta_release import PARAMS, meta_state_dict, train_sentencepiece, write_release
+from tests.near_ties import GreedyAgreement, model_logits
 
 PROJECT = Path(__file__).resolve().parents[2]
+# A near-tie for llama.cpp f16 against the torch engine: the logits of this random model are
+# at most ~4.3 and the two engines' differ by up to 0.0027 (measured), a quarter of this.
+F16_TOLERANCE = 0.01
 
 
 def cli(*args, env, check=True) -> subprocess.CompletedProcess:
@@ -117,10 +121,15 @@ def test_llama_cpp_engine_runs_the_imported_model(tmp_path, release):
     gguf_export.export_model(model_dir, "f16")
     llama, torch_engine = load_engine(model_dir, "llama", quant="f16"), load_engine(model_dir, "torch")
     tok = torch_engine.tokenizer
+    # The torch engine computes in fp32 on the f16 weights, llama.cpp also rounds activations
+    # to f16: a random model's greedy tokens near-tie at times (tests/near_ties.py).
+    agreement = GreedyAgreement(model_logits(torch_engine.model), tolerance=F16_TOLERANCE)
     for prefix in ["def main(", "import os\nclass Point:\n    def __init__(self", "x = 'naïve'\n"]:
         prompt = build_prompt(tok, prefix, "", PromptBudget(max_tokens=64), heal=False).ids
         plain = llama.generate(prompt, GenerationConfig(max_new_tokens=24, k=1, reuse_prefix=False)).tokens
-        assert llama.generate(prompt, GenerationConfig(max_new_tokens=24, k=3)).tokens == plain
-        # fp16 weights in both engines (the torch engine computes in fp32): same greedy tokens.
-        assert torch_engine.generate(prompt, GenerationConfig(max_new_tokens=24, k=1)).tokens == plain
+        assert llama.generate(prompt, GenerationConfig(max_new_tokens=24, k=3)).tokens == plain  # one engine: exact
+        agreement.check(prompt, plain, prefix)
+        reference = torch_engine.generate(prompt, GenerationConfig(max_new_tokens=24, k=1)).tokens
+        agreement.check_same_until_a_near_tie(prompt, plain, reference, prefix)
+    agreement.assert_few_skipped(0.1)
     llama.close()

@@ -18,6 +18,7 @@ from assistant.training.trainer import TrainConfig, train
 from models.checkpoint import ModelFileError, load_model, save_model
 from models.gguf_export import export_files, export_model
 from models.tokenizer import ByteTokenizer
+from tests.near_ties import GreedyAgreement, model_logits
 
 from .helpers import random_model, repetitive_code
 
@@ -52,33 +53,20 @@ def cuts(body, count, seed=0, width=120):
     return [body[max(0, c - width) : c] for c in (rng.randrange(20, len(body) - 1) for _ in range(count))]
 
 
-# Ties: two logits within rounding of each other may come out in either order in two
-# correct implementations. Each llama.cpp token is checked against torch teacher-forced
-# on llama.cpp's own output, at every position where torch's top-2 margin exceeds the
-# tolerance (f32: 1e-3; f16 weights: 0.05; the logits are O(10)); near-ties are skipped
-# and at most 10% of positions may be.
+# Tolerances: a near-tie is a top-2 margin within the two engines' rounding of each other
+# (f32: 1e-3; f16 weights: 0.05; the logits are O(10)). tests/near_ties.py says how.
 @pytest.mark.parametrize("quant,tolerance", [("f32", 1e-3), ("f16", 0.05)])
 def test_greedy_tokens_match_the_torch_engine(model64, quant, tolerance):
     loaded, body = model64
     engine = engine_for(loaded, quant)
     torch_engine = TorchEngine(loaded.model, loaded.tokenizer)
-    checked = skipped = identical = 0
-    prompts = [loaded.tokenizer.encode(p) for p in cuts(body, 6)]
-    for prompt in prompts:
+    agreement = GreedyAgreement(model_logits(loaded.model), tolerance)
+    for prompt in [loaded.tokenizer.encode(p) for p in cuts(body, 6)]:
         tokens = engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1)).tokens
-        with torch.no_grad():
-            logits = loaded.model(torch.tensor([prompt + tokens]), heads=(0,))[0, 0]  # (T, V)
-        for i, token in enumerate(tokens):
-            row = logits[len(prompt) - 1 + i]
-            top2 = row.topk(2).values
-            if top2[0] - top2[1] <= tolerance:
-                skipped += 1
-                continue
-            checked += 1
-            assert int(row.argmax()) == token, (quant, prompt, i)
-        identical += tokens == torch_engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1)).tokens
-    assert skipped <= 0.1 * (checked + skipped)
-    assert identical >= len(prompts) - 1  # whole sequences agree unless a near-tie flipped one
+        agreement.check(prompt, tokens, (quant, prompt))
+        reference = torch_engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1)).tokens
+        agreement.check_same_until_a_near_tie(prompt, tokens, reference, (quant, prompt))
+    agreement.assert_few_skipped(0.1)
 
 
 @pytest.mark.parametrize("n_ubatch", [512, 7])
