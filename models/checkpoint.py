@@ -226,7 +226,8 @@ def check_weights_header(model_dir: Path | str, config: ModelConfig) -> Path:
             for name in sorted(names):
                 shape = tuple(f.get_slice(name).get_shape())
                 if shape != expected[name]:
-                    raise ModelFileError(path, f"tensor {name} has shape {shape}, {CONFIG_FILE} implies {expected[name]}")
+                    implied = expected[name]
+                    raise ModelFileError(path, f"tensor {name} has shape {shape}, {CONFIG_FILE} implies {implied}")
     except ModelFileError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -16,6 +16,12 @@ smaller k, or a completion that stopped). That also lets a new request reuse the
 prefix whatever k the previous one used.
 
 The decoding algorithm is speculative.decode, shared with the torch backend.
+
+Loading checks, each failing with ModelFileError naming the file: the export's metadata
+against config.json (check_export; its f32/f16 tensors for NaN/inf), model.safetensors'
+header (llama.cpp never reads the weights, but a directory without sound ones is broken),
+that the context fits in memory, and a one-token probe forward of every context for
+non-finite logits, which catches NaN/inf in quantized tensors too.
 """
 
 from __future__ import annotations
@@ -242,8 +248,10 @@ class LlamaEngine:
         # whose model.safetensors is gone or damaged cannot be re-exported or run by torch.
         check_weights_header(model_dir, config)
         exact = settings.exact
-        # f32 keys and values in exact mode, else llama.cpp's default f16; +1: the padding slot.
-        check_context_memory(model_dir, config, config.max_seq_len + 1, 4 if exact else 2)
+        # f32 keys and values in exact mode, else llama.cpp's default f16; +1: the padding
+        # slot; llama.cpp rounds a context up to a multiple of 256 positions.
+        n_ctx = -(-(config.max_seq_len + 1) // 256) * 256
+        check_context_memory(model_dir, config, n_ctx, 4 if exact else 2)
         quiet_llama_logs()
         _backend_init()
         self.quant, self.settings, self.config = quant, settings, config
@@ -282,7 +290,9 @@ class LlamaEngine:
         self._step.reset()
         for what, path, values in rows:
             if not torch.isfinite(values).all():
-                raise ModelFileError(path, f"a one-token forward gives non-finite {what} (NaN or inf): the weights are broken")
+                raise ModelFileError(
+                    path, f"a one-token forward gives non-finite {what} (NaN or inf): the weights are broken"
+                )
 
     @classmethod
     def from_dir(cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu") -> "LlamaEngine":

@@ -62,7 +62,9 @@ class TorchEngine:
 
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
         if model.config.max_seq_len < MIN_CONTEXT:
-            raise ValueError(f"max_seq_len {model.config.max_seq_len} is too small to serve completions (at least {MIN_CONTEXT})")
+            raise ValueError(
+                f"max_seq_len {model.config.max_seq_len} is too small to serve completions (at least {MIN_CONTEXT})"
+            )
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         # Half-precision CPU matmuls give a row the same bits whatever the batch's row count

@@ -1,4 +1,5 @@
 import json
+import resource
 
 import pytest
 import torch
@@ -97,9 +98,11 @@ def test_context_too_large_for_memory_is_refused_before_allocating(saved):
     with the figure, before the RoPE tables or any tensor are allocated."""
     path, _ = saved
     edit_config(path, lambda c: c["model"].update(dim=1 << 16, n_layers=1024, n_heads=1024, max_seq_len=1 << 20))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ModelFileError, match=r"config.json: max_seq_len 1048576: a context of 1048576 positions "
                        r"needs 563\.5 TB \(KV cache 562\.9 TB\), more than 50% of the .* available: lower max_seq_len"):
         load_model(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kb < 100_000  # no 100 MB more at the peak
     assert 0 < available_memory() < 1 << 50
 
 

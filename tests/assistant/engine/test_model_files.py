@@ -70,6 +70,24 @@ def test_huge_context_is_refused_naming_config_json_and_the_memory(model_dir, en
         load_engine(model_dir, engine, threads=1)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"rope_theta": float("nan")}, "rope_theta must be a finite positive number, got nan"),
+        ({"rope_theta": 0.0}, "rope_theta must be a finite positive number, got 0.0"),
+        ({"norm_eps": float("nan")}, "norm_eps must be a finite positive number, got nan"),
+        ({"n_heads": 3}, r"dim \(64\) must be divisible by n_heads \(3\)"),
+        ({"dim": 10**7}, "dim 10000000 is larger than any model"),
+        ({"max_seq_len": 256.5}, "max_seq_len must be a positive integer, got 256.5"),
+    ],
+)
+@pytest.mark.parametrize("engine", ["auto", "llama"])
+def test_nonsense_config_values_are_refused_by_every_engine(model_dir, engine, changes, message):
+    edit_config(model_dir, **changes)
+    with pytest.raises(ModelFileError, match=f"config.json: bad model config: {message}"):
+        load_engine(model_dir, engine, threads=1)
+
+
 def test_context_beyond_the_export_is_refused_naming_both_files(model_dir):
     edit_config(model_dir, max_seq_len=4096)
     with pytest.raises(ModelFileError, match=r"q8_0/main.gguf: exported for a context of 256 positions, config.json "
