@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError, ModelConfig, format_bytes
 from models.tokenizer import TokenizerError, load_tokenizer
 from models.transformer import MTPTransformer
 
@@ -124,6 +124,59 @@ def read_config(model_dir: Path | str) -> tuple[ModelConfig, dict[str, Any], dic
     return config, data["tokenizer"], provenance
 
 
+# The share of the available memory a context may take: the weights, the tokenizer and
+# the editor need the rest.
+MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int:
+    """Bytes this process could still allocate: MemAvailable, or what the cgroup (a
+    container's limit) leaves, whichever is less; physical memory where neither is known."""
+    candidates = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            candidates.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    if not candidates:
+        try:
+            candidates.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            return 1 << 62  # unknown: nothing to check against
+    return min(candidates)
+
+
+def context_bytes(config: ModelConfig, n_ctx: int, kv_bytes: int) -> int:
+    """What an engine allocates for a context of n_ctx positions: the keys and values of
+    every block, and per position the RoPE tables (built in float64) and the rows of
+    hidden state the engines keep (z, the heads' input batches)."""
+    per_position = config.head_dim * 16 + config.n_future_tokens * config.dim * 4
+    return config.kv_cache_bytes(n_ctx, kv_bytes) + per_position * n_ctx
+
+
+def check_context_memory(model_dir: Path | str, config: ModelConfig, n_ctx: int, kv_bytes: int) -> None:
+    """Raise, naming config.json, unless a context of n_ctx positions fits in memory. Checked
+    before anything is allocated: a context too large for the machine does not fail, it
+    grows until the kernel kills the process."""
+    needed = context_bytes(config, n_ctx, kv_bytes)
+    available = available_memory()
+    if needed > MEMORY_SHARE * available:
+        raise ModelFileError(
+            Path(model_dir) / CONFIG_FILE,
+            f"max_seq_len {config.max_seq_len}: a context of {n_ctx} positions needs {format_bytes(needed)} "
+            f"(KV cache {format_bytes(config.kv_cache_bytes(n_ctx, kv_bytes))}), more than "
+            f"{MEMORY_SHARE:.0%} of the {format_bytes(available)} available: lower max_seq_len",
+        )
+
+
 def check_tensor_names(path: Path, names: set[str], expected: dict[str, tuple[int, ...]], source: str) -> None:
     """Raise, naming the file, unless `names` are exactly the tensors `source` implies."""
     missing = sorted(set(expected) - names)
@@ -143,6 +196,43 @@ def check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: tuple[int, 
         raise ModelFileError(path, f"tensor {name} has shape {tuple(tensor.shape)}, {source} implies {shape}")
     if not tensor.is_floating_point():
         raise ModelFileError(path, f"tensor {name} has non-float dtype {tensor.dtype}")
+    finite = torch.isfinite(tensor)
+    if not finite.all():
+        # Such weights load and run, and every completion comes out empty or garbage.
+        bad = tensor.numel() - int(finite.sum())
+        raise ModelFileError(path, f"tensor {name} holds {bad} non-finite values (NaN or inf): the weights are broken")
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape in the model.safetensors of a model with this config."""
+    with torch.device("meta"):
+        model = MTPTransformer(config.replace(max_seq_len=1))  # shapes only; no RoPE tables
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_weights_header(model_dir: Path | str, config: ModelConfig) -> Path:
+    """model.safetensors checked without reading its tensors: it exists, its header parses,
+    names every tensor config.json implies at its shape, and the file holds all their data.
+    For engines that run other files (the GGUF export) but must not serve from a model
+    directory whose weights are gone or damaged."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelFileError(path, "missing (the model's weights; the GGUF export is made from them)")
+    expected = expected_tensors(config)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            check_tensor_names(path, names, expected, CONFIG_FILE)
+            for name in sorted(names):
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != expected[name]:
+                    implied = expected[name]
+                    raise ModelFileError(path, f"tensor {name} has shape {shape}, {CONFIG_FILE} implies {implied}")
+    except ModelFileError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(path, f"not a readable safetensors file ({e})") from None
+    return path
 
 
 def _read_weights(path: Path, model: MTPTransformer) -> dict[str, torch.Tensor]:
@@ -181,6 +271,8 @@ def load_model(
             model_dir / CONFIG_FILE,
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}",
         )
+    # The RoPE tables are built for every position, and an engine's KV cache follows.
+    check_context_memory(model_dir, config, config.max_seq_len, torch.finfo(dtype).bits // 8)
     with torch.device("meta"):
         model = MTPTransformer(config)  # shapes only; real tensors come from the file
     tensors = _read_weights(model_dir / WEIGHTS_FILE, model)

@@ -9,8 +9,41 @@ therefore has the same parameter count as its next-token twin (paper Sec. 2).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
+
+
+# Bounds no model this project can run comes near (Llama 3 405B: dim 16384, 126 layers,
+# vocabulary 128256): a value past them is a typo or a corrupt file, and would otherwise
+# ask for terabytes before anything else could object.
+_INT_LIMITS = {
+    "dim": 1 << 16,
+    "n_layers": 1024,
+    "n_heads": 1024,
+    "vocab_size": 1 << 20,
+    "multiple_of": 1 << 16,
+    "n_future_tokens": 64,
+}
+# Positions. RoPE has no position table in the weights, so nothing else bounds it, and
+# every engine allocates its KV cache for all of it (Llama 3.1's context is 128K).
+MAX_SEQ_LEN = 1 << 20
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
 
 
 class ConfigError(ValueError):
@@ -32,21 +65,28 @@ class ModelConfig:
     max_seq_len: int = 2048
 
     def __post_init__(self) -> None:
-        positive = ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "n_future_tokens", "max_seq_len")
-        for name in positive:
+        for name in (*_INT_LIMITS, "max_seq_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0):
+        for name, limit in _INT_LIMITS.items():
+            if getattr(self, name) > limit:
+                raise ConfigError(f"{name} {getattr(self, name)} is larger than any model this runs ({limit} at most)")
+        if self.n_kv_heads is not None and (not _is_int(self.n_kv_heads) or self.n_kv_heads <= 0):
             raise ConfigError(f"n_kv_heads must be a positive integer or null, got {self.n_kv_heads!r}")
+        if self.max_seq_len > MAX_SEQ_LEN:
+            raise ConfigError(
+                f"max_seq_len {self.max_seq_len} is beyond any usable context ({MAX_SEQ_LEN} at most): "
+                f"its KV cache alone would take {format_bytes(self.kv_cache_bytes())}"
+            )
         for name in ("norm_eps", "rope_theta"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if self.ffn_dim_multiplier is not None and (
-            not isinstance(self.ffn_dim_multiplier, (int, float)) or self.ffn_dim_multiplier <= 0
-        ):
-            raise ConfigError(f"ffn_dim_multiplier must be a positive number or null, got {self.ffn_dim_multiplier!r}")
+            if not _is_finite_positive(value):
+                raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
+        if self.ffn_dim_multiplier is not None and not _is_finite_positive(self.ffn_dim_multiplier):
+            raise ConfigError(
+                f"ffn_dim_multiplier must be a finite positive number or null, got {self.ffn_dim_multiplier!r}"
+            )
         if self.dim % self.n_heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if (self.dim // self.n_heads) % 2:
@@ -58,6 +98,11 @@ class ModelConfig:
                 f"n_future_tokens ({self.n_future_tokens}) cannot exceed n_layers ({self.n_layers}): "
                 "every head is one of the model's blocks"
             )
+
+    def kv_cache_bytes(self, n_ctx: int | None = None, bytes_per_value: int = 4) -> int:
+        """Memory of the keys and values of every block for n_ctx positions (default: all)."""
+        n_ctx = self.max_seq_len if n_ctx is None else n_ctx
+        return 2 * self.n_layers * self.kv_heads * self.head_dim * n_ctx * bytes_per_value
 
     @property
     def kv_heads(self) -> int:

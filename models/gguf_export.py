@@ -302,6 +302,11 @@ class GGUFInfo:
     head: int  # 1: main.gguf; 2..n: an extra head
     n_future: int
     fingerprint: str
+    context_length: int  # the max_seq_len it was exported with
+    n_heads: int
+    n_kv_heads: int
+    rope_theta: float
+    norm_eps: float
 
 
 def read_info(path: Path) -> GGUFInfo:
@@ -328,7 +333,7 @@ def read_info(path: Path) -> GGUFInfo:
         if field("general.architecture") != "llama":
             raise ValueError(f"architecture {field('general.architecture')!r}, expected 'llama'")
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else -1
-        return GGUFInfo(
+        info = GGUFInfo(
             path=path,
             dim=int(field("llama.embedding_length")),
             vocab=vocab,
@@ -336,11 +341,26 @@ def read_info(path: Path) -> GGUFInfo:
             head=int(field("mtp.head")),
             n_future=int(field("mtp.n_future")),
             fingerprint=str(field("mtp.weights_sha256")),
+            context_length=int(field("llama.context_length")),
+            n_heads=int(field("llama.attention.head_count")),
+            n_kv_heads=int(field("llama.attention.head_count_kv")),
+            rope_theta=float(field("llama.rope.freq_base")),
+            norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
         )
+        _check_finite(reader)
+        return info
     except ModelFileError:
         raise
     except (ValueError, KeyError, IndexError, OSError) as e:
         raise ModelFileError(path, f"not a readable GGUF export, corrupt or truncated ({e})") from None
+
+
+def _check_finite(reader) -> None:
+    """ValueError naming the first unquantized tensor holding NaN or inf. (Quantized ones are
+    checked by a probe forward when the engine loads: their values are not plain floats.)"""
+    for t in reader.tensors:
+        if t.tensor_type.name in ("F32", "F16") and not np.isfinite(t.data).all():
+            raise ValueError(f"tensor {t.name} holds non-finite values (NaN or inf)")
 
 
 def check_export(model_dir: Path | str, quant: str, config: ModelConfig) -> list[Path]:
@@ -349,20 +369,33 @@ def check_export(model_dir: Path | str, quant: str, config: ModelConfig) -> list
     files = export_files(model_dir, quant, config.n_future_tokens)
     main = read_info(files[0])
     expected = {"dim": config.dim, "vocab": config.vocab_size, "blocks": config.n_trunk_layers + 1, "head": 1,
-                "n_future": config.n_future_tokens}
+                "n_future": config.n_future_tokens, "n_heads": config.n_heads, "n_kv_heads": config.kv_heads,
+                "rope_theta": _f32(config.rope_theta), "norm_eps": _f32(config.norm_eps)}
     for key, value in expected.items():
         if getattr(main, key) != value:
             raise ModelFileError(files[0], f"{key} is {getattr(main, key)}, {CONFIG_FILE} implies {value} (re-export it)")
+    if config.max_seq_len > main.context_length:
+        raise ModelFileError(
+            files[0],
+            f"exported for a context of {main.context_length} positions, {CONFIG_FILE} says max_seq_len "
+            f"{config.max_seq_len} (re-export it, or lower max_seq_len)",
+        )
     for h, path in enumerate(files[1:], start=2):
         info = read_info(path)
         expected = {"dim": main.dim, "vocab": main.vocab, "blocks": 1, "head": h, "n_future": main.n_future,
-                    "fingerprint": main.fingerprint}
+                    "fingerprint": main.fingerprint, "context_length": main.context_length, "n_heads": main.n_heads,
+                    "n_kv_heads": main.n_kv_heads, "rope_theta": main.rope_theta, "norm_eps": main.norm_eps}
         for key, value in expected.items():
             if getattr(info, key) != value:
                 raise ModelFileError(
                     path, f"does not match its main model {files[0].name}: {key} is {getattr(info, key)!r}, expected {value!r}"
                 )
     return files
+
+
+def _f32(value: float) -> float:
+    """value as GGUF stores it (a float32 key)."""
+    return float(np.float32(value))
 
 
 def available_quants(model_dir: Path | str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence
 
 
@@ -94,6 +95,23 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+# The smallest context an engine serves: PromptBudget's floor of 8 prompt tokens, a
+# completion of a dozen and the heads' draft positions. Below it every request would fail.
+MIN_CONTEXT = 32
+
+
+def check_min_context(model_dir: Path | str, max_seq_len: int) -> None:
+    """Raise, naming config.json, if the model's context is too small to complete in."""
+    if max_seq_len < MIN_CONTEXT:
+        from models.checkpoint import CONFIG_FILE, ModelFileError
+
+        raise ModelFileError(
+            Path(model_dir) / CONFIG_FILE,
+            f"max_seq_len {max_seq_len} is too small to serve completions: "
+            f"a prompt and its completion need a context of at least {MIN_CONTEXT} positions",
+        )
+
+
 def checked_prompt(prompt: Sequence[int], max_seq_len: int, vocab_size: int) -> list[int]:
     """The prompt as a list, or ValueError if it is empty, leaves no room to generate or
     holds an id the model has no embedding for (checked before any cache is touched)."""
@@ -134,6 +152,9 @@ class GenerationResult:
 class Engine(Protocol):
     n_future: int
     max_seq_len: int
+    # One-line problems found at load that did not stop it (e.g. "auto" fell back to torch
+    # because the GGUF export is unusable): for the caller to show its user.
+    warnings: list[str]
 
     def generate(
         self,

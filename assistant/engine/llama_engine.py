@@ -16,6 +16,12 @@ smaller k, or a completion that stopped). That also lets a new request reuse the
 prefix whatever k the previous one used.
 
 The decoding algorithm is speculative.decode, shared with the torch backend.
+
+Loading checks, each failing with ModelFileError naming the file: the export's metadata
+against config.json (check_export; its f32/f16 tensors for NaN/inf), model.safetensors'
+header (llama.cpp never reads the weights, but a directory without sound ones is broken),
+that the context fits in memory, and a one-token probe forward of every context for
+non-finite logits, which catches NaN/inf in quantized tensors too.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ from assistant.engine import llama_ext
 from assistant.engine.base import (
     GenerationConfig,
     GenerationResult,
+    check_min_context,
     checked_prompt,
     common_prefix_length,
     result_text,
 )
 from assistant.engine.speculative import decode
-from models.checkpoint import ModelFileError, read_config
+from models.checkpoint import ModelFileError, check_context_memory, check_weights_header, read_config
 from models.gguf_export import available_quants, check_export, quiet_llama_logs
 from models.tokenizer import TokenizerError, load_tokenizer
 
@@ -236,12 +243,21 @@ class LlamaEngine:
                 model_dir / "gguf", f"no GGUF export (run `mtp-assistant models export {model_dir} --quant q8_0`)"
             )
         files = check_export(model_dir, quant, config)
+        check_min_context(model_dir, config.max_seq_len)
+        # The weights this export was made from: llama.cpp never reads them, but a directory
+        # whose model.safetensors is gone or damaged cannot be re-exported or run by torch.
+        check_weights_header(model_dir, config)
         exact = settings.exact
+        # f32 keys and values in exact mode, else llama.cpp's default f16; +1: the padding
+        # slot; llama.cpp rounds a context up to a multiple of 256 positions.
+        n_ctx = -(-(config.max_seq_len + 1) // 256) * 256
+        check_context_memory(model_dir, config, n_ctx, 4 if exact else 2)
         quiet_llama_logs()
         _backend_init()
         self.quant, self.settings, self.config = quant, settings, config
         self.n_future = config.n_future_tokens
         self.max_seq_len = config.max_seq_len
+        self.warnings: list[str] = []  # see base.Engine
         contexts: list[_Context] = []
         try:
             contexts.append(_Context(files[0], settings, config.max_seq_len + 1, exact))  # + the padding slot
@@ -255,6 +271,28 @@ class LlamaEngine:
         self._step = _LlamaStepModel(contexts[0], contexts[1:], config.n_trunk_layers, config.max_seq_len, exact)
         self._cached: list[int] = []  # tokens whose KV (and z) is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared caches
+        try:
+            self._probe(self.tokenizer.eot_id)
+        except BaseException:
+            self.close()
+            raise
+
+    def _probe(self, token: int) -> None:
+        """One forward of every context: NaN or inf weights (quantized ones included, whose
+        values the file check cannot see) give non-finite logits, which would otherwise
+        decode as garbage or empty completions."""
+        main = self._step.forward([token], 0, 1)
+        rows = [("logits", self._step.main.path, main.next_logits())]
+        rows.append(("block input z", self._step.main.path, torch.from_numpy(self._step.z[:1])))
+        if self.n_future > 1:
+            heads = self._step.head_logits(0, self.n_future)
+            rows += [("logits", c.path, heads[i]) for i, c in enumerate(self._step.heads)]
+        self._step.reset()
+        for what, path, values in rows:
+            if not torch.isfinite(values).all():
+                raise ModelFileError(
+                    path, f"a one-token forward gives non-finite {what} (NaN or inf): the weights are broken"
+                )
 
     @classmethod
     def from_dir(cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu") -> "LlamaEngine":

@@ -13,7 +13,9 @@ import torch
 
 from assistant.engine.base import (
     GenerationConfig,
+    MIN_CONTEXT,
     GenerationResult,
+    check_min_context,
     checked_prompt,
     common_prefix_length,
     result_text,
@@ -59,6 +61,10 @@ class TorchEngine:
     reuses_cache_across_k = False
 
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
+        if model.config.max_seq_len < MIN_CONTEXT:
+            raise ValueError(
+                f"max_seq_len {model.config.max_seq_len} is too small to serve completions (at least {MIN_CONTEXT})"
+            )
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         # Half-precision CPU matmuls give a row the same bits whatever the batch's row count
@@ -74,11 +80,13 @@ class TorchEngine:
         self._cache_k = 0  # heads whose blocks filled the cache: only they can reuse it
         self._cached: list[int] = []  # tokens whose KV is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared cache
+        self.warnings: list[str] = []  # see base.Engine
 
     @classmethod
     def from_dir(cls, model_dir, device: str = "cpu", dtype=torch.float32) -> "TorchEngine":
-        from models.checkpoint import load_model
+        from models.checkpoint import load_model, read_config
 
+        check_min_context(model_dir, read_config(model_dir)[0].max_seq_len)
         loaded = load_model(model_dir, device=device, dtype=dtype)  # no float32 copy of a half model
         return cls(loaded.model, loaded.tokenizer, device, dtype)
 
