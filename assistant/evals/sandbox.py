@@ -18,6 +18,11 @@ the best the machine offers, detected at run time by starting a trial child:
   Python-level socket guard - all bypassable (`_socket`, setsid, world-writable
   directories). It is weak, so it runs only with `allow_weak=True`; otherwise, and when no
   isolation works at all, `run_program` raises SandboxUnavailable saying what to install.
+  (Not as root, its process limit counts all of the user's processes, not the program's.)
+
+As root, neither tool needs user namespaces; otherwise both do (bwrap also refuses nested
+ones). Whichever runs, the limits are set by _sandbox_child.py before the program's first
+line, and a trial child must show no capabilities and no_new_privs before one is used.
 
 Reading is not confined: the program can read what its uid may read (as root, the
 interpreter's directory is bound in; the rest of a root-only directory like /root is
@@ -35,6 +40,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +52,13 @@ _MAX_PROGRAM = 100_000  # characters: the program travels as one argv string (Li
 # Unused uids, one picked per run: RLIMIT_NPROC counts per uid, so a shared uid (nobody) would let
 # other sandboxes running at the same time, or any other nobody process, eat into this one's limit.
 _UID_BASE, _UID_SPAN = 1_900_000_000, 1_000_000
+
+
+# Proves an isolation starts and leaves the program without privileges.
+_TRIAL = """\
+status = open("/proc/self/status").read()
+assert "CapEff:\\t0000000000000000" in status and "NoNewPrivs:\\t1" in status, status
+"""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -123,7 +136,7 @@ def _unusable(isolation: str) -> str:
         return f"`{tool}` is not on PATH{hint}"
     if os.geteuid() == 0 and isolation == "rlimits" and _hidden_by(_interpreter_paths()):
         return "as root it must switch uid, and that uid cannot reach the interpreter at " + sys.base_prefix
-    trial = _run(isolation, "import os\nassert os.getuid() != 0", SandboxLimits(timeout_s=30))
+    trial = _run(isolation, _TRIAL, SandboxLimits(timeout_s=30))
     return "" if trial.passed else f"a trial program {trial.reason}: {trial.stderr_tail.strip()[-300:]}"
 
 
@@ -183,8 +196,6 @@ def _unshare_command(as_root: bool) -> list[str]:
 
 
 def _weak_workdir(uid: int | None) -> str:
-    import tempfile
-
     workdir = tempfile.mkdtemp(prefix="mtp-sandbox-")
     if uid is not None:
         os.chown(workdir, uid, uid)
@@ -211,24 +222,27 @@ def _hidden_by(paths: list[str]) -> dict[str, list[str]]:
 
 
 def _supervise(isolation: str, command: list[str], limits: SandboxLimits, workdir: str) -> SandboxResult:
-    proc = subprocess.Popen(
-        command,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": workdir, "TMPDIR": workdir},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, for killpg (all an "rlimits" sandbox has)
-    )
-    timed_out = False
-    try:
-        _, stderr = proc.communicate(timeout=limits.timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_all(proc, isolation)
-        _, stderr = proc.communicate()
-    if isolation == "rlimits":  # the program may have left processes in its group
-        _killpg(proc.pid)
-    tail = stderr.decode("utf-8", "replace")[-500:]
+    # stderr goes to a file, not a pipe: a pipe's end held by a process that escaped a weak
+    # sandbox would keep us waiting for its end-of-file.
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            command,
+            env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": workdir, "TMPDIR": workdir},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its own process group, for killpg (all an "rlimits" sandbox has)
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=limits.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_all(proc, isolation)
+        if isolation == "rlimits":  # the program may have left processes in its group
+            _killpg(proc.pid)
+        stderr.seek(max(0, os.fstat(stderr.fileno()).st_size - 2000))
+        tail = stderr.read().decode("utf-8", "replace")[-500:]
     return _result(proc.returncode, timed_out, tail, isolation)
 
 

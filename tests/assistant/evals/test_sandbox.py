@@ -128,7 +128,7 @@ def _escapees(token: str) -> str:
         "if posix.fork() == 0:\n"
         "    posix.setsid()\n"
         "    if posix.fork() == 0:\n"
-        f"        posix.execv('/bin/sleep', ['sleep', '30', {token!r}])\n"
+        f"        posix.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', {token!r}])\n"
         "    posix._exit(0)\n"
         "posix.wait()\n"
         "sys.stderr.write('started\\n')\n"
@@ -207,7 +207,7 @@ def test_the_weak_isolation_still_limits_processes_when_allowed():
         "    try: pid = posix.fork()\n"
         "    except BlockingIOError: break\n"
         "    if pid == 0:\n"
-        f"        posix.execv('/bin/sleep', ['sleep', '20', {token!r}])\n"
+        f"        posix.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(20)', {token!r}])\n"
         "    forked += 1\n"
         f"assert forked < {FAST.processes}, forked\n"
     )
