@@ -9,6 +9,7 @@
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
     mtp-assistant tui [--repo PATH]                    the terminal UI: models, training, playground
     mtp-assistant lsp [--tcp PORT] [--model M]         the language server (stdio by default)
+    mtp-assistant doctor [--editor NAME]               check the editor's set-up, print its snippet
 
 Errors the user can fix are one line on stderr and a non-zero exit, never a traceback.
 """
@@ -22,9 +23,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from assistant.evals.sandbox import SandboxUnavailable
 from assistant.store import NAME_PATTERN, ModelStore, StoreError
 from assistant.training.corpus import CorpusError
-from assistant.training.trainer import TrainError
 from models.checkpoint import ModelFileError, read_config
 from models.config import PRESETS
 
@@ -39,7 +40,14 @@ class CliError(Exception):
 # Errors the user can fix (bad paths, settings, model files): one line, no traceback.
 # ValueError is included because settings are validated with it (GenerationConfig,
 # PromptBudget, a cursor outside the file).
-USER_ERRORS = (CliError, StoreError, ModelFileError, CorpusError, TrainError, ValueError)
+USER_ERRORS = (CliError, StoreError, ModelFileError, CorpusError, SandboxUnavailable, ValueError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """USER_ERRORS, plus the trainer's: only a command that imported the trainer (and torch,
+    which the rest of the CLI imports only where it is used) can raise a TrainError."""
+    trainer = sys.modules.get("assistant.training.trainer")
+    return USER_ERRORS + ((trainer.TrainError,) if trainer else ())
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -222,8 +230,9 @@ def _add_models_parser(sub) -> None:
     p = sub.add_parser("models", help="list, show, add, remove models and set the default")
     msub = p.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="models in the store").set_defaults(func=cmd_models_list)
-    show = msub.add_parser("show", help="a model's configuration and provenance")
+    show = msub.add_parser("show", help="a model's configuration, provenance and scores")
     show.add_argument("model", nargs="?", default="default")
+    show.add_argument("--json", action="store_true", help="everything as one JSON object")
     show.set_defaults(func=cmd_models_show)
     add = msub.add_parser("add", help="copy a model directory into the store")
     add.add_argument("path")
@@ -233,7 +242,7 @@ def _add_models_parser(sub) -> None:
     rm = msub.add_parser("remove", help="delete a model from the store")
     rm.add_argument("name")
     rm.set_defaults(func=cmd_models_remove)
-    default = msub.add_parser("default", help="set the default model")
+    default = msub.add_parser("default", help="set the default model ('shipped' goes back to the shipped one)")
     default.add_argument("name")
     default.set_defaults(func=cmd_models_default)
     _add_models_import_parser(msub)
@@ -242,25 +251,62 @@ def _add_models_parser(sub) -> None:
 
 def cmd_models_list(args) -> int:
     store = ModelStore()
-    entries = store.list()
-    if not entries:
-        print(f"no models in {store.models_dir}")
-        return 0
-    for entry in entries:
+    for entry in store.list():
         try:
             config, tokenizer, _ = read_config(entry.path)
             desc = f"{config.n_future_tokens} heads, dim {config.dim}, {config.n_layers} blocks, {tokenizer.get('kind')} tokens"
         except ModelFileError as e:
             desc = f"unreadable: {e.problem}"
-        print(f"{'*' if entry.is_default else ' '} {entry.name:<24} {desc}")
+        where = f" (shipped with mtp-assistant: {entry.path})" if entry.shipped else ""
+        print(f"{'*' if entry.is_default else ' '} {entry.name:<24} {desc}{where}")
+    print(f"(* the default; models you add live in {store.models_dir})")
     return 0
 
 
 def cmd_models_show(args) -> int:
     path = ModelStore().resolve(args.model)
     config, tokenizer, provenance = read_config(path)
-    print(json.dumps({"path": str(path), "model": config.to_dict(), "tokenizer": tokenizer, "provenance": provenance}, indent=2))
+    card = _read_card(path)
+    if args.json:
+        print(json.dumps({"path": str(path), "model": config.to_dict(), "tokenizer": tokenizer,
+                          "provenance": provenance, "card": card}, indent=2))
+        return 0
+    from models.gguf_export import available_quants
+
+    print(f"{path}")
+    print(f"  {config.n_future_tokens} heads, dim {config.dim}, {config.n_layers} blocks, context {config.max_seq_len}, "
+          f"{tokenizer.get('kind')} tokenizer (vocabulary {config.vocab_size})")
+    print(f"  llama.cpp exports: {', '.join(available_quants(path)) or 'none (the torch engine serves it)'}")
+    trained = provenance.get("trained_by") or provenance.get("source")
+    if trained:
+        print(f"  made by: {trained}")
+    for label, value in _card_scores(card):
+        print(f"  {label}: {value}")
     return 0
+
+
+def _read_card(model_dir: Path) -> dict:
+    """card.json next to the model (what its CARD.md reports), or {} when it has none."""
+    try:
+        data = json.loads((model_dir / "card.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _card_scores(card: dict) -> list[tuple[str, str]]:
+    """The card's headline scores, as (label, value) lines."""
+    lines = []
+    heads = card.get("heldout_heads", {}).get("accuracy_per_head")
+    if heads:
+        lines.append(("held-out top-1 per head", " / ".join(f"{a:.1%}" for a in heads)))
+    next_line = card.get("next_line", {}).get("exact_match")
+    if next_line is not None:
+        lines.append(("next-line exact match", f"{next_line:.1%}"))
+    humaneval = card.get("humaneval", {})
+    if "pass_at_1" in humaneval:
+        lines.append(("HumanEval pass@1", f"{humaneval['pass_at_1']:.1%} of {humaneval.get('problems', '?')} problems"))
+    return lines
 
 
 def cmd_models_add(args) -> int:
@@ -521,8 +567,38 @@ def cmd_tui(args) -> int:
     return app.return_code or 0
 
 
+def _add_doctor_parser(sub) -> None:
+    from assistant.editors import EDITORS
+
+    p = sub.add_parser("doctor", help="check what an editor will run (model, engine, a completion round trip) "
+                                      "and print the editor's set-up with the right path")
+    p.add_argument("--model", help="model directory or store name (default: the store's default)")
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "llama"))
+    p.add_argument("--editor", default="neovim", choices=EDITORS, help="whose set-up to print")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    from assistant.doctor import DoctorError, DoctorSettings, run_doctor
+
+    try:
+        return run_doctor(DoctorSettings(model=args.model, engine=args.engine, editor=args.editor))
+    except DoctorError as e:
+        raise CliError(f"doctor: {e}") from None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mtp-assistant")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-assistant", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"mtp-assistant {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_eval_parser(sub)
@@ -531,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(sub)
     _add_tui_parser(sub)
     _add_lsp_parser(sub)
+    _add_doctor_parser(sub)
     return parser
 
 
@@ -543,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"mtp-assistant: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

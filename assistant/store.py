@@ -4,7 +4,12 @@
         models/NAME/        one model directory each (config.json, model.safetensors, ...)
         settings.json       {"default_model": NAME}
 
-A model reference is a path to a model directory, a name in the store, or "default".
+The model shipped in the repository (models/default) is listed as "shipped"; it is the
+default until the user chooses another, and choosing "shipped" goes back to it. Adding a
+model never changes the default unless asked to.
+
+A model reference is a path to a model directory, a name in the store, "shipped", or
+"default" (whichever model is the default).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from models import SHIPPED_MODEL_DIR
 from models.checkpoint import CONFIG_FILE, ModelFileError, read_config, write_atomic
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHIPPED_NAME = "shipped"
+DEFAULT_REF = "default"
+RESERVED_NAMES = (SHIPPED_NAME, DEFAULT_REF)
 
 
 class StoreError(Exception):
@@ -33,6 +41,7 @@ class ModelEntry:
     name: str
     path: Path
     is_default: bool
+    shipped: bool = False  # the model in the repository, not in the store (cannot be removed)
 
 
 class ModelStore:
@@ -57,33 +66,51 @@ class ModelStore:
         return name if isinstance(name, str) and (self.models_dir / name).is_dir() else None
 
     def set_default(self, name: str) -> None:
+        """Make a store model the default; "shipped" goes back to the shipped model."""
+        if name == DEFAULT_REF:
+            raise StoreError(f"{DEFAULT_REF!r} names whichever model is the default; the shipped model is {SHIPPED_NAME!r}")
+        if name == SHIPPED_NAME:
+            if self._shipped_config() is None:
+                raise StoreError("this installation has no shipped model")
+            self._write_settings({k: v for k, v in self._settings().items() if k != "default_model"})
+            return
         if not (self.models_dir / name).is_dir():
             raise StoreError(f"no model named {name!r} in {self.models_dir}")
-        settings = self._settings() | {"default_model": name}
+        self._write_settings(self._settings() | {"default_model": name})
+
+    def _write_settings(self, settings: dict) -> None:
         write_atomic(self.settings_path, (json.dumps(settings, indent=2) + "\n").encode())
+
+    def _shipped_config(self) -> Path | None:
+        if self.shipped_dir is not None and (self.shipped_dir / CONFIG_FILE).is_file():
+            return self.shipped_dir / CONFIG_FILE
+        return None
 
     # --- models ---
 
     def list(self) -> list[ModelEntry]:
-        if not self.models_dir.is_dir():
-            return []
+        """The store's models by name, then the shipped one (when this installation has it)."""
         default = self.default_name()
-        return [
+        entries = [
             ModelEntry(p.name, p, p.name == default)
-            for p in sorted(self.models_dir.iterdir())
-            if p.is_dir() and (p / CONFIG_FILE).exists()
+            for p in (sorted(self.models_dir.iterdir()) if self.models_dir.is_dir() else [])
+            if p.is_dir() and (p / CONFIG_FILE).exists() and p.name not in RESERVED_NAMES
         ]
+        if self._shipped_config() is not None:
+            entries.append(ModelEntry(SHIPPED_NAME, self.shipped_dir, default is None, shipped=True))
+        return entries
 
     def resolve(self, ref: str | Path | None) -> Path:
         """The directory a model reference names."""
-        if ref is None or str(ref) == "default":
+        if ref is None or str(ref) == DEFAULT_REF:
             name = self.default_name()
             if name is not None:
                 return self.models_dir / name
-            # No default chosen: the model shipped in the repository (models/default).
-            if self.shipped_dir is not None and (self.shipped_dir / "config.json").is_file():
+            if self._shipped_config() is not None:
                 return self.shipped_dir
             raise StoreError("no default model: add one with `mtp-assistant models add PATH --default`")
+        if str(ref) == SHIPPED_NAME and self._shipped_config() is not None:
+            return self.shipped_dir
         path = Path(ref)
         if path.is_dir():
             return path
@@ -104,6 +131,8 @@ class ModelStore:
         name = name or source.resolve().name
         if not NAME_PATTERN.match(name):
             raise StoreError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-' only")
+        if name in RESERVED_NAMES:
+            raise StoreError(f"{name!r} is reserved (the shipped model, the default): choose another name")
         target = self.models_dir / name
         if target.exists():
             raise StoreError(f"a model named {name!r} already exists in {self.models_dir}")
@@ -115,15 +144,16 @@ class ModelStore:
         else:
             shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
         tmp.rename(target)
-        if make_default or self.default_name() is None:
+        if make_default:
             self.set_default(name)
         return ModelEntry(name, target, self.default_name() == name)
 
     def remove(self, name: str) -> None:
+        if name == SHIPPED_NAME:
+            raise StoreError("the shipped model cannot be removed (it lives in the installation, not the store)")
         target = self.models_dir / name
-        if not NAME_PATTERN.match(name) or not target.is_dir():
+        if not NAME_PATTERN.match(name) or name in RESERVED_NAMES or not target.is_dir():
             raise StoreError(f"no model named {name!r} in {self.models_dir}")
         shutil.rmtree(target)
         if self._settings().get("default_model") == name:
-            settings = {k: v for k, v in self._settings().items() if k != "default_model"}
-            write_atomic(self.settings_path, (json.dumps(settings, indent=2) + "\n").encode())
+            self._write_settings({k: v for k, v in self._settings().items() if k != "default_model"})

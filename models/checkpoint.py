@@ -17,15 +17,19 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from models.config import ConfigError, ModelConfig, format_bytes
 from models.tokenizer import TokenizerError, load_tokenizer
-from models.transformer import MTPTransformer
+
+# torch is imported where weights are touched: reading a config (every CLI command, the
+# model list) must not pay torch's ~2 s import.
+if TYPE_CHECKING:
+    import torch
+
+    from models.transformer import MTPTransformer
 
 FORMAT = "mtp-assistant/1"
 CONFIG_FILE = "config.json"
@@ -73,6 +77,8 @@ def save_model(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Write config.json, model.safetensors and the tokenizer's files into model_dir."""
+    from safetensors.torch import save_file
+
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().to("cpu", dtype or t.dtype).contiguous() for name, t in model.state_dict().items()}
@@ -196,6 +202,8 @@ def check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: tuple[int, 
         raise ModelFileError(path, f"tensor {name} has shape {tuple(tensor.shape)}, {source} implies {shape}")
     if not tensor.is_floating_point():
         raise ModelFileError(path, f"tensor {name} has non-float dtype {tensor.dtype}")
+    import torch
+
     finite = torch.isfinite(tensor)
     if not finite.all():
         # Such weights load and run, and every completion comes out empty or garbage.
@@ -205,6 +213,10 @@ def check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: tuple[int, 
 
 def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor's name and shape in the model.safetensors of a model with this config."""
+    import torch
+
+    from models.transformer import MTPTransformer
+
     with torch.device("meta"):
         model = MTPTransformer(config.replace(max_seq_len=1))  # shapes only; no RoPE tables
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -258,8 +270,13 @@ def _read_weights(path: Path, model: MTPTransformer) -> dict[str, torch.Tensor]:
 def load_model(
     model_dir: Path | str,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,  # None: float32
 ) -> LoadedModel:
+    import torch
+
+    from models.transformer import MTPTransformer
+
+    dtype = dtype or torch.float32
     model_dir = Path(model_dir)
     config, tokenizer_config, provenance = read_config(model_dir)
     try:

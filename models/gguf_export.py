@@ -39,10 +39,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelFileError, load_model
+
+if TYPE_CHECKING:  # imported where tensors are written: listing exports must not pay for torch
+    import torch
 from models.config import ModelConfig
 from models.tokenizer import _BYTE_TO_SYMBOL
 
@@ -184,7 +188,7 @@ def _write_gguf(
     writer.add_uint32("mtp.n_trunk_layers", config.n_trunk_layers)
     writer.add_string("mtp.weights_sha256", fingerprint)
     for tensor_name, tensor in tensors.items():
-        writer.add_tensor(tensor_name, tensor.detach().to(torch.float32).contiguous().numpy())
+        writer.add_tensor(tensor_name, tensor.detach().float().contiguous().numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

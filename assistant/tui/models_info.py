@@ -81,13 +81,9 @@ def quantizations(model_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def list_models(store: ModelStore, shipped_dir: Path | None) -> list[ModelInfo]:
-    """Every model in the store, then the shipped one (when present and asked for)."""
-    infos = [describe_model(e.name, e.path, e.is_default) for e in store.list()]
-    if shipped_dir is not None and (shipped_dir / "config.json").is_file():
-        # The shipped model is the default only while the store names none.
-        infos.append(describe_model("(shipped) default", shipped_dir, store.default_name() is None, shipped=True))
-    return infos
+def list_models(store: ModelStore) -> list[ModelInfo]:
+    """Every model the store lists: its own, then the shipped one."""
+    return [describe_model(e.name, e.path, e.is_default, e.shipped) for e in store.list()]
 
 
 def scores(provenance: dict[str, Any]) -> dict[str, Any]:

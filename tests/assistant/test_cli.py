@@ -65,20 +65,60 @@ def test_train_on_this_repository_resume_after_kill_and_eval(tmp_path, home):
 def test_models_commands(tmp_path, home):
     out = tmp_path / "run"
     cli("train", PROJECT / "models", "--out", out, *TINY_ARGS, "--steps", "1", env=home)
-    assert "no models" in cli("models", "list", env=home).stdout
-    assert "(default)" in cli("models", "add", out / "model", "--name", "mine", env=home).stdout
+    # A fresh install lists the shipped model, which serves as the default.
+    assert "* shipped" in cli("models", "list", env=home).stdout
+    # Adding a model does not make it the default; asking does, and `shipped` goes back.
+    added = cli("models", "add", out / "model", "--name", "mine", env=home).stdout
+    assert "added mine" in added and "(default)" not in added
     listing = cli("models", "list", env=home).stdout
-    assert "* mine" in listing and "4 heads" in listing
-    shown = json.loads(cli("models", "show", "mine", env=home).stdout)
+    assert "  mine" in listing and "4 heads" in listing and "* shipped" in listing
+    shown = json.loads(cli("models", "show", "mine", "--json", env=home).stdout)
     assert shown["model"]["n_future_tokens"] == 4
     assert shown["provenance"]["trained_by"] == "mtp-assistant train"
+    readable = cli("models", "show", "shipped", env=home).stdout
+    assert "4 heads" in readable and "held-out top-1 per head" in readable and "HumanEval" in readable
     cli("models", "add", out / "model", "--name", "second", env=home)
     cli("models", "default", "second", env=home)
     assert "* second" in cli("models", "list", env=home).stdout
+    cli("models", "default", "shipped", env=home)
+    assert "* shipped" in cli("models", "list", env=home).stdout
     cli("models", "remove", "second", env=home)
     assert "second" not in cli("models", "list", env=home).stdout
     failed = cli("models", "remove", "second", env=home, check=False)
     assert failed.returncode == 1 and "no model named 'second'" in failed.stderr
+    failed = cli("models", "remove", "shipped", env=home, check=False)
+    assert failed.returncode == 1 and "cannot be removed" in failed.stderr
+    failed = cli("models", "add", out / "model", "--name", "shipped", env=home, check=False)
+    assert failed.returncode == 1 and "reserved" in failed.stderr
+
+
+def test_commands_start_without_importing_torch():
+    """torch takes seconds to import: --help, --version and the model list must not wait for it."""
+    code = (
+        "import sys; from assistant.cli import build_parser, cmd_models_list; build_parser(); "
+        "cmd_models_list(None); assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT, capture_output=True, timeout=60)
+    assert cli("--version").stdout.startswith("mtp-assistant ")
+
+
+def test_doctor_runs_the_server_the_editor_would(tmp_path, home):
+    """doctor starts the installation's own server over stdio and completes at a cursor."""
+    from models.checkpoint import save_model
+    from models.tokenizer import ByteTokenizer
+    from tests.assistant.engine.helpers import random_model
+
+    model = save_model(tmp_path / "tiny", random_model(seed=2), ByteTokenizer())
+    report = cli("doctor", "--model", model, "--editor", "helix", env=home | {"OMP_NUM_THREADS": "1"}).stdout
+    lines = report.splitlines()
+    assert lines[0].startswith("ok  command: /") and lines[0].endswith("mtp-assistant")
+    command = lines[0].removeprefix("ok  command: ")
+    assert f"ok  model: {model}" in lines
+    assert "ok  engine: torch" in lines
+    assert any(line.startswith("ok  completion round trip: ") for line in lines)
+    assert f'command = "{command}"' in report  # the snippet names the real executable
+    failed = cli("doctor", "--model", tmp_path / "nothing", env=home, check=False)
+    assert failed.returncode == 1 and "neither a model directory" in failed.stderr
 
 
 @pytest.mark.parametrize(

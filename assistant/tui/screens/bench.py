@@ -108,7 +108,7 @@ class BenchScreen(TuiScreen):
     @work(thread=True, exit_on_error=False, exclusive=True, group="models")
     def _list_models(self) -> None:
         models = [
-            (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+            (m.name, str(m.path)) for m in list_models(self.app.store) if not m.error
         ]
         self.app.call_from_thread(
             self.query_one("#bench-model", Select).set_options, [("default model", DEFAULT_MODEL)] + models

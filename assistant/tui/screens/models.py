@@ -93,7 +93,7 @@ class ModelsScreen(TuiScreen):
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="list")
     def _list(self) -> None:
-        self.post_message(self.Listed(list_models(self.store, self.app.settings.shipped_dir)))
+        self.post_message(self.Listed(list_models(self.store)))
 
     def on_models_screen_listed(self, message: Listed) -> None:
         if message.models == self.models and self.models:
@@ -262,12 +262,8 @@ class ModelsScreen(TuiScreen):
 
     def action_set_default(self) -> None:
         m = self.selected()
-        if m is None or m.shipped or m.error:
-            self.notify(
-                "select a model in the store"
-                + (" (the shipped model is the default while none is set)" if m and m.shipped else ""),
-                severity="warning",
-            )
+        if m is None or m.error:
+            self.notify("select a model that loads", severity="warning")
             return
         try:
             self.store.set_default(m.name)

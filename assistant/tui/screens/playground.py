@@ -92,7 +92,7 @@ class PlaygroundScreen(TuiScreen):
     @work(thread=True, exit_on_error=False, exclusive=True, group="models")
     def _list_models(self) -> None:
         models = [
-            (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+            (m.name, str(m.path)) for m in list_models(self.app.store) if not m.error
         ]
         self.app.call_from_thread(self._set_models, models)
 

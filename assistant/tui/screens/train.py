@@ -203,7 +203,7 @@ class TrainScreen(TuiScreen):
         models = None
         if with_models:
             models = [
-                (m.name, str(m.path)) for m in list_models(self.app.store, self.app.settings.shipped_dir) if not m.error
+                (m.name, str(m.path)) for m in list_models(self.app.store) if not m.error
             ]
         self.post_message(self.RunsListed(infos, models))
         if first and infos and self.attached is None:

@@ -16,6 +16,11 @@ def table_names(app) -> list[str]:
     return [m.name for m in app.screen.models]
 
 
+def stored(home) -> list[str]:
+    """The store's own models (the shipped one is listed too, but is not in the store)."""
+    return [e.name for e in ModelStore(home).list() if not e.shipped]
+
+
 async def test_import_and_remove_a_model(home, tmp_path):
     source = save_tiny(tmp_path / "src" / "tiny-a", provenance={"trained_by": "test", "val_loss": 5.5})
     app = make_app(home)
@@ -29,16 +34,16 @@ async def test_import_and_remove_a_model(home, tmp_path):
         app.screen.query_one(Input).value = str(source)
         await pilot.press("enter")
         await wait_for(pilot, lambda: table_names(app) == ["tiny-a"], what="imported model in the table")
-        assert [e.name for e in ModelStore(home).list()] == ["tiny-a"]
+        assert stored(home) == ["tiny-a"]
         row = app.screen.models[0]
-        assert row.n_future == 4 and row.tokenizer == "byte" and row.is_default  # the first model becomes the default
+        assert row.n_future == 4 and row.tokenizer == "byte" and not row.is_default  # adding never changes the default
         assert "val_loss: 5.5" in app.screen.query_one("#model-detail", Static).render().plain
         assert app.screen.query_one(DataTable).row_count == 1
 
         await pilot.press("x")
         await pilot.click("#yes")
         await wait_for(pilot, lambda: table_names(app) == [], what="removal")
-        assert ModelStore(home).list() == []
+        assert stored(home) == []
         assert any("removed tiny-a" in m for m in notifications(app))
 
 
@@ -50,7 +55,7 @@ async def test_remove_asks_first_and_cancel_keeps_the_model(home, tmp_path):
         await pilot.press("x")
         await pilot.press("escape")
         await pilot.pause(0.2)
-        assert [e.name for e in ModelStore(home).list()] == ["tiny-a"]
+        assert stored(home) == ["tiny-a"]
 
 
 async def test_errors_are_notifications_and_the_app_keeps_running(home, tmp_path):
@@ -84,7 +89,7 @@ async def test_errors_are_notifications_and_the_app_keeps_running(home, tmp_path
         failed = lambda: [n for n in app._notifications if n.title == "import failed"]  # noqa: E731
         await wait_for(pilot, lambda: len(failed()) == 2 and not app.screen._busy, timeout=60, what="subprocess import")
         assert failed()[1].severity == "error" and failed()[1].message.strip()
-        assert len(ModelStore(home).list()) == 2  # nothing half-imported
+        assert len(stored(home)) == 2  # nothing half-imported
         assert app.is_running
         # Exporting the unreadable model is refused up front.
         app.screen.query_one(DataTable).move_cursor(row=table_names(app).index("corrupt"))

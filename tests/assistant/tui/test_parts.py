@@ -100,7 +100,8 @@ def test_run_command_reports_output_and_cancels():
 
 
 def test_model_listing_reads_files_only(home, tmp_path):
-    store = ModelStore(home)
+    shipped = save_tiny(tmp_path / "shipped")
+    store = ModelStore(home, shipped_dir=shipped)
     store.add(save_tiny(tmp_path / "a", provenance={"trained_by": "x", "val_loss_per_head": [1.0, 2.0], "repo": "/r"}))
     gguf = store.models_dir / "a" / "gguf"
     (gguf / "q4_k_m").mkdir(parents=True)
@@ -109,12 +110,11 @@ def test_model_listing_reads_files_only(home, tmp_path):
     (gguf / "old-f16.gguf").write_bytes(b"GGUF")
     (store.models_dir / "broken").mkdir()
     (store.models_dir / "broken" / "config.json").write_text("[]")
-    shipped = save_tiny(tmp_path / "shipped")
-    infos = list_models(store, shipped)
+    infos = list_models(store)
     assert [(m.name, m.is_default, m.shipped) for m in infos] == [
-        ("a", True, False),
+        ("a", False, False),  # adding a model does not make it the default
         ("broken", False, False),
-        ("(shipped) default", False, True),
+        ("shipped", True, True),
     ]
     a = infos[0]
     assert a.quantizations == ("old-f16", "q4_k_m") and len(a.gguf_files) == 3 and a.n_future == 4
