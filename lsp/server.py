@@ -79,7 +79,10 @@ class _Protocol(LanguageServerProtocol):
             self.send_error(error)
             return
         if is_response(data):
-            self._dispatch(data, reply=False)
+            if data["id"] in self._result_types:  # the answer to one of the server's requests
+                self._dispatch(data, reply=False)
+            else:  # a stray one must not complete a future of the client's own request
+                log.warning("response to no request of the server's (id %r): ignored", data["id"])
             return
         method, is_request = data["method"], "id" in data
         if method == types.EXIT:
