@@ -361,13 +361,13 @@ def inside(path: Path, roots: list[Path]) -> bool:
 
 def read_inside(path: Path, roots: list[Path]) -> str | None:
     """A file's text if it lies inside one of roots and is at most MAX_UNOPENED_FILE bytes."""
+    if not inside(path, roots):
+        log.info("not reading %s: outside the workspace", path)
+        return None
     try:
-        real = path.resolve()
-        if not any(real.is_relative_to(root) for root in roots):
-            log.info("not reading %s: outside the workspace", path)
-            return None
+        real = path.resolve()  # read the checked path, not the link again
         if real.is_file() and real.stat().st_size <= MAX_UNOPENED_FILE:
-            with real.open("rb") as f:  # read the checked path, not the link again
+            with real.open("rb") as f:
                 return f.read(MAX_UNOPENED_FILE).decode("utf-8", errors="replace")
     except (OSError, RuntimeError):
         pass

@@ -4,8 +4,6 @@ bodies, junk params, nested request-like objects, stray responses, among valid t
 import time
 from collections import Counter
 
-import pytest
-
 from tests.lsp.fuzzing import Fuzzer
 from tests.lsp.raw import RawClient, StdioServer
 

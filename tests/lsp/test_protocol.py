@@ -1,12 +1,13 @@
 """JSON-RPC 2.0 / LSP 3.18 conformance against hostile input: the real server over stdio,
 fed raw bytes by tests/lsp/raw.py."""
 
-import json
+import asyncio
 import os
+import time
 
 import pytest
 
-from lsp.rpc import MAX_FRAME_BYTES
+from lsp.rpc import MAX_FRAME_BYTES, MAX_HEADER_LINE, StreamSource, read_frame
 from tests.lsp.raw import StdioServer, frame_bytes
 
 TEXT = "def add(a, b):\n    return a + b\n\nx = add(1, "
@@ -32,8 +33,6 @@ def ready(client, timeout: float = 60) -> None:
         result = client.request(f"ready-{n}", "mtp/stats", {}, timeout)["result"]
         if result["ready"] or result["model_error"]:
             return
-        import time
-
         time.sleep(0.1)
     raise TimeoutError("no model")
 
@@ -52,6 +51,30 @@ def inline(client, msg_id, uri: str, line: int, character: int) -> dict:
         "textDocument": {"uri": uri}, "position": {"line": line, "character": character},
         "context": {"triggerKind": 2},
     })
+
+
+def read_all(data: bytes) -> list:
+    """lsp.rpc's frames from these bytes: each body, or the error code it is answered with."""
+    async def frames():
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        source, found = StreamSource(reader), []
+        while (frame := await read_frame(source)) is not None:
+            found.append(frame.error.code if frame.error else frame.body)
+        return found
+    return asyncio.run(frames())
+
+
+def test_the_reader_resynchronises_on_the_next_header():
+    body = b'{"jsonrpc": "2.0", "method": "x"}'
+    good = frame_bytes(body)
+    # A body of unknown length runs into the next header line, with no newline between.
+    assert read_all(b"Content-Length: -3\r\n\r\njunk without a newline" + good + b"\r\n\n" + good) == [-32700, body, body]
+    long_line = b"X-Junk: " + b"y" * (3 * MAX_HEADER_LINE) + b"\r\n"
+    assert read_all(long_line + good) == [body]  # read in pieces, ignored
+    assert read_all(b"content-length:  %d \n\n" % len(body) + body) == [body]  # any case, bare newlines
+    assert read_all(good[:-3]) == []  # cut short: the end of input
 
 
 def test_frames_with_unusable_lengths_are_answered_and_the_server_serves_on(served):
