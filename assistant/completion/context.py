@@ -277,8 +277,10 @@ class ContextCollector:
         index: WorkspaceIndex | None = None,
         root: Path | None = None,
         max_snippets: int = 3,
+        readable: Callable[[Path], bool] = lambda path: True,
     ):
         self.open_documents = open_documents
+        self.readable = readable  # which files on disk may feed a prompt (the server: its workspace's)
         self.index = index
         self.root = Path(root).resolve() if root else None
         self.max_snippets = max_snippets
@@ -342,7 +344,7 @@ class ContextCollector:
         # Imported files: what the code at the cursor most likely calls.
         if here is not None:
             head = docs.get(uri, prefix)
-            for path in imported_paths(head, here, self.root)[:8]:
+            for path in [p for p in imported_paths(head, here, self.root) if self.readable(p)][:8]:
                 try:
                     if path.stat().st_size > 512 << 10:
                         continue
