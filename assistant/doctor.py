@@ -124,12 +124,14 @@ def run_doctor(settings: DoctorSettings, say=print) -> int:
     with tempfile.TemporaryDirectory(prefix="mtp-doctor-") as workspace:
         client = _StdioClient(args, dict(os.environ), Path(workspace))
         try:
-            latency_ms, engine, text = _round_trip(client, Path(workspace), settings.timeout_s, say)
+            latency_ms, engine, text, warnings = _round_trip(client, Path(workspace), settings.timeout_s)
         finally:
             if client.proc.poll() is None:
                 client.proc.kill()
             client.close()
     say(f"ok  engine: {engine}")
+    for warning in warnings:
+        say(f"    warning: {warning}")
     say(f"ok  completion round trip: {latency_ms:.0f} ms at the cursor of `{SAMPLE.splitlines()[-1].strip()}` -> {text!r}")
     say("")
     say(f"Editor set-up ({settings.editor}; others: mtp-assistant doctor --editor NAME):")
@@ -137,7 +139,8 @@ def run_doctor(settings: DoctorSettings, say=print) -> int:
     return 0
 
 
-def _round_trip(client: _StdioClient, workspace: Path, timeout_s: float, say) -> tuple[float, str, str]:
+def _round_trip(client: _StdioClient, workspace: Path, timeout_s: float) -> tuple[float, str, str, list[str]]:
+    """(latency in ms, engine name, completion text, the engine's warnings) of one completion."""
     client.request("initialize", {"processId": os.getpid(), "rootUri": workspace.as_uri(), "capabilities": {}}, 30)
     client.send("initialized", {}, request=False)
     deadline = time.monotonic() + timeout_s
@@ -162,9 +165,9 @@ def _round_trip(client: _StdioClient, workspace: Path, timeout_s: float, say) ->
     latency_ms = (time.perf_counter() - started) * 1e3
     items = (result or {}).get("items") or []
     text = items[0].get("insertText", "") if items else ""
-    engine = client.request("mtp/stats", {}, 30).get("engine") or "?"
+    stats = client.request("mtp/stats", {}, 30)
     client.request("shutdown", None, 30)
     client.send("exit", None, request=False)
     if client.close() != 0:
         raise DoctorError("the server did not exit cleanly after shutdown")
-    return latency_ms, engine, text
+    return latency_ms, stats.get("engine") or "?", text, list(stats.get("warnings") or [])

@@ -313,9 +313,12 @@ class MtpServer(LanguageServer):
                 quant = getattr(engine, "quant", None)  # the llama.cpp engine's weights: Q8_0, ...
                 engine_name = f"llama.cpp {quant}" if quant else "torch"
                 self.stats.model, self.stats.engine = str(model_dir), engine_name
+                self.stats.warnings = list(engine.warnings)
                 self.model_error = None
                 log.info("model %s loaded (%s engine)", model_dir, engine_name)
                 message = f"model {model_dir.name} ready"
+                for warning in engine.warnings:  # e.g. engine "auto" fell back to torch, and why
+                    self.warn(warning)
             except Exception as e:  # bad model files, unknown names: say so, keep serving
                 self.model_error = str(e)
                 message = f"cannot load the model: {e}"

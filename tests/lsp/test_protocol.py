@@ -230,3 +230,25 @@ def test_exit_without_shutdown_exits_with_1(fresh):
     fresh.client.notify("exit")
     assert fresh.wait() == 1
 
+
+
+def test_an_engine_fallback_is_shown_and_in_the_stats(tiny_model_dir, tmp_path):
+    """engine "auto" on a model whose GGUF export is broken serves with torch, and says why."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "gguf" / "q8_0").mkdir(parents=True)
+    (model / "gguf" / "q8_0" / "main.gguf").write_bytes(b"GGUF not really")
+    (tmp_path / "ws").mkdir()
+    server = StdioServer(model, tmp_path / "home")
+    try:
+        server.client.initialize(tmp_path / "ws", OPTIONS)
+        ready(server.client)
+        stats = sync(server.client, "fallback")["result"]
+        assert stats["engine"] == "torch" and stats["model_error"] is None
+        assert any("main.gguf" in w for w in stats["warnings"]), stats["warnings"]
+        shown = server.client.wait_for(lambda m: m.get("method") == "window/showMessage")
+        assert "main.gguf" in shown["params"]["message"]
+    finally:
+        server.stop()
