@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from models.checkpoint import write_atomic
+
 
 class MetricsWriter:
     """Appends one JSON object per line; flushed per record so readers can tail it.
@@ -25,7 +27,9 @@ class MetricsWriter:
             return
         if truncate_after_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if _step_of(line) <= truncate_after_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            # Replaced whole, never rewritten in place: a kill during the rewrite would lose
+            # the steps before the checkpoint, which no resume writes again.
+            write_atomic(path, "".join(line + "\n" for line in kept).encode())
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
