@@ -222,7 +222,9 @@ def cmd_eval(args) -> int:
         print(f"next line exact match: {report['next_line']['exact_match']:.1%} of {report['next_line']['cases']} cursors")
     if "humaneval" in report:
         h = report["humaneval"]
-        print(f"HumanEval pass@1 (greedy): {h['pass_at_1']:.1%} ({len(h['passed'])} of {h['problems']} problems)")
+        print(f"HumanEval pass@1 (greedy, {engine_name(engine)}, model {model_dir}): "
+              f"{h['pass_at_1']:.1%} ({len(h['passed'])} of {h['problems']} problems)")
+        print(f"passed: {', '.join(h['passed']) or 'none'}")
     return 0
 
 
