@@ -71,8 +71,8 @@ class WindowStream:
         self._epoch_tokens: tuple[int, list[bytes]] | None = None
 
     def _epoch_order(self, epoch: int) -> list[int]:
-        # Cached: shuffling every document's index costs O(documents) and used to be redone
-        # for each document read (a third of the stream's time on a 4,000-file corpus).
+        # Cached: shuffling every document's index costs O(documents); redone for each
+        # document read it took a third of the stream's time on a 4,000-file corpus.
         if self._order_epoch != epoch:
             order = list(range(len(self.texts)))
             random.Random(f"{self.seed}:order:{epoch}").shuffle(order)

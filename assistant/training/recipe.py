@@ -128,8 +128,6 @@ class Stage:
 # what `train --seconds 400` fitted on the H200 it ran on (1.16M tokens/s measured); the lent
 # time ran out at step 5340, and the shipped model is the step-5000 checkpoint (lr already
 # within 1.3x of its floor), hence --stop-after.
-# The model shipped before it (dim 192, 8 blocks) came from four CPU stages (7.4 h on two
-# cores, on the corpus without the packages added for the GPU recipe): git history, 23f263b.
 STAGES: tuple[Stage, ...] = (
     Stage(threads=4, device="cuda", hardware="1x NVIDIA H200", args=(
         "--tokenizer", "bpe", "--vocab-size", "4096",

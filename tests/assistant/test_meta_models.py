@@ -113,8 +113,8 @@ def test_fine_tuning_the_imported_model(imported_home, code_repo, tmp_path):
 
 
 def test_llama_cpp_engine_runs_the_imported_model(tmp_path, release):
-    """Runs once the llama.cpp engine and GGUF export (issue 4, another branch) are merged."""
-    gguf_export = pytest.importorskip("models.gguf_export")
+    """An imported Meta layout exports to GGUF and runs in llama.cpp as in torch."""
+    from models import gguf_export
     from models.meta_import import import_meta_checkpoint
 
     model_dir = import_meta_checkpoint(release, tmp_path / "imported")
