@@ -278,7 +278,7 @@ class TrainScreen(TuiScreen):
             self.records.extend(message.records)
             self.query_one(LossPlot).show(self.records)
         info = message.info
-        p = runs.summarize(self.records, info.steps)
+        p = runs.summarize(self.records, info.steps, since=info.started)
         rows = [("run", f"{info.name} ({info.state})")]
         if p.loss is not None:
             eta = _duration(p.eta_s) if info.state == runs.RUNNING else "-"

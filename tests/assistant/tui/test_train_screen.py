@@ -82,6 +82,30 @@ async def test_bad_repo_and_settings_are_notifications(home, tmp_path):
         assert app.is_running
 
 
+async def test_a_re_attached_resumed_run_shows_the_eta_of_its_current_pace(home, tmp_path):
+    import subprocess
+
+    from .test_parts import resumed_records
+
+    run_dir = home / "runs" / "repo-0101-1200"
+    run_dir.mkdir(parents=True)
+    # A live process whose command line names the run: what the UI takes for the trainer.
+    proc = subprocess.Popen(["sh", "-c", "sleep 60", str(run_dir)])
+    try:
+        restart = time.time() - 60
+        (run_dir / runs.PROCESS_FILE).write_text(json.dumps({"pid": proc.pid, "command": [], "started": restart}))
+        (run_dir / "train_config.json").write_text(json.dumps({"steps": 100, "repo": str(tmp_path)}))
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in resumed_records(restart)))
+        app = train_app(home, tmp_path, steps=100)
+        async with app.run_test(size=(80, 24)) as pilot:
+            stats = app.screen.query_one("#train-stats")
+            await wait_for(pilot, lambda: "90/100" in stats.plain, what="the re-attached run")
+            assert "ETA 0m05s" in stats.plain  # 10 steps at 0.5 s, not the hours the stop lasted
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.slow
 async def test_run_survives_the_ui_and_resumes_exactly(home, code_repo):
     steps = 400
