@@ -249,6 +249,21 @@ def describe_run(run_dir: Path) -> RunInfo:
     return RunInfo(run_dir, run_state(run_dir), last_step(run_dir), steps, repo, recorded_start(run_dir))
 
 
+def describe_settings(run_dir: Path) -> str | None:
+    """The run's settings in a line, from the trainer's train_config.json (None before it
+    is written): what a re-attached run was started with."""
+    try:
+        c = json.loads((run_dir / TRAIN_CONFIG_FILE).read_text())
+        base = Path(c["base_model"]).name if c.get("base_model") else f"{c.get('preset', '?')} from scratch"
+        what = f" ({c.get('finetune', 'full')})" if c.get("base_model") else ""
+        return (
+            f"{base}{what} on {Path(str(c['repo'])).name}: {c['steps']} steps, lr {c['lr']:g}, "
+            f"seq {c['seq_len']}, batch {c['batch_size']}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def list_runs(runs_dir: Path) -> list[RunInfo]:
     """Runs the UI started, newest first."""
     if not runs_dir.is_dir():
