@@ -134,8 +134,10 @@ def test_bench_screen(snap_compare, store_home):
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
 
 
-def test_server_screen(snap_compare, store_home):
+def test_server_screen(snap_compare, store_home, monkeypatch):
     import time
+
+    monkeypatch.setenv("HOME", str(store_home.parent))  # the stats directory's path on screen: ~/home/servers
 
     from .test_server_screen import stats
 
