@@ -175,3 +175,17 @@ async def test_run_survives_the_ui_and_resumes_exactly(home, code_repo):
     records = read_metrics(run_dir / "metrics.jsonl")
     # One uninterrupted record of the steps: those after the last checkpoint were redone once.
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, steps + 1))
+
+
+async def test_the_loss_plot_legend_is_a_row_under_the_curves(home, tmp_path):
+    from .test_snapshots import fake_records
+
+    app = train_app(home, tmp_path, steps=5)
+    async with app.run_test(size=(80, 24)) as pilot:
+        plot = app.screen.query_one(LossPlot)
+        plot.show(fake_records())
+        await pilot.pause()
+        rows = plot.render().plain.split("\n")
+        assert len(rows) == plot.size.height
+        assert all(f"h{h}" in rows[-1] for h in range(1, 5))
+        assert not any("h1" in row for row in rows[:-1])  # nothing drawn over the canvas
