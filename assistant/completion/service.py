@@ -11,6 +11,7 @@ steps. One service serves one engine; the engine serialises generations itself.
 
 from __future__ import annotations
 
+import codecs
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +42,34 @@ class Completion:
     stop_reason: str = ""
     latency_s: float = 0.0
     stats: DecodeStats | None = None  # None when no model call was made
+    # (text of one token, the head that drafted it), joined = text: which head wrote what.
+    # None where no model call made the text (a cache hit) or a rule changed it beyond a cut.
+    pieces: list[tuple[str, int]] | None = None
+
+
+def token_pieces(
+    tokenizer, tokens: list[int], heads: list[int], text: str, healed: bytes = b""
+) -> list[tuple[str, int]]:
+    """Each token's text with its head, after the healed bytes (GenerationConfig.heal_bytes)
+    and cut where `text` ends (a stop string, a stop rule, a post-processing cut).
+
+    The decoder only says how many characters each token adds; the characters are taken
+    from `text`, so the pieces always join to it (invalid UTF-8 decodes to replacement
+    characters one way in a stream and maybe another in a whole text)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces, used, skip = [], 0, len(healed)
+    for token, head in zip(tokens, heads):
+        if used >= len(text):
+            break
+        data = tokenizer.token_bytes(token)
+        data, skip = data[skip:], max(0, skip - len(data))  # the healed bytes are not new text
+        n = len(decoder.decode(data))  # 0 while a character is split
+        if n:
+            pieces.append((text[used : used + n], head))
+            used += n
+    if used < len(text):  # what the decoder still held back
+        pieces.append((text[used:], pieces[-1][1] if pieces else 1))
+    return pieces
 
 
 class CompletionService:
@@ -145,7 +174,14 @@ class CompletionService:
         text = apply_stop_rules(result.text, prefix, the_plan, s.max_lines)
         text = postprocess(text, prefix, suffix)
         self.cache.put(key, prefix, text)
-        return self._done(Completion(text, multiline=the_plan.multiline, stop_reason=result.stop_reason, stats=result.stats), started)
+        pieces = None
+        if result.text.startswith(text):  # the rules only cut: the tokens still tell who wrote what
+            heads = result.token_heads or [1] * len(result.tokens)
+            pieces = token_pieces(tok, result.tokens, heads, text, prompt.heal)
+        return self._done(
+            Completion(text, multiline=the_plan.multiline, stop_reason=result.stop_reason, stats=result.stats, pieces=pieces),
+            started,
+        )
 
     def _done(self, completion: Completion, started: float) -> Completion:
         completion.latency_s = time.perf_counter() - started

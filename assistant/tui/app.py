@@ -8,6 +8,7 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
+from assistant.completion.settings import CompletionSettings
 from assistant.store import ModelStore
 from assistant.tui import runs
 from assistant.tui.screens.bench import BenchScreen
@@ -45,7 +46,8 @@ class TuiSettings:
     playground_text: str = PLAYGROUND_TEXT
     auto_complete: bool = True  # complete after a pause in typing
     complete_delay_s: float = 0.3
-    max_tokens: int = 32
+    # The playground's completions: the language server's own defaults unless set.
+    completion: CompletionSettings = CompletionSettings()
     bench_prompts: str = "humaneval"
     bench_limit: int = 5
     bench_max_new: int = 64

@@ -139,6 +139,15 @@ def resume_run(run_dir: Path) -> subprocess.Popen:
     return _spawn(command, run_dir)
 
 
+def recorded_start(run_dir: Path) -> float | None:
+    """When the run's current process was started (a resume writes a new time)."""
+    try:
+        started = json.loads((run_dir / PROCESS_FILE).read_text())["started"]
+        return float(started) if isinstance(started, (int, float)) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def recorded_pid(run_dir: Path) -> int | None:
     try:
         pid = json.loads((run_dir / PROCESS_FILE).read_text())["pid"]
@@ -191,6 +200,7 @@ class RunInfo:
     step: int
     steps: int
     repo: str
+    started: float | None = None  # when its current process started (see recorded_start)
 
     @property
     def name(self) -> str:
@@ -236,7 +246,22 @@ def describe_run(run_dir: Path) -> RunInfo:
             steps = int(command[command.index("--steps") + 1])
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass
-    return RunInfo(run_dir, run_state(run_dir), last_step(run_dir), steps, repo)
+    return RunInfo(run_dir, run_state(run_dir), last_step(run_dir), steps, repo, recorded_start(run_dir))
+
+
+def describe_settings(run_dir: Path) -> str | None:
+    """The run's settings in a line, from the trainer's train_config.json (None before it
+    is written): what a re-attached run was started with."""
+    try:
+        c = json.loads((run_dir / TRAIN_CONFIG_FILE).read_text())
+        base = Path(c["base_model"]).name if c.get("base_model") else f"{c.get('preset', '?')} from scratch"
+        what = f" ({c.get('finetune', 'full')})" if c.get("base_model") else ""
+        return (
+            f"{base}{what} on {Path(str(c['repo'])).name}: {c['steps']} steps, lr {c['lr']:g}, "
+            f"seq {c['seq_len']}, batch {c['batch_size']}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
@@ -312,7 +337,22 @@ class Progress:
     eta_s: float | None = None
 
 
-def summarize(records: list[dict[str, Any]], steps: int, window: int = 20) -> Progress:
+def seconds_per_step(train: list[dict[str, Any]], since: float | None = None, window: int = 20) -> float | None:
+    """The recent pace: over the last `window` train records written since `since` (the
+    current process's start), so that the time a run spent stopped, or before a resume,
+    does not count. None until two such records exist."""
+    recent = [r for r in train if isinstance(r.get("time"), (int, float))]
+    if since is not None:
+        recent = [r for r in recent if r["time"] >= since]
+    recent = recent[-window:]
+    if len(recent) < 2 or recent[-1]["step"] <= recent[0]["step"]:
+        return None
+    return (recent[-1]["time"] - recent[0]["time"]) / (recent[-1]["step"] - recent[0]["step"])
+
+
+def summarize(records: list[dict[str, Any]], steps: int, window: int = 20, since: float | None = None) -> Progress:
+    """since: when the run's current process started (RunInfo.started); the ETA is
+    reckoned from the pace since then."""
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
     p = Progress(steps=steps)
@@ -321,8 +361,8 @@ def summarize(records: list[dict[str, Any]], steps: int, window: int = 20) -> Pr
         p.step, p.loss = int(last.get("step", 0)), last.get("loss")
         recent = train[-window:]
         p.tokens_per_s = sum(r.get("tokens_per_s", 0.0) for r in recent) / len(recent)
-        if len(recent) >= 2 and recent[-1]["step"] > recent[0]["step"]:
-            per_step = (recent[-1]["time"] - recent[0]["time"]) / (recent[-1]["step"] - recent[0]["step"])
+        per_step = seconds_per_step(train, since, window)
+        if per_step is not None:
             p.eta_s = max(0.0, per_step * (steps - p.step))
     if val:
         p.val_loss, p.val_accuracy = val[-1].get("loss"), val[-1].get("accuracy_per_head")

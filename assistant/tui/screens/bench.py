@@ -1,4 +1,5 @@
-"""Benchmark: plain vs self-speculative decoding for a model, as a table and a bar chart."""
+"""Benchmark: plain vs self-speculative decoding for a model, as a table and a bar chart,
+on the engine completions use (llama.cpp where the model has a GGUF export, else torch)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from assistant.bench import (
 )
 from assistant.store import StoreError
 from assistant.training.corpus import CorpusError
+from assistant.tui.engines import engine_label, load_completion_engine
 from assistant.tui.models_info import list_models
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.bar_chart import SpeedupChart
@@ -54,9 +56,14 @@ class BenchScreen(TuiScreen):
             self.done, self.total = done, total
 
     class Finished(Message):
-        def __init__(self, result: BenchResult | None, error: str | None = None):
+        def __init__(self, result: BenchResult | None, error: str | None = None, engine: str = ""):
             super().__init__()
-            self.result, self.error = result, error
+            self.result, self.error, self.engine = result, error, engine
+
+    class EngineLoaded(Message):
+        def __init__(self, engine: str):
+            super().__init__()
+            self.engine = engine
 
     def __init__(self):
         super().__init__()
@@ -89,6 +96,9 @@ class BenchScreen(TuiScreen):
                 yield Label("new", classes="field-label-short")
                 yield Input(str(settings.bench_max_new), id="bench-new", compact=True, type="integer")
                 yield Button("Run", id="bench-run", variant="success", compact=True)
+            with Horizontal(classes="field"):
+                yield Label("engine", classes="field-label")
+                yield Static("- (the one completions use: llama.cpp where exported, else torch)", id="bench-engine")
             yield ProgressBar(total=1, show_eta=False, id="bench-progress")
             yield DataTable(id="bench-table", cursor_type="none")
             yield Static("", id="bench-summary")
@@ -140,15 +150,14 @@ class BenchScreen(TuiScreen):
 
     @work(thread=True, exit_on_error=False, group="bench")
     def _run(self, model: str | None, prompts_from: str, config: BenchConfig, cancel: threading.Event) -> None:
-        from assistant.engine import load_engine
-
         def progress(done: int, total: int) -> None:
             self.post_message(self.Progress(done, total))
             if cancel.is_set():
                 raise BenchCancelled()  # run_bench calls back between prompts
 
         try:
-            engine = load_engine(self.app.store.resolve(model or "default"), "torch", "cpu", "float32")
+            engine = load_completion_engine(self.app.store.resolve(model or "default"))
+            self.post_message(self.EngineLoaded(engine_label(engine)))
             prompts = humaneval_prompts() if prompts_from == "humaneval" else directory_prompts(prompts_from)
             self.post_message(self.Progress(0, min(config.limit or len(prompts), len(prompts))))
             result = run_bench(engine, engine.tokenizer, prompts, config, progress)
@@ -159,7 +168,10 @@ class BenchScreen(TuiScreen):
         except Exception as e:  # anything else still ends the run cleanly, with its name
             self.post_message(self.Finished(None, f"{type(e).__name__}: {e}"))
         else:
-            self.post_message(self.Finished(result))
+            self.post_message(self.Finished(result, engine=engine_label(engine)))
+
+    def on_bench_screen_engine_loaded(self, message: EngineLoaded) -> None:
+        self.query_one("#bench-engine", Static).update(message.engine)
 
     def on_bench_screen_progress(self, message: Progress) -> None:
         self.query_one("#bench-progress", ProgressBar).update(total=max(1, message.total), progress=message.done)
@@ -175,25 +187,29 @@ class BenchScreen(TuiScreen):
                 severity="warning" if message.error == "cancelled" else "error",
             )
             return
-        self.show_result(message.result)
+        self.show_result(message.result, message.engine)
 
-    def show_result(self, result: BenchResult) -> None:
+    def show_result(self, result: BenchResult, engine: str = "torch") -> None:
         table = self.query_one(DataTable)
         table.clear()
         for r in result.rows:
             table.add_row(
                 str(r["k"]),
                 f"{r['tokens_per_forward']:.2f}",
-                f"{r['implied_tokens_per_forward']:.2f}",
+                f"{r['implied_tokens_per_forward']:.2f}" if r.get("implied_tokens_per_forward") is not None else "-",
                 f"{r['tokens_per_s']:.1f}",
                 f"{r['speedup']:.2f}x",
                 " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-",
             )
-        accuracy = " ".join(f"{a:.2f}" for a in result.head_accuracy)
+        # Head accuracy is scored with the torch model; a llama.cpp engine has none to lend.
+        accuracy = " ".join(f"{a:.2f}" for a in result.head_accuracy) or f"not measured on {engine}"
         warn = (
             f"  [red]{result.mismatches} runs differ from plain decoding[/]"
             if result.mismatches
             else "  (all equal plain greedy)"
         )
-        self.query_one("#bench-summary", Static).update(f"{result.prompts} prompts; head accuracy {accuracy}{warn}")
+        self.query_one("#bench-engine", Static).update(engine)
+        self.query_one("#bench-summary", Static).update(
+            f"{result.prompts} prompts on {engine}; head accuracy {accuracy}{warn}"
+        )
         self.query_one(SpeedupChart).show([(r["k"], r["speedup"]) for r in result.rows])

@@ -1,5 +1,10 @@
 """Playground: an editor with the assistant's ghost completion at the cursor, its tokens
-coloured by the head that drafted them, and the decoding stats."""
+coloured by the head that drafted them, and the decoding stats.
+
+The completion is the language server's: the same CompletionService (plan, prompt, stop
+rules, post-processing, cache) with the app's completion settings, on the engine the
+server would load (llama.cpp where the model has a GGUF export, else torch).
+"""
 
 from __future__ import annotations
 
@@ -14,16 +19,20 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Footer, Label, Select, TextArea
 
+from assistant.completion.positions import UTF32
+from assistant.completion.service import Completion, CompletionService
 from assistant.store import StoreError
-from assistant.tui.completion import Completion, complete_at
+from assistant.tui.engines import engine_label, load_completion_engine
 from assistant.tui.models_info import list_models
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.completion_view import CompletionView
+from assistant.tui.widgets.ghost_editor import GhostTextArea
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.stats_panel import StatsPanel
 from models.checkpoint import ModelFileError
 
 DEFAULT_MODEL = "__default__"
+URI = "untitled:playground"  # no file: like an unsaved buffer in an editor
 
 
 class PlaygroundScreen(TuiScreen):
@@ -34,9 +43,9 @@ class PlaygroundScreen(TuiScreen):
     ]
 
     class Completed(Message):
-        def __init__(self, completion: Completion, version: int):
+        def __init__(self, completion: Completion, version: int, engine: str, n_future: int):
             super().__init__()
-            self.completion, self.version = completion, version
+            self.completion, self.version, self.engine, self.n_future = completion, version, engine, n_future
 
     class Failed(Message):
         def __init__(self, error: str):
@@ -45,8 +54,8 @@ class PlaygroundScreen(TuiScreen):
 
     def __init__(self):
         super().__init__()
-        self._engine = None
-        self._engine_path: str | None = None
+        self._service: CompletionService | None = None
+        self._service_path: str | None = None
         self._engine_lock = threading.Lock()  # one load at a time
         self._cancel = threading.Event()
         self._version = 0  # bumped by every edit and cursor move: stale completions are dropped
@@ -54,6 +63,7 @@ class PlaygroundScreen(TuiScreen):
         self._model_value = DEFAULT_MODEL
         self._length = 0  # of the editor's text, to tell deletions
         self.shown_version = -1  # the version whose completion is on screen
+        self._ghost_at: tuple[str, tuple[int, int]] | None = None  # (text, cursor) the ghost text is for
 
     def compose(self) -> ComposeResult:
         yield NavBar("playground", id="nav")
@@ -67,7 +77,7 @@ class PlaygroundScreen(TuiScreen):
                     id="pg-model",
                     compact=True,
                 )
-            yield TextArea(
+            yield GhostTextArea(
                 self.app.settings.playground_text,
                 id="editor",
                 show_line_numbers=True,
@@ -105,13 +115,27 @@ class PlaygroundScreen(TuiScreen):
     def _text_changed(self, event: TextArea.Changed) -> None:
         # TextArea keeps the ghost text while what is typed matches it; a deletion must
         # not leave a completion meant for the longer text.
-        length = len(event.text_area.text)
+        editor = event.text_area
+        length = len(editor.text)
         if length < self._length:
-            event.text_area.suggestion = ""
+            editor.suggestion = ""
         self._length = length
+        self._ghost_at = (editor.text, editor.cursor_location) if editor.suggestion else None
         self._edited()
 
     @on(TextArea.SelectionChanged)
+    def _selection_changed(self, event: TextArea.SelectionChanged) -> None:
+        # A cursor moved without an edit leaves the ghost text where it no longer belongs.
+        editor = event.text_area
+        if self._ghost_at is not None:
+            text, cursor = self._ghost_at
+            if text == editor.text and cursor != editor.cursor_location:
+                editor.suggestion = ""
+                self._ghost_at = None
+            elif text != editor.text:  # an edit typed into the ghost text: it follows the cursor
+                self._ghost_at = (editor.text, editor.cursor_location)
+        self._edited()
+
     def _edited(self) -> None:
         self._version += 1
         self._cancel.set()  # whatever is being computed is for text that is gone
@@ -141,24 +165,29 @@ class PlaygroundScreen(TuiScreen):
         self, text: str, row: int, col: int, model: str | None, version: int, cancel: threading.Event
     ) -> None:
         try:
-            engine = self._get_engine(model)
+            service = self._get_service(model)
             if cancel.is_set():
                 return
-            completion = complete_at(engine, text, row, col, self.app.settings.max_tokens, cancel=cancel)
+            # TextArea's columns are code points: UTF-32 code units.
+            completion = service.complete_at(text, row, col, uri=URI, cancel=cancel, encoding=UTF32)
         except (StoreError, ModelFileError, ValueError, OSError) as e:
             self.post_message(self.Failed(str(e)))
             return
-        self.post_message(self.Completed(completion, version))
+        if completion.stop_reason == "cancelled":
+            return  # the text or the cursor moved on
+        engine = service.engine
+        self.post_message(self.Completed(completion, version, engine_label(engine), engine.n_future))
 
-    def _get_engine(self, model: str | None):
-        from assistant.engine import load_engine
-
+    def _get_service(self, model: str | None) -> CompletionService:
+        """One service per model, kept while it is chosen: its cache and the engine's
+        cached prompt make the next keystroke's completion cheap, as in the server."""
+        settings = self.app.settings.completion
         with self._engine_lock:
-            path = str(self.app.store.resolve(model or "default"))
-            if self._engine is None or self._engine_path != path:
-                self._engine = load_engine(Path(path), "auto", "cpu", "float32")
-                self._engine_path = path
-            return self._engine
+            path = str(self.app.store.resolve(model or settings.model or "default"))
+            if self._service is None or self._service_path != path:
+                self._service = CompletionService(load_completion_engine(Path(path), settings.engine), settings)
+                self._service_path = path
+            return self._service
 
     # --- results ---
 
@@ -167,16 +196,24 @@ class PlaygroundScreen(TuiScreen):
         if message.version != self._version:
             return  # the text or the cursor moved on
         self.shown_version = message.version
-        self.query_one(TextArea).suggestion = c.text
-        self.query_one(CompletionView).show(c.pieces, c.n_future)
+        editor = self.query_one(TextArea)
+        editor.suggestion = c.text
+        self._ghost_at = (editor.text, editor.cursor_location) if c.text else None
+        self.query_one(CompletionView).show(c.pieces, message.n_future, c.text)
+        lines = "several lines" if c.multiline else "one line"
         s = c.stats
+        if s is None:  # the cache, or a rule (binary text) answered without the model
+            self.query_one("#pg-stats", StatsPanel).show(
+                [("time", f"{c.latency_s * 1e3:.0f} ms, no model call ({c.stop_reason}); {lines}")]
+            )
+            return
         acceptance = " ".join(f"{a:.2f}" for a in s.acceptance) or "-"
         prompt = f"{s.prompt_tokens} prompt tokens, {s.reused_tokens} cached"
         self.query_one("#pg-stats", StatsPanel).show(
             [
                 ("tokens", f"{s.new_tokens} in {s.forward_passes} forwards: {s.tokens_per_forward:.2f} per forward"),
-                ("time", f"{s.wall_s * 1e3:.0f} ms on {c.engine} (prefill {s.prefill_s * 1e3:.0f} ms, {prompt})"),
-                ("accepted", f"per draft head {acceptance}; stopped by {c.stop_reason}"),
+                ("time", f"{s.wall_s * 1e3:.0f} ms on {message.engine} (prefill {s.prefill_s * 1e3:.0f} ms, {prompt})"),
+                ("accepted", f"per draft head {acceptance}; {lines}, stopped by {c.stop_reason}"),
             ]
         )
 

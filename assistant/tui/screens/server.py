@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -12,6 +15,14 @@ from assistant.tui.screens.base import TuiScreen
 from assistant.tui.servers import fmt, read_servers
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.stats_panel import StatsPanel
+
+
+def home_relative(path: Path) -> str:
+    """The path as a user would type it: under the home directory as ~/..."""
+    try:
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 class ServerScreen(TuiScreen):
@@ -37,9 +48,8 @@ class ServerScreen(TuiScreen):
         self.query_one(DataTable).add_columns(
             "pid", "model", "engine", "requests", "p50 ms", "p95 ms", "tok/fwd", "accepted"
         )
-        self.query_one("#server-hint", Static).update(
-            "[dim]read from <store home>/servers/*.json, refreshed every few seconds[/]"
-        )
+        where = escape(home_relative(self.app.servers_dir / "*.json"))
+        self.query_one("#server-hint", Static).update(f"[dim]read from {where}, refreshed every few seconds[/]")
         self._read()
         self.set_interval(self.app.settings.refresh_s * 2, self._read)
 

@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import (
     Button,
     DataTable,
@@ -38,6 +39,7 @@ from models.checkpoint import ModelFileError, read_config
 from models.tokenizer import TokenizerError, load_tokenizer
 
 SCRATCH = "__scratch__"
+PREVIEW_DELAY_S = 0.5  # after the last keystroke in the repo field
 
 
 def _duration(seconds: float | None) -> str:
@@ -83,14 +85,21 @@ class TrainScreen(TuiScreen):
             self.text, self.ok = text, ok
 
     class RunsListed(Message):
-        def __init__(self, infos: list[runs.RunInfo], models: list[tuple[str, str]] | None):
+        def __init__(self, infos: list[runs.RunInfo], models: list[tuple[str, str]] | None, default: str | None):
             super().__init__()
-            self.infos, self.models = infos, models
+            self.infos, self.models, self.default = infos, models, default
 
     class MetricsUpdate(Message):
-        def __init__(self, run_dir: Path, records: list[dict[str, Any]], reset: bool, info: runs.RunInfo):
+        def __init__(
+            self, run_dir: Path, records: list[dict[str, Any]], reset: bool, info: runs.RunInfo, settings: str | None
+        ):
             super().__init__()
-            self.run_dir, self.records, self.reset, self.info = run_dir, records, reset, info
+            self.run_dir, self.records, self.reset, self.info, self.settings = run_dir, records, reset, info, settings
+
+    class StartRefused(Message):
+        def __init__(self, error: str):
+            super().__init__()
+            self.error = error
 
     def __init__(self):
         super().__init__()
@@ -100,6 +109,9 @@ class TrainScreen(TuiScreen):
         self._procs: dict[Path, subprocess.Popen] = {}  # runs started by this UI: reaped when they end
         self._models_known: list[tuple[str, str]] = []
         self._base_value = SCRATCH
+        self._base_auto: str | None = None  # the base this screen chose (the default model)
+        self._base_picked = False  # the user chose a base: refreshes keep it
+        self._preview_timer: Timer | None = None
         self._runs_shown: tuple | None = None  # (run infos, attached run) the table shows
 
     def compose(self) -> ComposeResult:
@@ -114,7 +126,8 @@ class TrainScreen(TuiScreen):
                 with Horizontal(classes="field"):
                     yield Label("base", classes="field-label")
                     yield Select(
-                        [("from scratch (tiny)", SCRATCH)], value=SCRATCH, allow_blank=False, id="base", compact=True
+                        [("from scratch (tiny)", SCRATCH)], value=SCRATCH, allow_blank=False, id="base", compact=True,
+                        tooltip="the model to fine-tune (the default model unless chosen), or a tiny one from scratch",
                     )
                 with Horizontal(classes="field"):
                     yield Label("train", classes="field-label")
@@ -171,10 +184,18 @@ class TrainScreen(TuiScreen):
     def _repo_submitted(self) -> None:
         self.action_preview()
 
+    @on(Input.Changed, "#repo")
+    def _repo_changed(self) -> None:
+        # The preview must not describe another repository than the one typed.
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        self._preview_timer = self.set_timer(PREVIEW_DELAY_S, self.action_preview)
+
     @on(Select.Changed, "#base")
     def _base_changed(self, event: Select.Changed) -> None:
         if event.value != self._base_value:  # not when the options are refreshed
             self._base_value = event.value
+            self._base_picked = self._base_picked or event.value != self._base_auto
             self.action_preview()
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="preview")
@@ -200,18 +221,18 @@ class TrainScreen(TuiScreen):
     @work(thread=True, exit_on_error=False, group="runs")
     def _list_runs_worker(self, first: bool, with_models: bool) -> None:
         infos = runs.list_runs(self.app.runs_dir)
-        models = None
+        models, default = None, None
         if with_models:
-            models = [
-                (m.name, str(m.path)) for m in list_models(self.app.store) if not m.error
-            ]
-        self.post_message(self.RunsListed(infos, models))
+            listed = [m for m in list_models(self.app.store) if not m.error]
+            models = [(m.name, str(m.path)) for m in listed]
+            default = next((str(m.path) for m in listed if m.is_default), None)
+        self.post_message(self.RunsListed(infos, models, default))
         if first and infos and self.attached is None:
             running = [i for i in infos if i.state == runs.RUNNING]
             self.app.call_from_thread(self.attach, (running or infos)[0].path)
 
     def on_train_screen_runs_listed(self, message: RunsListed) -> None:
-        self._update_models(message.models)
+        self._update_models(message.models, message.default)
         shown = (message.infos, self.attached)
         if shown == self._runs_shown:
             return  # unchanged: keep the table (and its cursor) as it is
@@ -227,14 +248,18 @@ class TrainScreen(TuiScreen):
         if message.infos:
             table.move_cursor(row=min(max(row, 0), len(message.infos) - 1))
 
-    def _update_models(self, models: list[tuple[str, str]] | None) -> None:
+    def _update_models(self, models: list[tuple[str, str]] | None, default: str | None) -> None:
+        """New base options; until the user picks one, the base is the default model
+        (fine-tuning it is what makes a useful model; from scratch is a toy)."""
         if models is not None and models != self._models_known:
             self._models_known = models
             base = self.query_one("#base", Select)
             value = base.value
-            options = [("from scratch (tiny)", SCRATCH)] + models
+            options = models + [("from scratch (tiny)", SCRATCH)]
             base.set_options(options)
-            base.value = value if any(v == value for _, v in options) else SCRATCH
+            if not self._base_picked and default is not None:
+                value = self._base_auto = default
+            base.value = value if any(v == value for _, v in options) else (default or SCRATCH)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "runs-table" and event.row_key.value:
@@ -258,14 +283,16 @@ class TrainScreen(TuiScreen):
     def _tail(self, run_dir: Path) -> None:
         worker = get_current_worker()
         tail = runs.MetricsTail(run_dir / METRICS_FILE)
+        settings = None
         while not worker.is_cancelled:
             records, reset = tail.read_new()
             info = runs.describe_run(run_dir)
-            self.post_message(self.MetricsUpdate(run_dir, records, reset, info))
+            settings = settings or runs.describe_settings(run_dir)  # written once the trainer starts
+            self.post_message(self.MetricsUpdate(run_dir, records, reset, info, settings))
             if info.state != runs.RUNNING:
                 records, reset = tail.read_new()  # whatever it wrote before it ended
                 if records or reset:
-                    self.post_message(self.MetricsUpdate(run_dir, records, reset, info))
+                    self.post_message(self.MetricsUpdate(run_dir, records, reset, info, settings))
                 return
             time.sleep(self.app.settings.refresh_s)
 
@@ -278,8 +305,10 @@ class TrainScreen(TuiScreen):
             self.records.extend(message.records)
             self.query_one(LossPlot).show(self.records)
         info = message.info
-        p = runs.summarize(self.records, info.steps)
+        p = runs.summarize(self.records, info.steps, since=info.started)
         rows = [("run", f"{info.name} ({info.state})")]
+        if message.settings:
+            rows.append(("settings", message.settings))
         if p.loss is not None:
             eta = _duration(p.eta_s) if info.state == runs.RUNNING else "-"
             rows.append(("step", f"{p.step}/{p.steps}   {p.tokens_per_s or 0:,.0f} tok/s   ETA {eta}"))
@@ -320,6 +349,27 @@ class TrainScreen(TuiScreen):
             request = self._request()
             if not Path(request.repo).is_dir():
                 raise ValueError(f"not a directory: {request.repo}")
+        except ValueError as e:
+            self.notify(str(e), title="cannot start", severity="error")
+            return
+        self._check_and_start(request)
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="start")
+    def _check_and_start(self, request: runs.TrainRequest) -> None:
+        """Refuse a repository without code before a process is started for it (the
+        trainer would only fail, after loading the base model)."""
+        try:
+            build_corpus(request.repo)
+        except (CorpusError, OSError) as e:
+            self.post_message(self.StartRefused(str(e)))
+            return
+        self.app.call_from_thread(self._start, request)
+
+    def on_train_screen_start_refused(self, message: StartRefused) -> None:
+        self.notify(message.error, title="cannot start", severity="error", timeout=8)
+
+    def _start(self, request: runs.TrainRequest) -> None:
+        try:
             run_dir, proc = runs.start_run(request, self.app.runs_dir)
         except (ValueError, OSError, StoreError) as e:
             self.notify(str(e), title="cannot start", severity="error")

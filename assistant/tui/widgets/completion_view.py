@@ -6,8 +6,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 # Head 1's own tokens in the plain text colour; drafts that head 1 accepted in the
-# colour of the head that proposed them.
-HEAD_STYLES = {1: "bold", 2: "bold green", 3: "bold cyan", 4: "bold magenta", 5: "bold yellow", 6: "bold red"}
+# colour of the head that proposed them; 0: not known (plain).
+HEAD_STYLES = {0: "", 1: "bold", 2: "bold green", 3: "bold cyan", 4: "bold magenta", 5: "bold yellow", 6: "bold red"}
 
 
 def head_style(head: int) -> str:
@@ -32,6 +32,13 @@ def coloured(pieces: list[tuple[str, int]]) -> Text:
 
 
 class CompletionView(Static):
-    def show(self, pieces: list[tuple[str, int]], n_future: int) -> None:
-        body = coloured(pieces) if pieces else Text("(empty completion)", style="dim")
+    def show(self, pieces: list[tuple[str, int]] | None, n_future: int, text: str = "") -> None:
+        """pieces: the completion's tokens with their heads; None where they are not known
+        (a completion from the cache): then `text` is shown without colours."""
+        if pieces:
+            body = coloured(pieces)
+        elif pieces is None and text:
+            body = Text.assemble(coloured([(text, 0)]), ("  (from the cache: no heads)", "dim"))
+        else:
+            body = Text("(empty completion)", style="dim")
         self.update(Text.assemble(body, "\n", legend(n_future)))

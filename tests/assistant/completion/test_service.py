@@ -125,3 +125,26 @@ def test_auto_heads_tries_every_k_and_never_changes_the_text():
             assert completion.text == plain
     assert used[:4] == [1, 2, 3, 4]  # each k measured once, then the cheapest
     assert used[4] == cheapest
+
+
+def test_pieces_say_which_head_wrote_each_part_of_the_final_text(engine):
+    svc = service(engine, heads=None, max_tokens=24)
+    result = svc.complete_at(TEXT, LINE, COL)
+    assert result.pieces and "".join(p for p, _ in result.pieces) == result.text
+    assert {h for _, h in result.pieces} <= set(range(1, engine.n_future + 1))
+    # A stop rule's cut is the pieces' cut too (the engine wrote more than is shown).
+    multi = svc.complete("def f(x):", "")
+    assert multi.multiline and "".join(p for p, _ in multi.pieces or []) == multi.text
+    # The cache knows the text, not who wrote it.
+    assert svc.complete_at(TEXT, LINE, COL).pieces is None
+
+
+def test_token_pieces_decode_split_characters_and_skip_healed_bytes():
+    from assistant.completion.service import token_pieces
+
+    tok = ByteTokenizer()
+    ids = tok.encode("é+ü")
+    assert token_pieces(tok, ids, [1, 2, 3, 4, 1], "é+ü") == [("é", 2), ("+", 3), ("ü", 1)]
+    # Healed bytes (here "é", written again by the first tokens) are not part of the text.
+    assert token_pieces(tok, ids, [1, 2, 3, 4, 1], "+ü", healed="é".encode()) == [("+", 3), ("ü", 1)]
+    assert token_pieces(tok, ids, [1, 2, 3, 4, 1], "é+") == [("é", 2), ("+", 3)]  # cut where the text ends

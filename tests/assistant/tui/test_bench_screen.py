@@ -19,8 +19,27 @@ async def test_bench_runs_in_a_worker_and_shows_every_k(home, tmp_path, code_rep
         await wait_for(pilot, lambda: table.row_count == 4, timeout=60, what=f"the results {notifications(app)}")
         assert [table.get_row_at(i)[0] for i in range(4)] == ["1", "2", "3", "4"]
         assert table.get_row_at(0)[4] == "1.00x"  # k = 1 against itself
-        assert "all equal plain greedy" in app.screen.query_one("#bench-summary").render().plain
+        summary = app.screen.query_one("#bench-summary").render().plain
+        assert "all equal plain greedy" in summary and "on torch" in summary and "head accuracy 1.00 " in summary
+        assert app.screen.query_one("#bench-engine").render().plain == "torch"
         assert [k for k, _ in app.screen.query_one("#bench-chart")._bars] == [1, 2, 3, 4]
+
+
+async def test_bench_runs_on_llama_cpp_where_completions_do(home, tmp_path, code_repo):
+    from models.gguf_export import export_model
+
+    entry = ModelStore(home).add(save_tiny(tmp_path / "tiny-a"), make_default=True)
+    export_model(entry.path, "q8_0")
+    app = make_app(home, start_mode="bench", bench_prompts=str(code_repo), bench_limit=1, bench_max_new=8)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+b")
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 4, timeout=60, what=f"the results {notifications(app)}")
+        assert app.screen.query_one("#bench-engine").render().plain == "llama.cpp Q8_0"
+        summary = app.screen.query_one("#bench-summary").render().plain
+        # Head accuracy needs the torch model: not scored, and the table says so.
+        assert "on llama.cpp Q8_0" in summary and "head accuracy not measured" in summary
+        assert table.get_row_at(1)[2] == "-"
 
 
 async def test_bench_errors_are_notifications(home):

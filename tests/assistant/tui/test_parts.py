@@ -42,6 +42,33 @@ def test_summarize_gives_progress_speed_and_eta():
     assert p.tokens_per_s == 500.0 and p.eta_s == 40.0  # 2 s per step, 20 steps left
 
 
+def resumed_records(restart: float) -> list[dict]:
+    """Steps 1..80 at 2 s a step; stopped for hours; resumed at `restart`, 81..90 at 0.5 s."""
+    first = [{"step": s, "split": "train", "loss": 1.0, "time": 2.0 * s} for s in range(1, 81)]
+    again = [{"step": s, "split": "train", "loss": 1.0, "time": restart + 30 + 0.5 * (s - 80)} for s in range(81, 91)]
+    return first + again
+
+
+def test_eta_after_a_resume_is_the_pace_since_the_restart():
+    restart = 20_000.0
+    records = resumed_records(restart)
+    p = runs.summarize(records, steps=100, since=restart)
+    assert p.eta_s == 5.0  # 0.5 s per step, 10 steps left
+    # Without the restart time, the window over the stop gives hours: the bug this avoids.
+    assert runs.summarize(records, steps=100).eta_s > 3600
+    # Right after the restart there is no pace yet: no guess from before it.
+    assert runs.summarize(records[:81], steps=100, since=restart).eta_s is None
+    assert runs.seconds_per_step(records, since=restart, window=3) == 0.5
+
+
+def test_a_run_records_when_its_current_process_started(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert runs.recorded_start(run_dir) is None
+    (run_dir / runs.PROCESS_FILE).write_text(json.dumps({"pid": 1, "command": [], "started": 1234.5}))
+    assert runs.describe_run(run_dir).started == 1234.5
+
+
 def test_run_states_follow_the_process_and_the_files(tmp_path):
     run_dir = tmp_path / "run"
     proc = runs._spawn([sys.executable, "-c", "import time; time.sleep(30)", str(run_dir)], run_dir)

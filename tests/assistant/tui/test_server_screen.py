@@ -73,3 +73,11 @@ async def test_server_stats_are_shown_and_refreshed(home):
 
         live.unlink()  # a clean exit deletes the file
         await wait_for(pilot, lambda: table.row_count == 0, what="the server to go")
+
+
+async def test_the_hint_names_the_real_stats_directory(home):
+    app = make_app(home, start_mode="server")
+    async with app.run_test(size=(120, 24)) as pilot:
+        await pilot.pause(0.1)
+        hint = app.screen.query_one("#server-hint").render().plain
+        assert "<" not in hint and str(home / "servers" / "*.json") in hint

@@ -90,8 +90,10 @@ def test_train_screen(snap_compare, store_home, small_repo, monkeypatch):
 
     async def ready(pilot):
         screen = app.screen
-        await wait_for(pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="preview")
         await wait_for(pilot, lambda: len(screen._models_known) == 2, what="models")
+        # The default model becomes the base, and the preview is redone for it.
+        await wait_for(pilot, lambda: screen._base_value != "__scratch__", what="the default base")
+        await wait_for(pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="preview")
         screen.query_one(LossPlot).show(fake_records())  # what a run's metrics look like, fixed
         await settle(pilot)
 
@@ -132,8 +134,10 @@ def test_bench_screen(snap_compare, store_home):
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
 
 
-def test_server_screen(snap_compare, store_home):
+def test_server_screen(snap_compare, store_home, monkeypatch):
     import time
+
+    monkeypatch.setenv("HOME", str(store_home.parent))  # the stats directory's path on screen: ~/home/servers
 
     from .test_server_screen import stats
 

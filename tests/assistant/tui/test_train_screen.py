@@ -78,8 +78,69 @@ async def test_bad_repo_and_settings_are_notifications(home, tmp_path):
         app.screen.query_one("#steps", Input).value = "0"
         await pilot.click("#start")
         await wait_for(pilot, lambda: any("must be positive" in m for m in notifications(app)), what="settings error")
+        # A repository without code is refused before any process starts.
+        app.screen.query_one("#steps", Input).value = "5"
+        await pilot.click("#start")
+        await wait_for(pilot, lambda: sum("no code files" in m for m in notifications(app)) >= 2, what="refusal")
+        await pilot.pause(0.3)
         assert runs.list_runs(app.runs_dir) == []
         assert app.is_running
+
+
+async def test_the_base_is_the_default_model_and_the_preview_follows_the_repo_typed(home, tmp_path, code_repo):
+    from textual.widgets import Select
+
+    from assistant.store import ModelStore
+
+    from .conftest import save_tiny
+
+    store = ModelStore(home)
+    store.add(save_tiny(tmp_path / "other"))
+    default = store.add(save_tiny(tmp_path / "mine"), make_default=True)
+    other_repo = tmp_path / "two"
+    other_repo.mkdir()
+    (other_repo / "a.py").write_text("def f(x):\n    return x\n")
+    (other_repo / "b.py").write_text("def g(x):\n    return 2 * x\n")
+    app = train_app(home, code_repo, steps=5)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        base = screen.query_one("#base", Select)
+        await wait_for(pilot, lambda: base.value == str(default.path), what="the default model as the base")
+        preview = screen.query_one("#corpus-preview")
+        await wait_for(pilot, lambda: "train +" in str(preview.render()), what="preview")
+        before = str(preview.render())
+        screen.query_one("#repo", Input).value = str(other_repo)  # typed, no Enter
+        await wait_for(pilot, lambda: "train +" in str(preview.render()) and str(preview.render()) != before,
+                       what="the preview of the repository typed")
+        assert str(preview.render()).startswith("1 train + 1 val files")
+
+
+async def test_a_re_attached_resumed_run_shows_the_eta_of_its_current_pace(home, tmp_path):
+    import subprocess
+
+    from .test_parts import resumed_records
+
+    run_dir = home / "runs" / "repo-0101-1200"
+    run_dir.mkdir(parents=True)
+    # A live process whose command line names the run: what the UI takes for the trainer.
+    proc = subprocess.Popen(["sh", "-c", "sleep 60", str(run_dir)])
+    try:
+        restart = time.time() - 60
+        (run_dir / runs.PROCESS_FILE).write_text(json.dumps({"pid": proc.pid, "command": [], "started": restart}))
+        (run_dir / "train_config.json").write_text(json.dumps(
+            {"steps": 100, "repo": str(tmp_path), "preset": "tiny", "base_model": None, "lr": 1e-3, "seq_len": 64, "batch_size": 4}
+        ))
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in resumed_records(restart)))
+        app = train_app(home, tmp_path, steps=100)
+        async with app.run_test(size=(80, 24)) as pilot:
+            stats = app.screen.query_one("#train-stats")
+            await wait_for(pilot, lambda: "90/100" in stats.plain, what="the re-attached run")
+            assert "ETA 0m05s" in stats.plain  # 10 steps at 0.5 s, not the hours the stop lasted
+            # What it was started with, though another UI started it.
+            assert "tiny from scratch on" in stats.plain and "100 steps, lr 0.001, seq 64, batch 4" in stats.plain
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.slow
@@ -114,3 +175,17 @@ async def test_run_survives_the_ui_and_resumes_exactly(home, code_repo):
     records = read_metrics(run_dir / "metrics.jsonl")
     # One uninterrupted record of the steps: those after the last checkpoint were redone once.
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, steps + 1))
+
+
+async def test_the_loss_plot_legend_is_a_row_under_the_curves(home, tmp_path):
+    from .test_snapshots import fake_records
+
+    app = train_app(home, tmp_path, steps=5)
+    async with app.run_test(size=(80, 24)) as pilot:
+        plot = app.screen.query_one(LossPlot)
+        plot.show(fake_records())
+        await pilot.pause()
+        rows = plot.render().plain.split("\n")
+        assert len(rows) == plot.size.height
+        assert all(f"h{h}" in rows[-1] for h in range(1, 5))
+        assert not any("h1" in row for row in rows[:-1])  # nothing drawn over the canvas
