@@ -51,8 +51,9 @@ def _mount_points() -> list[tuple[str, int]]:
     return points
 
 
-def lock_down_filesystem(workdir: str, size: int, reveal: dict[str, list[str]]) -> None:
-    """Everything read-only except a fresh tmpfs on `workdir` (we are root in a private mount namespace)."""
+def lock_down_filesystem(workdir: str, size: int, reveal: dict[str, list[str]], keep_in_workdir: list[str]) -> None:
+    """Everything read-only except a fresh tmpfs on `workdir` (we are root in a private mount
+    namespace); `keep_in_workdir`: paths under `workdir` bound back read-only (the interpreter's)."""
     # A directory only root may enter hides the interpreter from the unprivileged uid: put an
     # empty tmpfs over it and bind back only what must be seen (opened first: it is hidden next).
     for hider, keep in reveal.items():
@@ -64,7 +65,19 @@ def lock_down_filesystem(workdir: str, size: int, reveal: dict[str, list[str]]) 
     for point, flags in _mount_points():
         if point != "/proc" and not point.startswith("/proc/"):
             _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+    points = _mount_points()
+    kept = [(path, os.open(path, os.O_PATH), _flags_of(path, points)) for path in keep_in_workdir]
     _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    for path, fd, flags in kept:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+
+
+def _flags_of(path: str, points: list[tuple[str, int]]) -> int:
+    """The flags to keep of the mount that holds `path` (the longest mount point above it)."""
+    above = [(point, flags) for point, flags in points if path == point or path.startswith(point.rstrip("/") + "/")]
+    return max(above, key=lambda pf: len(pf[0]))[1] if above else 0
 
 
 def drop_capabilities() -> None:
@@ -103,7 +116,7 @@ def main() -> None:
     config = json.loads(sys.argv[1])
     program = sys.argv[2]
     if config["lockdown"]:
-        lock_down_filesystem(config["workdir"], config["disk_bytes"], config["reveal"])
+        lock_down_filesystem(config["workdir"], config["disk_bytes"], config["reveal"], config["keep_in_workdir"])
     if config["uid"] is not None:
         become(config["uid"])
     elif config["drop_capabilities"]:

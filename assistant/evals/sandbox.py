@@ -147,6 +147,9 @@ def _run(isolation: str, program: str, limits: SandboxLimits) -> SandboxResult:
         "workdir": _WORKDIR,
         "disk_bytes": limits.disk_bytes,
         "reveal": _hidden_by(_interpreter_paths()) if uid is not None else {},
+        # An interpreter under /tmp (a checkout there, as CI may make) would vanish under the
+        # work tmpfs: bound back read-only.
+        "keep_in_workdir": [p for p in _interpreter_paths() if Path(p).is_relative_to(_WORKDIR)],
         "uid": uid,
         "drop_capabilities": uid is None and isolation == "unshare",
         "rlimits": {
@@ -180,6 +183,10 @@ def _bwrap_command(config: dict, as_root: bool) -> list[str]:
                 command += ["--perms", "0755", "--dir", str(Path(hider, parent))]  # bwrap's default is 0700
             command += ["--ro-bind", path, path]
     command += ["--perms", "1777", "--size", str(config["disk_bytes"]), "--tmpfs", _WORKDIR]
+    for path in config["keep_in_workdir"]:
+        for parent in reversed(Path(path).relative_to(_WORKDIR).parents[:-1]):
+            command += ["--perms", "0755", "--dir", str(Path(_WORKDIR, parent))]
+        command += ["--ro-bind", path, path]
     command += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     command += ["--die-with-parent", "--new-session", "--chdir", _WORKDIR]
     if as_root:  # no user namespace: the child keeps only what it needs to switch to its own uid
