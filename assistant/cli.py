@@ -555,9 +555,11 @@ def cmd_bench(args) -> int:
 
 
 def _add_tui_parser(sub) -> None:
+    from assistant.tui.screens import SCREEN_NAMES
+
     p = sub.add_parser("tui", help="the terminal UI: manage models, train on a repository, try completions")
     p.add_argument("--repo", default=".", help="repository the Train screen starts with (default: the current directory)")
-    p.add_argument("--screen", default="models", choices=("models", "train", "playground", "bench", "server"))
+    p.add_argument("--screen", default="models", choices=SCREEN_NAMES)
     p.set_defaults(func=cmd_tui)
 
 

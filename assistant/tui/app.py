@@ -11,11 +11,7 @@ from textual.binding import Binding
 from assistant.completion.settings import CompletionSettings
 from assistant.store import ModelStore
 from assistant.tui import runs
-from assistant.tui.screens.bench import BenchScreen
-from assistant.tui.screens.models import ModelsScreen
-from assistant.tui.screens.playground import PlaygroundScreen
-from assistant.tui.screens.server import ServerScreen
-from assistant.tui.screens.train import TrainScreen
+from assistant.tui.screens import SCREENS
 from assistant.tui.widgets.dialogs import QuitDialog
 from models import SHIPPED_MODEL_DIR
 
@@ -58,19 +54,9 @@ class TuiSettings:
 class MtpApp(App):
     TITLE = "mtp-assistant"
     CSS_PATH = "app.tcss"
-    MODES = {
-        "models": ModelsScreen,
-        "train": TrainScreen,
-        "playground": PlaygroundScreen,
-        "bench": BenchScreen,
-        "server": ServerScreen,
-    }
+    MODES = {entry.mode: entry.load() for entry in SCREENS}
     BINDINGS = [
-        Binding("f1", "switch_mode('models')", "Models", show=False),  # in the NavBar
-        Binding("f2", "switch_mode('train')", "Train", show=False),  # in the NavBar
-        Binding("f3", "switch_mode('playground')", "Playground", show=False),  # in the NavBar
-        Binding("f4", "switch_mode('bench')", "Bench", show=False),  # in the NavBar
-        Binding("f5", "switch_mode('server')", "Server", show=False),  # in the NavBar
+        *(Binding(e.key, f"switch_mode('{e.mode}')", e.label, show=False) for e in SCREENS),  # in the NavBar
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 

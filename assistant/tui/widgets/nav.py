@@ -5,13 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-SCREENS = (
-    ("f1", "models", "Models"),
-    ("f2", "train", "Train"),
-    ("f3", "playground", "Playground"),
-    ("f4", "bench", "Bench"),
-    ("f5", "server", "Server"),
-)
+from assistant.tui.screens import SCREENS
 
 
 class NavBar(Static):
@@ -21,9 +15,9 @@ class NavBar(Static):
 
     def on_mount(self) -> None:
         text = Text.from_markup("[b]mtp-assistant[/b] ")
-        for key, mode, label in SCREENS:
-            style = "reverse bold" if mode == self.current else ""
-            item = Text.from_markup(f"[@click=app.switch_mode('{mode}')] {key} {label} [/]")
+        for entry in SCREENS:
+            style = "reverse bold" if entry.mode == self.current else ""
+            item = Text.from_markup(f"[@click=app.switch_mode('{entry.mode}')] {entry.key} {entry.label} [/]")
             item.stylize(style)
             text.append_text(item)
         self.update(text)
