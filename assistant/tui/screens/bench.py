@@ -17,7 +17,6 @@ from textual.widgets import (
     Input,
     Label,
     ProgressBar,
-    Select,
     Static,
 )
 
@@ -31,13 +30,12 @@ from assistant.bench import (
 from assistant.store import StoreError
 from assistant.training.corpus import CorpusError
 from assistant.tui.engines import engine_label, load_completion_engine
-from assistant.tui.models_info import list_models
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.bar_chart import SpeedupChart
+from assistant.tui.widgets.model_picker import ModelPicker
 from assistant.tui.widgets.nav import NavBar
 from models.checkpoint import ModelFileError
 
-DEFAULT_MODEL = "__default__"
 
 
 class BenchCancelled(Exception):
@@ -76,13 +74,7 @@ class BenchScreen(TuiScreen):
         with Vertical(id="bench-body"):
             with Horizontal(classes="field"):
                 yield Label("model", classes="field-label")
-                yield Select(
-                    [("default model", DEFAULT_MODEL)],
-                    value=DEFAULT_MODEL,
-                    allow_blank=False,
-                    id="bench-model",
-                    compact=True,
-                )
+                yield ModelPicker(id="bench-model")
             with Horizontal(classes="field"):
                 yield Label("from", classes="field-label")
                 yield Input(
@@ -113,16 +105,7 @@ class BenchScreen(TuiScreen):
         )
 
     def on_screen_resume(self) -> None:
-        self._list_models()  # the store may have changed on another screen
-
-    @work(thread=True, exit_on_error=False, exclusive=True, group="models")
-    def _list_models(self) -> None:
-        models = [
-            (m.name, str(m.path)) for m in list_models(self.app.store) if not m.error
-        ]
-        self.app.call_from_thread(
-            self.query_one("#bench-model", Select).set_options, [("default model", DEFAULT_MODEL)] + models
-        )
+        self.query_one(ModelPicker).refresh_models()  # the store may have changed on another screen
 
     @on(Button.Pressed, "#bench-run")
     def action_run(self) -> None:
@@ -138,8 +121,7 @@ class BenchScreen(TuiScreen):
         except ValueError as e:
             self.notify(str(e), severity="error")
             return
-        value = self.query_one("#bench-model", Select).value
-        model = None if value in (DEFAULT_MODEL, Select.BLANK) else str(value)
+        model = self.query_one(ModelPicker).model
         self._bench_running = True
         self._cancel = threading.Event()
         self.query_one("#bench-summary", Static).update("loading the model...")

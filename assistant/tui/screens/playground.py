@@ -23,15 +23,14 @@ from assistant.completion.positions import UTF32
 from assistant.completion.service import Completion, CompletionService
 from assistant.store import StoreError
 from assistant.tui.engines import engine_label, load_completion_engine
-from assistant.tui.models_info import list_models
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.completion_view import CompletionView
 from assistant.tui.widgets.ghost_editor import GhostTextArea
+from assistant.tui.widgets.model_picker import DEFAULT_MODEL, ModelPicker
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.stats_panel import StatsPanel
 from models.checkpoint import ModelFileError
 
-DEFAULT_MODEL = "__default__"
 URI = "untitled:playground"  # no file: like an unsaved buffer in an editor
 
 
@@ -70,13 +69,7 @@ class PlaygroundScreen(TuiScreen):
         with Vertical(id="playground-body"):
             with Horizontal(classes="field"):
                 yield Label("model", classes="field-label")
-                yield Select(
-                    [("default model", DEFAULT_MODEL)],
-                    value=DEFAULT_MODEL,
-                    allow_blank=False,
-                    id="pg-model",
-                    compact=True,
-                )
+                yield ModelPicker(id="pg-model")
             yield GhostTextArea(
                 self.app.settings.playground_text,
                 id="editor",
@@ -97,17 +90,7 @@ class PlaygroundScreen(TuiScreen):
         self.query_one("#pg-stats", StatsPanel).show([("stats", "type, or press ctrl+g for a completion")])
 
     def on_screen_resume(self) -> None:
-        self._list_models()  # the store may have changed on another screen
-
-    @work(thread=True, exit_on_error=False, exclusive=True, group="models")
-    def _list_models(self) -> None:
-        models = [
-            (m.name, str(m.path)) for m in list_models(self.app.store) if not m.error
-        ]
-        self.app.call_from_thread(self._set_models, models)
-
-    def _set_models(self, models: list[tuple[str, str]]) -> None:
-        self.query_one("#pg-model", Select).set_options([("default model", DEFAULT_MODEL)] + models)
+        self.query_one(ModelPicker).refresh_models()  # the store may have changed on another screen
 
     # --- requests ---
 
@@ -155,8 +138,7 @@ class PlaygroundScreen(TuiScreen):
         self._cancel.set()
         self._cancel = threading.Event()
         row, col = editor.cursor_location
-        value = self.query_one("#pg-model", Select).value
-        model = None if value in (DEFAULT_MODEL, Select.BLANK) else str(value)
+        model = self.query_one(ModelPicker).model
         self.query_one("#pg-stats", StatsPanel).show([("stats", "completing...")])
         self._complete(editor.text, row, col, model, self._version, self._cancel)
 
