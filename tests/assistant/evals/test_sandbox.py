@@ -6,7 +6,6 @@ reports on stderr), so a sandbox that merely failed to start cannot pass these t
 
 import os
 import socket
-import sys
 import tempfile
 import time
 import uuid
