@@ -27,7 +27,6 @@ checkpoints rotate halves, so their wq and wk are permuted back here.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -574,10 +573,3 @@ def check_base_export(model_dir: Path | str, files: list[Path], config: ModelCon
                                            f"{getattr(info, key)!r}, expected {value!r}")
     return files
 
-
-def copy_heads(model: MTPTransformer, heads_state: dict[str, torch.Tensor]) -> None:
-    """Load trained extra_heads.* weights into a model built from the base."""
-    missing = set(k for k in model.state_dict() if k.startswith("extra_heads.")) - set(heads_state)
-    if missing:
-        raise ValueError(f"heads state lacks {sorted(missing)[:3]}")
-    model.load_state_dict({**model.state_dict(), **copy.copy(heads_state)})

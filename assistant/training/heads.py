@@ -34,7 +34,7 @@ from assistant.training.corpus import CorpusConfig, CorpusError, build_corpus
 from assistant.training.data import WindowStream, evaluation_windows
 from assistant.training.metrics import MetricsWriter
 from models.base_import import Base, build_model, read_base, sha256_files
-from models.checkpoint import ModelFileError, write_atomic
+from models.checkpoint import write_atomic
 from models.loss import IGNORE_INDEX, mtp_forward_backward
 from models.transformer import MTPTransformer
 
@@ -369,8 +369,5 @@ def add_heads(config: HeadsConfig, out_dir: Path | str, show_progress: bool = Tr
     from models.base_import import write_model_dir
 
     result = train_heads(config, show_progress, on_step)
-    try:
-        path = write_model_dir(result.base, result.model, out_dir, heads_provenance(config, result), result.fingerprint)
-    except ModelFileError:
-        raise
+    path = write_model_dir(result.base, result.model, out_dir, heads_provenance(config, result), result.fingerprint)
     return path, result
