@@ -249,6 +249,7 @@ def _add_models_parser(sub) -> None:
     default.set_defaults(func=cmd_models_default)
     _add_models_import_parser(msub)
     _add_models_export_parser(msub)
+    _add_models_add_heads_parser(msub)
 
 
 def cmd_models_list(args) -> int:
@@ -366,6 +367,66 @@ def cmd_models_import(args) -> int:
     print(f"imported {source} as {entry.name} at {entry.path}" + (" (default)" if entry.is_default else ""))
     print(f"{loaded_config.n_future_tokens} heads, {loaded_config.n_layers} blocks of dim {loaded_config.dim}, "
           f"vocabulary {loaded_config.vocab_size}, context {loaded_config.max_seq_len}")
+    return 0
+
+
+def _add_models_add_heads_parser(msub) -> None:
+    p = msub.add_parser(
+        "add-heads", help="make a plain llama base (GGUF file or Hugging Face directory) an MTP model: "
+                          "train new heads that agree with it, serve its GGUF unchanged")
+    p.add_argument("base", help="a llama GGUF file, or a Hugging Face directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--heads", type=int, default=3, help="new heads (the model then drafts up to 1 + N tokens a forward)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time, over all resumes of the run")
+    corpus = p.add_mutually_exclusive_group(required=True)
+    corpus.add_argument("--repo", help="a code repository to train the heads on (the training corpus rules)")
+    corpus.add_argument("--data", help="a directory of code to train the heads on (same rules)")
+    p.add_argument("--name", help="name in the store (default: the base's name + '-mtp')")
+    p.add_argument("--default", action="store_true", help="make it the default model")
+    p.add_argument("--targets", default="base", choices=("base", "corpus"),
+                   help="base: agree with the base's own greedy tokens (self-distillation); corpus: the text's")
+    p.add_argument("--run-dir", help="where the resumable run lives (default: the store's runs/add-heads-NAME)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-seq-len", type=int, help="the new model's context (default: the base's, at most 4096)")
+    p.add_argument("--tokenizer", help="a model directory whose tokenizer a GGUF of ours was exported with "
+                                       "(found by itself beside `models export` output)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps even with time left")
+    p.add_argument("--device", default="auto", help="torch device for the base pass and the heads (auto: cuda if any)")
+    p.set_defaults(func=cmd_models_add_heads)
+
+
+def cmd_models_add_heads(args) -> int:
+    from assistant.training.heads import HeadsConfig, HeadsError, add_heads
+
+    store = ModelStore()
+    base = Path(args.base)
+    name = args.name or f"{(base.stem if base.is_file() else base.resolve().name)}-mtp"
+    if not NAME_PATTERN.match(name):
+        raise CliError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-' only (choose one with --name)")
+    if (store.models_dir / name).exists():
+        raise CliError(f"a model named {name!r} already exists in {store.models_dir} (choose another with --name)")
+    run_dir = Path(args.run_dir) if args.run_dir else store.root / "runs" / f"add-heads-{name}"
+    try:
+        config = HeadsConfig(
+            base=str(base), corpus=args.repo or args.data, run_dir=str(run_dir), new_heads=args.heads,
+            minutes=args.minutes, targets=args.targets, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+            max_seq_len=args.max_seq_len, tokenizer_from=args.tokenizer, max_steps=args.max_steps, device=args.device,
+        )
+        staging = store.models_dir / f".{name}.add-heads"
+        store.models_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _, result = add_heads(config, staging)
+            entry = store.add(staging, name, args.default, move=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except HeadsError as e:
+        raise CliError(str(e)) from None
+    before, after = result.first_eval["agreement_per_head"], result.final_eval["agreement_per_head"]
+    print(f"added {args.heads} heads to {base} as {entry.name} at {entry.path}" + (" (default)" if entry.is_default else ""))
+    print(f"{result.steps} steps in {result.seconds / 60:.1f} min; agreement with the base per new head "
+          f"{' '.join(f'{a:.2f}' for a in before)} -> {' '.join(f'{a:.2f}' for a in after)} (run: {run_dir})")
     return 0
 
 

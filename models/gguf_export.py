@@ -371,6 +371,10 @@ def check_export(model_dir: Path | str, quant: str, config: ModelConfig) -> list
     """The files of the export at `quant` (main first), checked against config.json and
     against each other; ModelFileError naming the first file that is missing or does not fit."""
     files = export_files(model_dir, quant, config.n_future_tokens)
+    if (files[0].parent / "base.json").is_file():  # main.gguf is a base that heads were added to
+        from models.base_import import check_base_export
+
+        return check_base_export(model_dir, files, config)
     main = read_info(files[0])
     expected = {"dim": config.dim, "vocab": config.vocab_size, "blocks": config.n_trunk_layers + 1, "head": 1,
                 "n_future": config.n_future_tokens, "n_heads": config.n_heads, "n_kv_heads": config.kv_heads,
@@ -403,5 +407,10 @@ def _f32(value: float) -> float:
 
 
 def available_quants(model_dir: Path | str) -> list[str]:
-    """Quantizations whose main file exists in model_dir, in QUANTS order."""
-    return [q for q in QUANTS if (quant_dir(model_dir, q) / MAIN_FILE).is_file()]
+    """Quantizations whose main file exists in model_dir, in QUANTS order, then any other
+    (a base GGUF kept at its own quantization, e.g. q5_k_m) by name."""
+    found = [q for q in QUANTS if (quant_dir(model_dir, q) / MAIN_FILE).is_file()]
+    folder = Path(model_dir) / GGUF_DIR
+    others = sorted(p.name for p in folder.iterdir() if p.name not in QUANTS and not p.name.startswith(".") and (p / MAIN_FILE).is_file()) \
+        if folder.is_dir() else []
+    return found + others

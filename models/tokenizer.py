@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -340,7 +341,172 @@ class SentencePieceTokenizer(_TableTokenizer):
             raise
 
 
-Tokenizer = ByteTokenizer | BPETokenizer | SentencePieceTokenizer
+# Fill-in-the-middle token texts of the families that have them: (prefix, middle, suffix, file separator).
+FIM_FAMILIES = (
+    ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_sep|>"),  # ours, Qwen2.5-Coder
+    ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<file_sep>"),  # StarCoder
+    ("<PRE>", "<MID>", "<SUF>", None),  # CodeLlama
+)
+
+
+def _fim_ids(table: list[bytes], special: set[int]) -> tuple[int | None, int | None, int | None, int | None]:
+    """The FIM ids of the first family whose three tokens are all special tokens of the vocabulary."""
+    by_text = {table[i]: i for i in special}
+    for family in FIM_FAMILIES:
+        ids = [by_text.get(t.encode()) if t else None for t in family]
+        if None not in ids[:3]:
+            return ids[0], ids[1], ids[2], ids[3]
+    return None, None, None, None
+
+
+class GGUFTokenizer(_TableTokenizer):
+    """The vocabulary of a GGUF file, encoded by llama.cpp itself, so that a base model
+    gets exactly the tokens llama.cpp would give it.
+
+    config.json names the file (relative to the model directory), normally the llama.cpp
+    main model, and records the special ids; nothing else is saved. One caveat of
+    llama.cpp's SentencePiece ("llama") vocabularies: they may prefix the text with a
+    space, as the model saw in training, so decode(encode(text)) can start with a space.
+    """
+
+    kind = "gguf"
+
+    def __init__(self, path: Path | str, relative_file: str | None = None) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        from models.gguf_export import quiet_llama_logs
+
+        self.path = Path(path)
+        self.relative_file = relative_file or self.path.name
+        if not self.path.is_file():
+            raise TokenizerError("missing (the GGUF file whose vocabulary this model uses)", self.path)
+        quiet_llama_logs()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise TokenizerError("llama.cpp could not read its vocabulary (corrupt or truncated GGUF)", self.path)
+        self._llama = llama_cpp
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._buffer = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        table = [self._piece(i) for i in range(n)]
+        control = {i for i in range(n) if llama_cpp.llama_vocab_is_control(self._vocab, i)}
+
+        def found(token: int) -> int | None:
+            return token if 0 <= token < n else None
+
+        eot = found(llama_cpp.llama_vocab_eot(self._vocab))
+        eot = eot if eot is not None else found(llama_cpp.llama_vocab_eos(self._vocab))
+        if eot is None:
+            raise TokenizerError("defines no end-of-text or end-of-sequence token", self.path)
+        fim = [found(f(self._vocab)) for f in (llama_cpp.llama_vocab_fim_pre, llama_cpp.llama_vocab_fim_mid,
+                                              llama_cpp.llama_vocab_fim_suf, llama_cpp.llama_vocab_fim_sep)]
+        if None in fim[:3]:
+            fim = list(_fim_ids(table, control))
+        super().__init__(table, (eot, *fim))
+        bos = found(llama_cpp.llama_vocab_bos(self._vocab))
+        self.bos_id = bos if bos is not None and llama_cpp.llama_vocab_get_add_bos(self._vocab) else None
+        self.special_ids = frozenset(control | set(self.special_ids))
+
+    def _piece(self, token: int) -> bytes:
+        import ctypes
+
+        n = self._llama.llama_token_to_piece(self._vocab, token, self._buffer, len(self._buffer), 0, True)
+        if n < 0:  # the buffer is too small: it says how much is needed
+            self._buffer = ctypes.create_string_buffer(-n)
+            n = self._llama.llama_token_to_piece(self._vocab, token, self._buffer, len(self._buffer), 0, True)
+        return self._buffer.raw[:n]
+
+    def encode(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        if not data:
+            return []
+        capacity = len(data) + 8
+        while True:
+            out = (self._llama.llama_token * capacity)()
+            # add_special=False: no BOS/EOS; parse_special=False: special-token text is plain text.
+            n = self._llama.llama_tokenize(self._vocab, data, len(data), out, capacity, False, False)
+            if n >= 0:
+                return list(out[:n])
+            capacity = -n
+
+    def to_config(self) -> dict:
+        config = super().to_config()
+        config["special_tokens"]["bos"] = self.bos_id
+        config["file"] = self.relative_file
+        return config
+
+    def save(self, model_dir: Path) -> None:
+        """Nothing to write: the vocabulary is read from the GGUF file config.json names."""
+
+    def __del__(self) -> None:
+        model = getattr(self, "_model", None)
+        if model:
+            self._model = None
+            self._llama.llama_model_free(model)
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class HFTokenizer(_TableTokenizer):
+    """A Hugging Face tokenizer.json as it comes (Llama 3's byte-level BPE, Llama 2's
+    SentencePiece-style BPE with byte fallback, ...). The end-of-text and beginning ids
+    come from the checkpoint's config.json and are recorded in ours."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, eot_id: int, bos_id: int | None, path: Path | None = None):
+        tokenizer.encode_special_tokens = True  # special-token text in the input is plain text
+        self._tok = tokenizer
+        decoder = json.dumps(json.loads(tokenizer.to_str()).get("decoder"))
+        byte_level = "ByteLevel" in decoder
+        added = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items()}
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        table = []
+        for token_id in range(size):
+            token = tokenizer.id_to_token(token_id)
+            if token is None:
+                raise TokenizerError(f"vocabulary has no token with id {token_id} (ids must be contiguous)", path)
+            byte = _BYTE_PIECE.fullmatch(token)
+            if token_id in added:
+                table.append(token.encode("utf-8"))
+            elif byte_level and all(symbol in _SYMBOL_TO_BYTE for symbol in token):
+                table.append(bytes(_SYMBOL_TO_BYTE[symbol] for symbol in token))
+            elif byte and not byte_level:
+                table.append(bytes([int(byte.group(1), 16)]))
+            else:
+                table.append(token.replace(_SPACE_SYMBOL, " ").encode("utf-8"))
+        for name, token_id in (("end-of-text", eot_id), ("beginning-of-text", bos_id)):
+            if token_id is not None and not 0 <= token_id < size:
+                raise TokenizerError(f"{name} id {token_id} is outside the vocabulary of {size}", path)
+        special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        super().__init__(table, (eot_id, *_fim_ids(table, special)))
+        self.bos_id = bos_id
+        self.special_ids = frozenset(special | set(self.special_ids))
+
+    @classmethod
+    def from_file(cls, path: Path | str, eot_id: int, bos_id: int | None) -> "HFTokenizer":
+        path = Path(path)
+        return cls(_read_tokenizer_file(path), eot_id, bos_id, path)
+
+    def encode(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def to_config(self) -> dict:
+        config = super().to_config()
+        config["special_tokens"]["bos"] = self.bos_id
+        return config
+
+    save = BPETokenizer.save
+
+
+Tokenizer = ByteTokenizer | BPETokenizer | SentencePieceTokenizer | GGUFTokenizer | HFTokenizer
 
 
 def load_tokenizer(model_dir: Path, config: dict) -> Tokenizer:
@@ -364,9 +530,23 @@ def load_tokenizer(model_dir: Path, config: dict) -> Tokenizer:
     elif kind == "sentencepiece":
         tok = SentencePieceTokenizer.from_file(model_dir / SENTENCEPIECE_FILE)
         found_in = SENTENCEPIECE_FILE
+    elif kind == "gguf":
+        relative = config.get("file")
+        if not isinstance(relative, str) or Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise TokenizerError(f'a "gguf" tokenizer needs "file", a path inside the model directory, got {relative!r}',
+                                 config_path)
+        tok = GGUFTokenizer(model_dir / relative, relative)
+        found_in = relative
+    elif kind == "hf":
+        specials = config.get("special_tokens") if isinstance(config.get("special_tokens"), dict) else {}
+        eot, bos = specials.get("eot"), specials.get("bos")
+        if not isinstance(eot, int) or not (bos is None or isinstance(bos, int)):
+            raise TokenizerError('an "hf" tokenizer needs integer "eot" (and "bos" or null) special tokens', config_path)
+        tok = HFTokenizer.from_file(model_dir / TOKENIZER_FILE, eot, bos)
+        found_in = TOKENIZER_FILE
     else:
         raise TokenizerError(
-            f'unknown tokenizer kind {kind!r} (expected "byte", "bpe" or "sentencepiece")', config_path
+            f'unknown tokenizer kind {kind!r} (expected "byte", "bpe", "sentencepiece", "gguf" or "hf")', config_path
         )
 
     actual = tok.to_config()

@@ -1,0 +1,373 @@
+"""New heads for a plain base model, trained by self-distillation.
+
+Speculative decoding accepts a head's draft exactly when it is the token the base itself
+would pick, so new head i (predicting t+i) is trained to agree with the base, not with
+the corpus: its target at position t is the base's own greedy token at t+i, the argmax of
+head 1 at t+i-1 (`targets="corpus"` trains on the text instead). Per batch the base runs
+once without a graph, giving z (the input of its last block) and its greedy tokens; then
+only the new heads train, through models.loss's memory-efficient forward/backward.
+
+Time-boxed (`minutes`, the total over resumes) and resumable: the run directory holds
+
+    heads_config.json    the run's settings (a rerun with the same ones resumes)
+    heads_checkpoint.pt  the new heads' weights, optimizer, data position, elapsed time
+    metrics.jsonl        one record per step and per evaluation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from assistant.fim import FimConfig
+from assistant.training.corpus import CorpusConfig, CorpusError, build_corpus
+from assistant.training.data import WindowStream, evaluation_windows
+from assistant.training.metrics import MetricsWriter
+from models.base_import import Base, build_model, read_base, sha256_files
+from models.checkpoint import write_atomic
+from models.loss import IGNORE_INDEX, mtp_forward_backward
+from models.transformer import MTPTransformer
+
+CONFIG_FILE = "heads_config.json"
+CHECKPOINT_FILE = "heads_checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+class HeadsError(Exception):
+    """A heads run that cannot start or continue; one line for the user."""
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    base: str  # a GGUF file or a Hugging Face directory
+    corpus: str  # a repository or a directory, read with the training corpus rules
+    run_dir: str
+    new_heads: int = 3
+    minutes: float = 10.0  # training time over all resumes
+    targets: str = "base"  # "base": self-distillation; "corpus": the text's own next tokens
+    seq_len: int = 256
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    max_seq_len: int | None = None  # the new model's context (default: the base's, at most 4096)
+    tokenizer_from: str | None = None  # a model directory whose tokenizer a GGUF export of ours used
+    eval_windows: int = 8
+    checkpoint_seconds: float = 60.0
+    max_steps: int | None = None  # stop after this many steps even with time left
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "new_heads": 1 <= self.new_heads <= 16,
+            "minutes": self.minutes > 0,
+            "targets": self.targets in ("base", "corpus"),
+            "seq_len": self.seq_len > 0,
+            "batch_size": self.batch_size > 0,
+            "lr": self.lr > 0,
+            "eval_windows": self.eval_windows > 0,
+            "max_steps": self.max_steps is None or self.max_steps > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise HeadsError(f"invalid setting {bad[0]}={getattr(self, bad[0])!r}")
+
+    def resumable_from(self, other: "HeadsConfig") -> bool:
+        """Whether a run with `other`'s settings can continue as this one (only the time and
+        step budgets may change)."""
+        ignore = {"minutes", "max_steps", "checkpoint_seconds", "device"}
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return all(mine[k] == theirs[k] for k in mine if k not in ignore)
+
+
+class _NewHeads:
+    """The new heads of an MTPTransformer as the model mtp_forward_backward trains: its
+    "trunk" is the identity on a precomputed z, its heads are extra_heads only."""
+
+    def __init__(self, model: MTPTransformer):
+        self.model, self.output = model, model.output
+        self.n_future = model.n_future - 1
+
+    def trunk(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def head_hidden(self, z: torch.Tensor, head: int) -> torch.Tensor:
+        return self.model.head_hidden(z, head + 1)
+
+
+@torch.no_grad()
+def base_pass(model: MTPTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B, L) -> z (B, L, D) and the base's greedy next token at every position (B, L).
+    The logits are made a row at a time: (L, V) for a 128K vocabulary is already large."""
+    z = model.trunk(tokens)
+    hidden = model.head_hidden(z, 0)
+    greedy = torch.stack([model.output(row).argmax(-1) for row in hidden])
+    return z, greedy
+
+
+def head_targets(tokens: torch.Tensor, greedy: torch.Tensor, new_heads: int, mode: str) -> torch.Tensor:
+    """(B, new_heads, L) targets: new head j (predicting t+1+j) at position t gets the base's
+    greedy token at t+1+j (greedy[t+j]), or with mode "corpus" the text's token x[t+1+j];
+    IGNORE_INDEX past the end of the window."""
+    B, L = tokens.shape
+    targets = torch.full((B, new_heads, L), IGNORE_INDEX, dtype=torch.long, device=tokens.device)
+    for j in range(1, new_heads + 1):
+        if mode == "base":
+            targets[:, j - 1, : L - j] = greedy[:, j:]
+        else:
+            targets[:, j - 1, : L - j - 1] = tokens[:, j + 1 :]
+    return targets
+
+
+def _learning_rate(progress: float, step: int, config: HeadsConfig) -> float:
+    """Linear warmup over steps, then cosine decay over the run's time budget."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+@torch.no_grad()
+def evaluate_heads(model: MTPTransformer, windows: torch.Tensor, batch: int = 4) -> dict[str, list[float]]:
+    """Each new head's loss against the base's greedy tokens and its agreement with them
+    (the share of positions where its argmax is the base's token: what acceptance needs)."""
+    n = model.n_future - 1
+    loss_sum, hits, count = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    for start in range(0, len(windows), batch):
+        tokens = windows[start : start + batch].to(model.output.weight.device)
+        z, greedy = base_pass(model, tokens)
+        targets = head_targets(tokens, greedy, n, "base")
+        for j in range(n):
+            valid = targets[:, j] != IGNORE_INDEX
+            for b in range(len(tokens)):
+                logits = model.output(model.head_hidden(z[b : b + 1], j + 1))[0].float()
+                t = targets[b, j][valid[b]]
+                rows = logits[valid[b]]
+                loss_sum[j] += float(torch.nn.functional.cross_entropy(rows, t, reduction="sum"))
+                hits[j] += float((rows.argmax(-1) == t).sum())
+                count[j] += float(valid[b].sum())
+    count = count.clamp(min=1)
+    return {"loss_per_head": (loss_sum / count).tolist(), "agreement_per_head": (hits / count).tolist()}
+
+
+@dataclass
+class HeadsResult:
+    model: MTPTransformer
+    base: Base
+    fingerprint: str
+    steps: int
+    seconds: float
+    first_eval: dict[str, list[float]]
+    final_eval: dict[str, list[float]]
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": self.steps, "minutes": self.seconds / 60, "before": self.first_eval, "after": self.final_eval}
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _read_run(run_dir: Path, config: HeadsConfig) -> dict[str, Any] | None:
+    """The checkpoint of an earlier run of these settings in run_dir, or None for a new run."""
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        return None
+    try:
+        earlier = HeadsConfig(**json.loads(config_path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise HeadsError(f"{config_path}: unreadable ({e})") from None
+    if not config.resumable_from(earlier):
+        raise HeadsError(f"{run_dir} holds a heads run with other settings: pick another run directory")
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise HeadsError(f"{path}: unreadable checkpoint ({e})") from None
+
+
+def _save(run_dir: Path, model: MTPTransformer, optimizer, stream: WindowStream, step: int, seconds: float,
+          fingerprint: str, first_eval: dict) -> None:
+    state = {
+        "step": step,
+        "seconds": seconds,
+        "base_sha256": fingerprint,
+        "first_eval": first_eval,
+        "heads": {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith("extra_heads.")},
+        "optimizer": optimizer.state_dict(),
+        "data": stream.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+    }
+    tmp = run_dir / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / CHECKPOINT_FILE)
+
+
+class _Progress:
+    """A bar over the time budget on a terminal; a line per checkpoint otherwise."""
+
+    def __init__(self, total_s: float, done_s: float, enabled: bool):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(file=sys.stderr)
+        self.enabled, self.plain = enabled, enabled and not console.is_terminal
+        self._bar = Progress(TextColumn("[bold]heads"), BarColumn(), TextColumn("{task.fields[info]}"),
+                             TimeRemainingColumn(), console=console, disable=not enabled or self.plain)
+        self._task = self._bar.add_task("heads", total=total_s, completed=done_s, info="")
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._bar.__exit__(*exc)
+
+    def update(self, seconds: float, info: str, line: bool = False) -> None:
+        self._bar.update(self._task, completed=seconds, info=info)
+        if self.plain and line:
+            print(f"heads: {seconds / 60:.1f} min {info}", file=sys.stderr, flush=True)
+
+
+def _fmt(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def train_heads(
+    config: HeadsConfig,
+    show_progress: bool = True,
+    on_step: Callable[[int, dict], None] | None = None,
+    base: Base | None = None,
+) -> HeadsResult:
+    """Read the base, add config.new_heads heads, train them until the time (or step)
+    budget is spent; resumes from run_dir's checkpoint when there is one."""
+    run_dir = Path(config.run_dir)
+    checkpoint = _read_run(run_dir, config)
+    try:
+        corpus = build_corpus(config.corpus, CorpusConfig(val_fraction=0.05))
+    except CorpusError as e:
+        raise HeadsError(str(e)) from None
+    base = base or read_base(config.base, config.max_seq_len, config.tokenizer_from)
+    fingerprint = sha256_files(base.files)
+    if checkpoint is not None and checkpoint["base_sha256"] != fingerprint:
+        raise HeadsError(f"{config.base} changed since the run in {run_dir} started: pick another run directory")
+    if config.seq_len + config.new_heads + 1 > base.config.max_seq_len:
+        raise HeadsError(f"seq_len {config.seq_len} does not fit the model's context of {base.config.max_seq_len}")
+
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_model(base, config.new_heads).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = [p for block in model.extra_heads for p in block.parameters()]
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    tokenizer = base.tokenizer
+    fim = FimConfig(rate=0.5 if tokenizer.has_fim else 0.0)
+    window = config.seq_len + config.new_heads  # the stream adds n_future tokens to seq_len
+    stream = WindowStream([f.text for f in corpus.train], tokenizer, config.seq_len, config.new_heads, config.seed,
+                          fim, lanes=config.batch_size)
+    val_texts = [f.text for f in corpus.val] or [f.text for f in corpus.train]
+    val = evaluation_windows(val_texts, tokenizer, config.seq_len, config.new_heads, config.eval_windows)
+
+    step, seconds = 0, 0.0
+    if checkpoint is not None:
+        model.load_state_dict({**model.state_dict(), **{k: v.to(device) for k, v in checkpoint["heads"].items()}})
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        stream.load_state_dict(checkpoint["data"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        version, internal, gauss = checkpoint["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        step, seconds, first_eval = int(checkpoint["step"]), float(checkpoint["seconds"]), checkpoint["first_eval"]
+    else:
+        model.eval()
+        first_eval = evaluate_heads(model, val)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / CONFIG_FILE, (json.dumps(dataclasses.asdict(config), indent=2) + "\n").encode())
+    metrics = MetricsWriter(run_dir / METRICS_FILE, truncate_after_step=step)
+    if checkpoint is None:
+        metrics.write({"step": 0, "split": "val", **first_eval, "time": time.time()})
+
+    heads = _NewHeads(model)
+    budget = config.minutes * 60
+    last_save = seconds
+    try:
+        with _Progress(budget, seconds, show_progress) as progress:
+            while seconds < budget and (config.max_steps is None or step < config.max_steps):
+                t0 = time.perf_counter()
+                lr = _learning_rate(seconds / budget, step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                tokens = stream.next_windows(config.batch_size)[:, :window].to(device)
+                z, greedy = base_pass(model, tokens)
+                targets = head_targets(tokens, greedy, config.new_heads, config.targets)
+                stats = mtp_forward_backward(heads, z, targets, train_trunk=False)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or float("inf"))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                seconds += time.perf_counter() - t0
+                record = {"step": step, "split": "train", "lr": lr, "loss_per_head": stats.loss.tolist(),
+                          "agreement_per_head" if config.targets == "base" else "accuracy_per_head":
+                              stats.accuracy.tolist(), "grad_norm": float(grad_norm), "seconds": seconds}
+                metrics.write(record)
+                save = seconds - last_save >= config.checkpoint_seconds
+                if save:
+                    _save(run_dir, model, optimizer, stream, step, seconds, fingerprint, first_eval)
+                    last_save = seconds
+                progress.update(seconds, f"step {step} loss {_fmt(stats.loss.tolist())} "
+                                         f"agree {_fmt(stats.accuracy.tolist())}", line=save)
+                if on_step is not None:
+                    on_step(step, record)
+    finally:
+        stream.close()
+    _save(run_dir, model, optimizer, stream, step, seconds, fingerprint, first_eval)
+    model.eval()
+    final_eval = evaluate_heads(model, val)
+    metrics.write({"step": step, "split": "val", **final_eval, "time": time.time()})
+    metrics.close()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return HeadsResult(model.cpu(), base, fingerprint, step, seconds, first_eval, final_eval)
+
+
+def heads_provenance(config: HeadsConfig, result: HeadsResult) -> dict[str, Any]:
+    return {
+        "made_by": "mtp-assistant models add-heads",
+        "new_heads": config.new_heads,
+        "heads_training": {
+            "targets": "the base's greedy tokens (self-distillation)" if config.targets == "base" else "the corpus",
+            "corpus": str(Path(config.corpus).resolve()),
+            "seq_len": config.seq_len,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            **result.summary(),
+        },
+    }
+
+
+def add_heads(config: HeadsConfig, out_dir: Path | str, show_progress: bool = True,
+              on_step: Callable[[int, dict], None] | None = None) -> tuple[Path, HeadsResult]:
+    """train_heads, then the model directory at out_dir (models.base_import.write_model_dir)."""
+    from models.base_import import write_model_dir
+
+    result = train_heads(config, show_progress, on_step)
+    path = write_model_dir(result.base, result.model, out_dir, heads_provenance(config, result), result.fingerprint)
+    return path, result
