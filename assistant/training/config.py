@@ -227,7 +227,7 @@ def flag(field: dataclasses.Field) -> str:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field (model_overrides: one per MODEL_OVERRIDE_FLAGS).
 
-    None has a default in the namespace: an option appears there only when it was given,
+    No option has a default in the namespace: one appears there only when it was given,
     so that it can override a --config file; the help shows TrainConfig's default."""
     hints = typing.get_type_hints(TrainConfig)
     groups: dict[str, Any] = {}
@@ -260,7 +260,7 @@ def _help(field: dataclasses.Field) -> str | None:
     return f"{help} (default: {shown})" if help else f"default: {shown}"
 
 
-def _metavar(option: str) -> str | None:
+def _metavar(option: str) -> str:
     return option.removeprefix("--").replace("-", "_").upper()
 
 
