@@ -17,6 +17,7 @@ Errors the user can fix are one line on stderr and a non-zero exit, never a trac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -25,9 +26,9 @@ from pathlib import Path
 
 from assistant.evals.sandbox import SandboxUnavailable
 from assistant.store import NAME_PATTERN, ModelStore, StoreError
+from assistant.training.config import add_train_arguments, config_from_args, given_settings
 from assistant.training.corpus import CorpusError
 from models.checkpoint import ModelFileError, read_config
-from models.config import PRESETS
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -50,108 +51,30 @@ def user_errors() -> tuple[type[Exception], ...]:
     return USER_ERRORS + ((trainer.TrainError,) if trainer else ())
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train (or fine-tune) an MTP model on a code repository")
-    p.add_argument("repo", nargs="?", help="repository to train on (default: the current directory)")
-    p.add_argument("--out", help="run directory (default: runs/<repo name>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    m = p.add_argument_group("model (from scratch)")
-    m.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    m.add_argument("--dim", type=int)
-    m.add_argument("--n-layers", type=int, help="all blocks, heads included (Meta's convention)")
-    m.add_argument("--n-heads", type=int, help="attention heads")
-    m.add_argument("--n-kv-heads", type=int)
-    m.add_argument("--n-future", type=int, help="number of output heads (tokens predicted per position)")
-    m.add_argument("--max-seq-len", type=int)
-    m.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte")
-    m.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
-    f = p.add_argument_group("fine-tuning")
-    f.add_argument("--base", metavar="MODEL", help="start from this model (path or store name)")
-    f.add_argument("--finetune", choices=("full", "heads"), default="full", help="train every weight or the heads only")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=1000, help="length of the learning-rate schedule")
-    o.add_argument("--stop-after", type=int, metavar="STEPS", help="end the run after this many steps of the schedule")
-    o.add_argument("--batch-size", type=int, default=8)
-    o.add_argument("--grad-accum", type=int, default=1)
-    o.add_argument("--seq-len", type=int, default=256)
-    o.add_argument("--lr", type=float, default=1e-3)
-    o.add_argument("--warmup", type=int, default=50)
-    o.add_argument("--weight-decay", type=float, default=0.1)
-    o.add_argument("--grad-clip", type=float, default=1.0)
-    o.add_argument("--head-weights", type=_floats, help="per-head loss weights, e.g. 1,0.5,0.5,0.5")
-    o.add_argument("--fim-rate", type=float, default=0.5)
-    o.add_argument("--spm-rate", type=float, default=0.5)
-    o.add_argument(
-        "--window-lanes", type=int, default=0,
-        help="documents read side by side, one batch row each in turn (0: one per row; 1: consecutive windows)",
+    p.add_argument(
+        "--config", metavar="FILE",
+        help="settings from a JSON object of TrainConfig fields (a run's train_config.json is one); "
+        "options given override them",
     )
-    o.add_argument(
-        "--data-workers", type=int, default=0,
-        help="processes tokenizing the next epoch ahead of training (0: in the loop; a GPU run wants many)",
-    )
-    o.add_argument("--checkpoint-every", type=int, default=100)
-    o.add_argument("--eval-every", type=int, default=100)
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_train_arguments(p)  # one option per TrainConfig field
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
-    from assistant.training.trainer import TrainConfig, train
+    from assistant.training.trainer import train
 
     if args.resume:
+        if args.config or given_settings(args):
+            raise CliError("--resume continues a run with the settings it was started with: give no others")
         final = train(resume_dir=args.resume, show_progress=not args.quiet)
     else:
-        repo = Path(args.repo or ".")
-        overrides = {
-            key: value
-            for key, value in {
-                "dim": args.dim,
-                "n_layers": args.n_layers,
-                "n_heads": args.n_heads,
-                "n_kv_heads": args.n_kv_heads,
-                "n_future_tokens": args.n_future,
-                "max_seq_len": args.max_seq_len,
-            }.items()
-            if value is not None
-        }
-        base = str(ModelStore().resolve(args.base)) if args.base else None
-        config = TrainConfig(
-            repo=str(repo),
-            out_dir=args.out or str(Path("runs") / (repo.resolve().name or "repo")),
-            preset=args.preset,
-            model_overrides=overrides,
-            base_model=base,
-            finetune=args.finetune,
-            tokenizer=args.tokenizer,
-            bpe_vocab_size=args.vocab_size,
-            steps=args.steps,
-            stop_after=args.stop_after,
-            batch_size=args.batch_size,
-            grad_accum=args.grad_accum,
-            seq_len=args.seq_len,
-            lr=args.lr,
-            warmup_steps=args.warmup,
-            weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip,
-            head_weights=args.head_weights,
-            fim_rate=args.fim_rate,
-            spm_rate=args.spm_rate,
-            window_lanes=args.window_lanes,
-            data_workers=args.data_workers,
-            checkpoint_every=args.checkpoint_every,
-            eval_every=args.eval_every,
-            seed=args.seed,
-            device=args.device,
-        )
+        config = config_from_args(args)
+        if config.base_model:  # a store name or a path
+            config = dataclasses.replace(config, base_model=str(ModelStore().resolve(config.base_model)))
         final = train(config, show_progress=not args.quiet)
     print(f"model written to {final}")
     return 0

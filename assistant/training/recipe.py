@@ -25,6 +25,7 @@ held-out figures and the speed benchmark read them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -34,7 +35,9 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from assistant.training.config import TRAIN_CONFIG_FILE, TrainConfig, start_command
 from models import SHIPPED_MODEL_DIR
 
 
@@ -113,12 +116,22 @@ STDLIB_EXCLUDED_DIRS = ("site-packages", "test", "idle_test", "tests", "__pycach
 
 @dataclass(frozen=True)
 class Stage:
-    """One `mtp-assistant train DATA/train` run; a stage after the first adds `--base <previous model>`."""
+    """One `mtp-assistant train` run on DATA/train; a stage after the first starts from the previous stage's model."""
 
     threads: int  # OMP_NUM_THREADS: CPU training is bit-for-bit repeatable only at a fixed thread count
-    args: tuple[str, ...]
+    settings: dict[str, Any]  # TrainConfig fields; the recipe gives repo, out_dir and base_model
     device: str = "cpu"  # "cuda": the stage needs an NVIDIA GPU
     hardware: str = "2-core x86 CPU"  # what the shipped stage ran on, for the card
+
+    def __post_init__(self) -> None:
+        taken = {"repo", "out_dir", "base_model"} & set(self.settings)
+        if taken:
+            raise ValueError(f"a stage's settings cannot name {', '.join(sorted(taken))}: the recipe gives them")
+        self.config(".", ".")  # a wrong name or value fails here, not when the stage's turn comes
+
+    def config(self, repo: str | Path, out_dir: str | Path, base_model: str | Path | None = None) -> TrainConfig:
+        base = str(base_model) if base_model is not None else None
+        return TrainConfig.from_dict({**self.settings, "repo": str(repo), "out_dir": str(out_dir), "base_model": base})
 
 
 # The shipped model's training: one GPU run from scratch (see models/default/CARD.md for
@@ -127,14 +140,13 @@ class Stage:
 # 128 x 512-token windows a step, each row from a different file. The schedule's 5656 steps are
 # what `train --seconds 400` fitted on the H200 it ran on (1.16M tokens/s measured); the lent
 # time ran out at step 5340, and the shipped model is the step-5000 checkpoint (lr already
-# within 1.3x of its floor), hence --stop-after.
+# within 1.3x of its floor), hence stop_after.
 STAGES: tuple[Stage, ...] = (
-    Stage(threads=4, device="cuda", hardware="1x NVIDIA H200", args=(
-        "--tokenizer", "bpe", "--vocab-size", "4096",
-        "--preset", "small", "--dim", "256", "--n-layers", "10", "--n-heads", "8", "--n-future", "4",
-        "--max-seq-len", "512", "--seq-len", "512", "--batch-size", "128", "--lr", "2e-3", "--warmup", "200",
-        "--window-lanes", "0", "--data-workers", "14", "--device", "cuda",
-        "--eval-every", "500", "--checkpoint-every", "500", "--seed", "0", "--steps", "5656", "--stop-after", "5000",
+    Stage(threads=4, device="cuda", hardware="1x NVIDIA H200", settings=dict(
+        tokenizer="bpe", bpe_vocab_size=4096, preset="small",
+        model_overrides=dict(dim=256, n_layers=10, n_heads=8, n_future_tokens=4, max_seq_len=512),
+        seq_len=512, batch_size=128, lr=2e-3, warmup_steps=200, window_lanes=0, data_workers=14, device="cuda",
+        eval_every=500, checkpoint_every=500, seed=0, steps=5656, stop_after=5000,
     )),
 )
 
@@ -163,17 +175,10 @@ def stage_dir(runs_root: Path, index: int) -> Path:
     return runs_root / f"stage-{index + 1}"
 
 
-def stage_command(index: int, data_dir: Path, runs_root: Path) -> list[str]:
-    """The `mtp-assistant train` command line of stage `index` (0-based), started from nothing."""
-    command = [sys.executable, "-m", "assistant.cli", "train", str(data_dir / "train"),
-               "--out", str(stage_dir(runs_root, index)), "--quiet", *STAGES[index].args]
-    if index > 0:
-        command += ["--base", str(stage_dir(runs_root, index - 1) / "model")]
-    return command
-
-
-def _stage_arg(stage: Stage, flag: str) -> str:
-    return stage.args[stage.args.index(flag) + 1]
+def stage_config(index: int, data_dir: Path, runs_root: Path) -> TrainConfig:
+    """The settings of stage `index` (0-based), started from nothing."""
+    base = stage_dir(runs_root, index - 1) / "model" if index > 0 else None
+    return STAGES[index].config(data_dir / "train", stage_dir(runs_root, index), base)
 
 
 def fitting_steps(stage: Stage, seconds: float) -> int:
@@ -182,12 +187,11 @@ def fitting_steps(stage: Stage, seconds: float) -> int:
     checkpoints and the data stream, which the measurement leaves out)."""
     from assistant.training.throughput import measure
     from assistant.training.trainer import resolve_device
-    from models.config import ModelConfig
+    from models.config import PRESETS
 
-    a = lambda flag: int(_stage_arg(stage, flag))  # noqa: E731
-    config = ModelConfig(dim=a("--dim"), n_layers=a("--n-layers"), n_heads=a("--n-heads"),
-                         n_future_tokens=a("--n-future"), vocab_size=a("--vocab-size"), max_seq_len=a("--seq-len"))
-    result = measure(config, a("--batch-size"), a("--seq-len"), resolve_device(_stage_arg(stage, "--device")))
+    c = stage.config(".", ".")
+    model = PRESETS[c.preset].replace(**{**c.model_overrides, "vocab_size": c.bpe_vocab_size, "max_seq_len": c.seq_len})
+    result = measure(model, c.batch_size, c.seq_len, resolve_device(c.device))
     print(f"throughput: {json.dumps(result)}", file=sys.stderr)
     return max(1, int(0.8 * seconds / result["step_s"]))
 
@@ -209,14 +213,13 @@ def train_stages(data_dir: Path, runs_root: Path, seconds: float | None = None) 
         if stage.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit(f"stage {index + 1} trains on an NVIDIA GPU and this machine has none: run "
                              f"`python -m assistant.training.recipe train` where one is and copy {out} back here")
-        if (out / "train_config.json").is_file():
+        if (out / TRAIN_CONFIG_FILE).is_file():
             command = [sys.executable, "-m", "assistant.cli", "train", "--resume", str(out), "--quiet"]
         else:
-            command = stage_command(index, data_dir, runs_root)
+            config = stage_config(index, data_dir, runs_root)
             if seconds is not None:  # a new schedule of the steps that fit, run to its end
-                command[command.index("--steps") + 1] = str(fitting_steps(stage, seconds))
-                if "--stop-after" in command:
-                    del command[command.index("--stop-after"):command.index("--stop-after") + 2]
+                config = dataclasses.replace(config, steps=fitting_steps(stage, seconds), stop_after=None)
+            command = start_command(config)
         print(f"stage {index + 1}/{len(STAGES)}: {' '.join(command[2:])}", file=sys.stderr)
         # TOKENIZERS_PARALLELISM: the data workers fork after the tokenizer's own thread pool ran.
         env = {**os.environ, "OMP_NUM_THREADS": str(stage.threads), "TOKENIZERS_PARALLELISM": "false"}

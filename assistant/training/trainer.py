@@ -10,7 +10,6 @@ Layout of an output directory:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import random
@@ -24,6 +23,15 @@ from typing import Any, Callable
 import torch
 
 from assistant.fim import FimConfig
+from assistant.training.config import (  # noqa: F401  (re-exported: the trainer's public names)
+    CHECKPOINT_DIR,
+    FINAL_MODEL_DIR,
+    METRICS_FILE,
+    TRAIN_CONFIG_FILE,
+    TRAINER_STATE_FILE,
+    TrainConfig,
+    TrainError,
+)
 from assistant.training.corpus import Corpus, CorpusConfig, CorpusError, build_corpus
 from assistant.training.data import StepPrefetcher, WindowStream, evaluation_windows
 from assistant.training.evaluation import evaluate
@@ -34,103 +42,6 @@ from models.config import PRESETS, ConfigError
 from models.loss import mtp_forward_backward, split_window
 from models.tokenizer import ByteTokenizer, train_bpe
 from models.transformer import MTPTransformer
-
-TRAIN_CONFIG_FILE = "train_config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoint"
-FINAL_MODEL_DIR = "model"
-TRAINER_STATE_FILE = "trainer_state.pt"
-
-
-class TrainError(Exception):
-    """A run that cannot start or continue; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    repo: str
-    out_dir: str
-    # The model: a preset with optional overrides, or a base model to fine-tune.
-    preset: str = "tiny"
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    base_model: str | None = None
-    finetune: str = "full"  # "full": every weight; "heads": the n head blocks only
-    tokenizer: str = "byte"  # "byte" or "bpe" (from scratch only)
-    bpe_vocab_size: int = 4096
-    # Optimisation.
-    steps: int = 1000  # the length of the learning-rate schedule
-    # End the run after this many steps of the schedule (None: all of them): what a
-    # time-boxed run that was cut short shipped, so that the recipe can say so exactly.
-    stop_after: int | None = None
-    batch_size: int = 8  # sequences per optimizer step, over all ranks and micro-batches
-    grad_accum: int = 1
-    seq_len: int = 256
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    head_weights: tuple[float, ...] | None = None
-    # Data.
-    fim_rate: float = 0.5
-    spm_rate: float = 0.5
-    val_fraction: float = 0.1
-    # Independent document cursors a batch's rows are drawn from in turn (see WindowStream);
-    # 0 = one per sequence of the (micro-)batch.
-    window_lanes: int = 0
-    # Processes that tokenize the next epoch ahead of the training loop (0: tokenize in the
-    # loop, enough for a CPU run; a GPU run needs many). The windows are the same either way.
-    data_workers: int = 0
-    # Bookkeeping.
-    checkpoint_every: int = 100
-    eval_every: int = 100
-    eval_windows: int = 16
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        checks = {
-            "steps": self.steps > 0,
-            "stop_after": self.stop_after is None or 0 < self.stop_after <= self.steps,
-            "batch_size": self.batch_size > 0,
-            "grad_accum": self.grad_accum > 0 and self.batch_size % self.grad_accum == 0,
-            "seq_len": self.seq_len > 0,
-            "lr": self.lr > 0,
-            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
-            "warmup_steps": self.warmup_steps >= 0,
-            "checkpoint_every": self.checkpoint_every > 0,
-            "eval_every": self.eval_every > 0,
-            "eval_windows": self.eval_windows > 0,
-            "grad_clip": self.grad_clip >= 0,
-            "finetune": self.finetune in ("full", "heads"),
-            "tokenizer": self.tokenizer in ("byte", "bpe"),
-            "preset": self.preset in PRESETS,
-            "val_fraction": 0 <= self.val_fraction < 1,
-            "window_lanes": self.window_lanes >= 0,
-            "data_workers": self.data_workers >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            name = bad[0]
-            hint = " (must divide batch_size)" if name == "grad_accum" else ""
-            hint = f" (one of {', '.join(PRESETS)})" if name == "preset" else hint
-            raise TrainError(f"invalid setting {name}={getattr(self, name)!r}{hint}")
-        if self.finetune == "heads" and self.base_model is None:
-            raise TrainError("--finetune heads needs a base model to start from")
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data)
-        data["betas"] = tuple(data["betas"])
-        # Runs started before lanes existed read consecutive windows: keep resuming them exactly.
-        data.setdefault("window_lanes", 1)
-        if data.get("head_weights") is not None:
-            data["head_weights"] = tuple(data["head_weights"])
-        return cls(**data)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -272,6 +183,8 @@ def train(
             raise TrainError(f"{out / TRAIN_CONFIG_FILE}: missing, nothing to resume") from None
         except (json.JSONDecodeError, TypeError, KeyError) as e:
             raise TrainError(f"{out / TRAIN_CONFIG_FILE}: unreadable ({e})") from None
+        except TrainError as e:
+            raise TrainError(f"{out / TRAIN_CONFIG_FILE}: {e}") from None
         checkpoint = _find_checkpoint(out)
         if checkpoint is None:
             raise TrainError(f"{out}: no checkpoint to resume from")

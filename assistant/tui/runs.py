@@ -1,8 +1,9 @@
 """Training runs the UI starts as background processes, and how it finds them again.
 
 A run lives in `<store home>/runs/<name>/`: the trainer's own layout (train_config.json,
-metrics.jsonl, checkpoint/, model/; see assistant/training/trainer.py) plus two files the
-UI writes: `process.json` (the pid of the `mtp-assistant train` process and its command)
+metrics.jsonl, checkpoint/, model/; see assistant/training/trainer.py) plus three files the
+UI writes: `start_config.json` (the TrainConfig the UI started it with, given to
+`mtp-assistant train --config`), `process.json` (the pid of that process and its command)
 and `train.log` (its stdout and stderr). The process runs in its own session, so closing
 the UI leaves it running; the UI re-attaches by listing run directories and checking the
 pid it recorded.
@@ -11,7 +12,6 @@ pid it recorded.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assistant.training.trainer import (
+from assistant.training.config import (
     CHECKPOINT_DIR,
     FINAL_MODEL_DIR,
     METRICS_FILE,
+    START_CONFIG_FILE,
     TRAIN_CONFIG_FILE,
+    TrainConfig,
+    start_command,
 )
 from models.checkpoint import write_atomic
 
@@ -39,62 +42,14 @@ STOPPED = "stopped"  # interrupted with a checkpoint: resumable
 FAILED = "failed"  # ended without a checkpoint (see train.log)
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    repo: str
-    base_model: str | None = None  # a store name or path; None: from scratch with `preset`
-    finetune: str = "full"  # "full" or "heads"
-    steps: int = 200
-    lr: float = 1e-3
-    seq_len: int = 256
-    batch_size: int = 8
-    preset: str = "tiny"
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.seq_len < 1 or self.batch_size < 1:
-            raise ValueError("steps, sequence length and batch size must be positive")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if self.finetune == "heads" and not self.base_model:
-            raise ValueError("training the heads only needs a base model")
-
-
-def train_command(request: TrainRequest, out_dir: Path) -> list[str]:
-    # Evaluate and checkpoint ~10 times per run so the plot has validation points and
-    # a stop loses little.
-    every = str(max(1, request.steps // 10))
-    command = [
-        sys.executable,
-        "-m",
-        "assistant.cli",
-        "train",
-        str(Path(request.repo).resolve()),
-        "--out",
-        str(out_dir),
-        "--steps",
-        str(request.steps),
-        "--lr",
-        repr(request.lr),
-        "--seq-len",
-        str(request.seq_len),
-        "--batch-size",
-        str(request.batch_size),
-        "--warmup",
-        str(min(50, request.steps // 10)),
-        "--eval-every",
-        every,
-        "--checkpoint-every",
-        every,
-        "--device",
-        request.device,
-        "--quiet",
-    ]
-    if request.base_model:
-        command += ["--base", request.base_model, "--finetune", request.finetune]
-    else:
-        command += ["--preset", request.preset]
-    return command
+def train_config(out_dir: Path, *, repo: str, steps: int, **form: Any) -> TrainConfig:
+    """The run the Train screen starts in out_dir: its form's values (TrainConfig fields) over
+    TrainConfig's defaults, and the screen's own choices for a short interactive run."""
+    # Evaluate and checkpoint ~10 times per run so the plot has validation points and a stop
+    # loses little; warm up over a tenth of a short run.
+    every = max(1, steps // 10)
+    choices = {"warmup_steps": min(50, steps // 10), "eval_every": every, "checkpoint_every": every}
+    return TrainConfig(repo=str(Path(repo).resolve()), out_dir=str(out_dir), steps=steps, **(choices | form))
 
 
 def new_run_dir(runs_dir: Path, repo: str) -> Path:
@@ -125,9 +80,11 @@ def _spawn(command: list[str], run_dir: Path) -> subprocess.Popen:
     return proc
 
 
-def start_run(request: TrainRequest, runs_dir: Path) -> tuple[Path, subprocess.Popen]:
-    run_dir = new_run_dir(runs_dir, request.repo)
-    return run_dir, _spawn(train_command(request, run_dir), run_dir)
+def start_run(config: TrainConfig) -> subprocess.Popen:
+    """Start training `config` in the background, in its out_dir (a new directory: see new_run_dir)."""
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True)
+    return _spawn(start_command(config), run_dir)
 
 
 def resume_run(run_dir: Path) -> subprocess.Popen:
@@ -241,10 +198,9 @@ def describe_run(run_dir: Path) -> RunInfo:
         steps, repo = int(config["steps"]), str(config["repo"])
     except (OSError, ValueError, KeyError, TypeError):
         steps, repo = 0, "?"
-        try:  # not started yet (or failed at once): the command still says how long
-            command = json.loads((run_dir / PROCESS_FILE).read_text())["command"]
-            steps = int(command[command.index("--steps") + 1])
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+        try:  # not started yet (or failed at once): the settings it was given say how long
+            steps = int(json.loads((run_dir / START_CONFIG_FILE).read_text())["steps"])
+        except (OSError, ValueError, KeyError, TypeError):
             pass
     return RunInfo(run_dir, run_state(run_dir), last_step(run_dir), steps, repo, recorded_start(run_dir))
 

@@ -127,6 +127,8 @@ def test_doctor_runs_the_server_the_editor_would(tmp_path, home):
         (["train", "/no/such/path", "--out", "{tmp}/o"], "does not exist"),
         (["eval", "{tmp}", "--repo", "."], "config.json: missing"),
         (["train", "--resume", "{tmp}/nothing"], "nothing to resume"),
+        (["train", "--resume", "{tmp}", "--steps", "3"], "give no others"),
+        (["train", "--config", "{tmp}/run.json"], "run.json: no such file"),
         (["models", "show", "nonexistent"], "neither a model directory nor a model"),
     ],
 )

@@ -2,7 +2,7 @@ import json
 import shutil
 from pathlib import Path
 
-from assistant.training.recipe import CARD_EXAMPLES, STAGES, render_card, ship, stage_command
+from assistant.training.recipe import CARD_EXAMPLES, STAGES, render_card, ship, stage_config
 from assistant.training.trainer import TrainConfig, train
 from models.checkpoint import load_model
 
@@ -13,12 +13,12 @@ def test_card_examples_each_mark_one_cursor():
 
 def test_every_stage_fixes_its_steps_and_seed_and_later_stages_start_from_the_previous():
     for index, stage in enumerate(STAGES):
-        assert "--steps" in stage.args and "--seed" in stage.args and stage.threads >= 1
-        command = stage_command(index, Path("DATA"), Path("RUNS"))
-        assert command[command.index("--out") + 1] == str(Path("RUNS") / f"stage-{index + 1}")
+        assert "steps" in stage.settings and "seed" in stage.settings and stage.threads >= 1
+        config = stage_config(index, Path("DATA"), Path("RUNS"))
+        assert config.out_dir == str(Path("RUNS") / f"stage-{index + 1}")
         if index > 0:
-            assert command[command.index("--base") + 1] == str(Path("RUNS") / f"stage-{index}" / "model")
-            assert "--tokenizer" not in stage.args  # the base model's tokenizer and shape carry over
+            assert config.base_model == str(Path("RUNS") / f"stage-{index}" / "model")
+            assert "tokenizer" not in stage.settings  # the base model's tokenizer and shape carry over
 
 
 def test_ship_copies_the_model_and_measures_its_card(tmp_path, code_repo):
@@ -58,12 +58,11 @@ def test_ship_copies_the_model_and_measures_its_card(tmp_path, code_repo):
 def test_train_stages_chains_the_stages_and_starts_after_the_last_finished_one(tmp_path, code_repo, monkeypatch):
     from assistant.training import recipe
 
-    tiny = ("--seq-len", "48", "--batch-size", "2", "--eval-every", "1000", "--checkpoint-every", "1000",
-            "--device", "cpu")
+    tiny = dict(seq_len=48, batch_size=2, eval_every=1000, checkpoint_every=1000, device="cpu")
     monkeypatch.setattr(recipe, "STAGES", (
-        recipe.Stage(threads=1, args=("--tokenizer", "bpe", "--vocab-size", "300", "--dim", "32", "--n-layers", "4",
-                                      "--n-heads", "2", "--steps", "2", *tiny)),
-        recipe.Stage(threads=1, args=("--steps", "1", *tiny)),
+        recipe.Stage(threads=1, settings=dict(tokenizer="bpe", bpe_vocab_size=300, steps=2, **tiny,
+                                              model_overrides=dict(dim=32, n_layers=4, n_heads=2))),
+        recipe.Stage(threads=1, settings=dict(steps=1, **tiny)),
     ))
     data, runs = tmp_path / "data", tmp_path / "runs"
     data.mkdir()
@@ -84,10 +83,9 @@ def test_train_stages_chains_the_stages_and_starts_after_the_last_finished_one(t
 def test_a_time_boxed_stage_gets_the_steps_that_fit_and_records_them(tmp_path, code_repo, monkeypatch):
     from assistant.training import recipe
 
-    stage = recipe.Stage(threads=1, args=(
-        "--tokenizer", "bpe", "--vocab-size", "300", "--dim", "32", "--n-layers", "4", "--n-heads", "2",
-        "--n-future", "4", "--seq-len", "48", "--batch-size", "2", "--eval-every", "1000",
-        "--checkpoint-every", "1000", "--device", "cpu", "--data-workers", "2", "--steps", "1000",
+    stage = recipe.Stage(threads=1, settings=dict(
+        tokenizer="bpe", bpe_vocab_size=300, model_overrides=dict(dim=32, n_layers=4, n_heads=2, n_future_tokens=4),
+        seq_len=48, batch_size=2, eval_every=1000, checkpoint_every=1000, device="cpu", data_workers=2, steps=1000,
     ))
     monkeypatch.setattr(recipe, "STAGES", (stage,))
     monkeypatch.setattr(recipe, "fitting_steps", lambda s, seconds: 3 if s is stage and seconds == 7 else 0)
@@ -103,9 +101,9 @@ def test_a_time_boxed_stage_gets_the_steps_that_fit_and_records_them(tmp_path, c
 def test_fitting_steps_measures_the_stage_shape_on_its_device():
     from assistant.training import recipe
 
-    stage = recipe.Stage(threads=1, args=(
-        "--vocab-size", "300", "--dim", "32", "--n-layers", "4", "--n-heads", "2", "--n-future", "2",
-        "--seq-len", "32", "--batch-size", "2", "--device", "cpu", "--steps", "1",
+    stage = recipe.Stage(threads=1, settings=dict(
+        bpe_vocab_size=300, model_overrides=dict(dim=32, n_layers=4, n_heads=2, n_future_tokens=2),
+        seq_len=32, batch_size=2, device="cpu", steps=1,
     ))
     few, many = recipe.fitting_steps(stage, 0.001), recipe.fitting_steps(stage, 1000.0)
     assert few == 1 and many > 100  # a step of this toy takes milliseconds
@@ -119,7 +117,7 @@ def test_a_gpu_stage_on_a_machine_without_one_says_so(tmp_path, monkeypatch):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    monkeypatch.setattr(recipe, "STAGES", (recipe.Stage(threads=1, device="cuda", args=("--steps", "1")),))
+    monkeypatch.setattr(recipe, "STAGES", (recipe.Stage(threads=1, device="cuda", settings=dict(steps=1)),))
     with pytest.raises(SystemExit, match="NVIDIA GPU"):
         recipe.train_stages(tmp_path / "data", tmp_path / "runs")
     assert not (tmp_path / "runs").exists()

@@ -28,7 +28,7 @@ from textual.worker import get_current_worker
 
 from assistant.store import StoreError
 from assistant.training.corpus import CorpusError, build_corpus
-from assistant.training.trainer import METRICS_FILE
+from assistant.training.config import METRICS_FILE, TrainConfig
 from assistant.tui import runs
 from assistant.tui.models_info import human_count, list_models
 from assistant.tui.screens.base import TuiScreen
@@ -324,7 +324,7 @@ class TrainScreen(TuiScreen):
 
     # --- start / stop / resume ---
 
-    def _request(self) -> runs.TrainRequest:
+    def _config(self) -> TrainConfig:
         def number(id: str, kind):
             text = self.query_one(f"#{id}", Input).value.strip()
             try:
@@ -332,8 +332,10 @@ class TrainScreen(TuiScreen):
             except ValueError:
                 raise ValueError(f"{id}: not a number: {text!r}") from None
 
-        return runs.TrainRequest(
-            repo=self.query_one("#repo", Input).value.strip() or ".",
+        repo = self.query_one("#repo", Input).value.strip() or "."
+        return runs.train_config(
+            runs.new_run_dir(self.app.runs_dir, repo),
+            repo=repo,
             base_model=self._base_model(),
             finetune=str(self.query_one("#finetune", Select).value),
             steps=number("steps", int),
@@ -346,31 +348,32 @@ class TrainScreen(TuiScreen):
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
         try:
-            request = self._request()
-            if not Path(request.repo).is_dir():
-                raise ValueError(f"not a directory: {request.repo}")
+            config = self._config()  # a TrainError is a ValueError: its message is the user's
+            if not Path(config.repo).is_dir():
+                raise ValueError(f"not a directory: {config.repo}")
         except ValueError as e:
             self.notify(str(e), title="cannot start", severity="error")
             return
-        self._check_and_start(request)
+        self._check_and_start(config)
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="start")
-    def _check_and_start(self, request: runs.TrainRequest) -> None:
+    def _check_and_start(self, config: TrainConfig) -> None:
         """Refuse a repository without code before a process is started for it (the
         trainer would only fail, after loading the base model)."""
         try:
-            build_corpus(request.repo)
+            build_corpus(config.repo)
         except (CorpusError, OSError) as e:
             self.post_message(self.StartRefused(str(e)))
             return
-        self.app.call_from_thread(self._start, request)
+        self.app.call_from_thread(self._start, config)
 
     def on_train_screen_start_refused(self, message: StartRefused) -> None:
         self.notify(message.error, title="cannot start", severity="error", timeout=8)
 
-    def _start(self, request: runs.TrainRequest) -> None:
+    def _start(self, config: TrainConfig) -> None:
+        run_dir = Path(config.out_dir)
         try:
-            run_dir, proc = runs.start_run(request, self.app.runs_dir)
+            proc = runs.start_run(config)
         except (ValueError, OSError, StoreError) as e:
             self.notify(str(e), title="cannot start", severity="error")
             return

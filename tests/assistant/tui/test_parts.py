@@ -5,10 +5,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from assistant.store import ModelStore
+from assistant.training.config import TrainConfig
 from assistant.tui import runs
 from assistant.tui.jobs import run_command
 from assistant.tui.models_info import list_models, scores
@@ -95,17 +97,22 @@ def test_run_states_follow_the_process_and_the_files(tmp_path):
         other.wait()
 
 
-def test_train_request_validation_and_command(tmp_path):
-    with pytest.raises(ValueError):
-        runs.TrainRequest(repo=".", steps=0)
-    with pytest.raises(ValueError):
-        runs.TrainRequest(repo=".", finetune="heads")
-    command = runs.train_command(
-        runs.TrainRequest(repo=str(tmp_path), base_model="/m", finetune="heads", steps=50), tmp_path / "out"
-    )
-    assert command[:4] == [sys.executable, "-m", "assistant.cli", "train"]
-    assert command[command.index("--base") + 1] == "/m" and command[command.index("--finetune") + 1] == "heads"
-    assert command[command.index("--eval-every") + 1] == "5" and "--quiet" in command
+def test_train_config_validation_and_the_started_command(home, tmp_path):
+    with pytest.raises(ValueError, match="steps=0: must be positive"):
+        runs.train_config(tmp_path / "out", repo=".", steps=0)
+    with pytest.raises(ValueError, match="needs a base model"):
+        runs.train_config(tmp_path / "out", repo=".", steps=10, finetune="heads")
+    config = runs.train_config(tmp_path / "out", repo=str(tmp_path), base_model="/m", finetune="heads", steps=50)
+    assert config.base_model == "/m" and config.finetune == "heads"
+    assert config.eval_every == 5 and config.checkpoint_every == 5 and config.warmup_steps == 5
+    proc = runs.start_run(config)  # the trainer fails at once (no model /m): what it was started with counts
+    proc.wait(timeout=120)
+    command = json.loads((tmp_path / "out" / runs.PROCESS_FILE).read_text())["command"]
+    assert command[:4] == [sys.executable, "-m", "assistant.cli", "train"] and "--quiet" in command
+    # The settings travel as one TrainConfig file, not as flags built one by one.
+    assert command[4:6] == ["--config", str(tmp_path / "out" / runs.START_CONFIG_FILE)] and len(command) == 7
+    assert TrainConfig.from_dict(json.loads(Path(command[5]).read_text())) == config
+    assert runs.describe_run(tmp_path / "out").steps == 50  # before the trainer wrote its train_config.json
 
 
 def test_run_command_reports_output_and_cancels():

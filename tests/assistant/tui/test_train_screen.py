@@ -65,7 +65,9 @@ async def test_short_run_plots_live_metrics(home, code_repo):
         assert "30/30" in stats and "tok/s" in stats and "h4" in stats
         assert screen.query_one("#train-progress", ProgressBar).progress == 30
         assert (run_dir / "model" / "config.json").is_file()
-        assert json.loads((run_dir / runs.PROCESS_FILE).read_text())["pid"] > 0
+        process = json.loads((run_dir / runs.PROCESS_FILE).read_text())
+        assert process["pid"] > 0
+        assert process["command"][4:6] == ["--config", str(run_dir / runs.START_CONFIG_FILE)]  # one TrainConfig
 
 
 async def test_bad_repo_and_settings_are_notifications(home, tmp_path):
