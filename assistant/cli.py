@@ -26,7 +26,7 @@ from pathlib import Path
 
 from assistant.evals.sandbox import SandboxUnavailable
 from assistant.store import NAME_PATTERN, ModelStore, StoreError
-from assistant.training.config import add_train_arguments, config_from_args, given_settings
+from assistant.training.config import TrainError, add_train_arguments, config_from_args, given_settings
 from assistant.training.corpus import CorpusError
 from models.checkpoint import ModelFileError, read_config
 
@@ -41,14 +41,7 @@ class CliError(Exception):
 # Errors the user can fix (bad paths, settings, model files): one line, no traceback.
 # ValueError is included because settings are validated with it (GenerationConfig,
 # PromptBudget, a cursor outside the file).
-USER_ERRORS = (CliError, StoreError, ModelFileError, CorpusError, SandboxUnavailable, ValueError)
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """USER_ERRORS, plus the trainer's: only a command that imported the trainer (and torch,
-    which the rest of the CLI imports only where it is used) can raise a TrainError."""
-    trainer = sys.modules.get("assistant.training.trainer")
-    return USER_ERRORS + ((trainer.TrainError,) if trainer else ())
+USER_ERRORS = (CliError, StoreError, ModelFileError, CorpusError, TrainError, SandboxUnavailable, ValueError)
 
 
 def _add_train_parser(sub) -> None:
@@ -608,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
-    except user_errors() as e:
+    except USER_ERRORS as e:
         print(f"mtp-assistant: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
