@@ -66,3 +66,19 @@ def test_cli_complete_and_bench(trained_model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| 4 |" in proc.stdout
     assert json.loads(out.read_text())["mismatches"] == 0
+
+
+def test_mismatch_report_fails_exact_engines_only():
+    from assistant.bench import BenchResult
+
+    result = BenchResult(mismatches=3, mismatches_by_engine={"llama q8_0": 2, "torch": 1},
+                         runs_by_engine={"llama q8_0": 60, "torch": 60, "llama f16": 60},
+                         exact_engines={"llama q8_0": False, "torch": True, "llama f16": False})
+    report = dict(result.mismatch_report())
+    assert report == {
+        "llama q8_0: 2 of 60 speculative runs part from plain greedy decoding at a near-tie (fast mode: a k-token "
+        "verify rounds differently from a 1-token step; exact mode makes them equal)": False,
+        "ERROR: 1 of 60 speculative runs of torch differ from its plain greedy decoding (exact mode)": True,
+        "llama f16: 0 of 60 speculative runs part from plain greedy decoding at a near-tie (fast mode: a k-token "
+        "verify rounds differently from a 1-token step; exact mode makes them equal)": False,
+    }
