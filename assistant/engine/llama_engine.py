@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from assistant.engine import llama_ext
 from assistant.engine.base import (
@@ -134,7 +133,7 @@ class _Context:
         else:
             self._token = np.ctypeslib.as_array(self.batch.token, shape=(n_ctx,))
 
-    def decode(self, start_pos: int, rows: np.ndarray, all_logits: bool) -> torch.Tensor:
+    def decode(self, start_pos: int, rows: np.ndarray, all_logits: bool) -> np.ndarray:
         """Write rows (token ids (T,) or embeddings (T, D)) at start_pos.., dropping whatever the
         cache held from start_pos on. Logits (T or 1, V) of every row or of the last one."""
         import llama_cpp
@@ -155,7 +154,7 @@ class _Context:
             raise RuntimeError(f"{self.path.name}: llama_decode failed with status {status}")
         self.filled = start_pos + T
         n_out = T if all_logits else 1
-        return torch.from_numpy(self._logits(n_out).copy())  # (n_out, V)
+        return self._logits(n_out).copy()  # (n_out, V): llama.cpp's buffer is the next decode's
 
     def _logits(self, n_out: int) -> np.ndarray:
         """A view of llama.cpp's logits of the last decode, (n_out, V). The view is rebuilt only
@@ -190,16 +189,16 @@ class _LlamaStepOutput:
     """Head 1's logits at the fed positions (the last one only for a prefill, see
     _LlamaStepModel.forward) and, on demand, heads 2..k's at one of them."""
 
-    def __init__(self, step: "_LlamaStepModel", logits: torch.Tensor, n_fed: int, start_pos: int, k: int):
+    def __init__(self, step: "_LlamaStepModel", logits: np.ndarray, n_fed: int, start_pos: int, k: int):
         self.step, self.logits, self.start_pos, self.k = step, logits, start_pos, k
         self.first_row = n_fed - len(logits)  # fed position of logits[0]
 
-    def next_logits(self, start: int = 0) -> torch.Tensor:
+    def next_logits(self, start: int = 0) -> np.ndarray:
         if start < self.first_row:
             raise ValueError(f"logits of fed position {start} were not computed (prefill: last position only)")
         return self.logits[start - self.first_row :]  # (T - start, V)
 
-    def draft_logits(self, index: int) -> torch.Tensor:
+    def draft_logits(self, index: int) -> np.ndarray:
         return self.step.head_logits(self.start_pos + index, self.k)  # (k - 1, V)
 
 
@@ -250,7 +249,7 @@ class _LlamaStepModel:
             self.head_fed = [min(fed, start_pos) for fed in self.head_fed]  # the rest is stale
         return _LlamaStepOutput(self, logits, T, start_pos, k)
 
-    def head_logits(self, position: int, k: int) -> torch.Tensor:
+    def head_logits(self, position: int, k: int) -> np.ndarray:
         """Heads 2..k at `position`, after feeding each the z it has not seen up to there."""
         if position >= self.z_len:
             raise RuntimeError(f"z of position {position} was not kept (z is kept up to {self.z_len})")
@@ -259,7 +258,7 @@ class _LlamaStepModel:
             fed = min(self.head_fed[h], position)
             rows.append(self.heads[h].decode(fed, self.z[fed : position + 1], all_logits=False)[0])
             self.head_fed[h] = position + 1
-        return torch.stack(rows)  # (k - 1, V)
+        return np.stack(rows)  # (k - 1, V)
 
     def reset(self) -> None:
         self.head_fed = [0] * len(self.heads)
@@ -289,9 +288,10 @@ class LlamaEngine:
         # whose model.safetensors is gone or damaged cannot be re-exported or run by torch.
         check_weights_header(model_dir, config)
         exact = settings.exact
-        # f32 keys and values in exact mode, else llama.cpp's default f16; +1: the padding
-        # slot; llama.cpp rounds a context up to a multiple of 256 positions.
-        n_ctx = -(-(config.max_seq_len + 1) // 256) * 256
+        # f32 keys and values in exact mode, else llama.cpp's default f16; exact mode's padding
+        # needs a spare slot; llama.cpp rounds a context up to a multiple of 256 positions.
+        main_ctx = config.max_seq_len + (1 if exact else 0)
+        n_ctx = -(-main_ctx // 256) * 256
         check_context_memory(model_dir, config, n_ctx, 4 if exact else 2)
         quiet_llama_logs()
         _backend_init()
@@ -302,7 +302,7 @@ class LlamaEngine:
         self.warnings: list[str] = []  # see base.Engine
         contexts: list[_Context] = []
         try:
-            contexts.append(_Context(files[0], settings, config.max_seq_len + 1, exact))  # + the padding slot
+            contexts.append(_Context(files[0], settings, main_ctx, exact))
             llama_ext.set_embeddings_layer_inp(contexts[0].ctx, config.n_trunk_layers, True)
             for path in files[1:]:
                 contexts.append(_Context(path, settings, config.max_seq_len, exact, embd_dim=config.dim))
@@ -325,13 +325,13 @@ class LlamaEngine:
         decode as garbage or empty completions."""
         main = self._step.run([token], 0, 1, capture=True)
         rows = [("logits", self._step.main.path, main.next_logits())]
-        rows.append(("block input z", self._step.main.path, torch.from_numpy(self._step.z[:1])))
+        rows.append(("block input z", self._step.main.path, self._step.z[:1]))
         if self.n_future > 1:
             heads = self._step.head_logits(0, self.n_future)
             rows += [("logits", c.path, heads[i]) for i, c in enumerate(self._step.heads)]
         self._step.reset()
         for what, path, values in rows:
-            if not torch.isfinite(values).all():
+            if not np.isfinite(values).all():
                 raise ModelFileError(
                     path, f"a one-token forward gives non-finite {what} (NaN or inf): the weights are broken"
                 )
