@@ -18,13 +18,20 @@ import importlib.resources
 import json
 import random
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
-from assistant.engine.base import GenerationConfig
+from assistant.engine.base import (
+    STOP_MAX_TOKENS,
+    STOP_TOKEN,
+    DecodeStats,
+    GenerationConfig,
+    GenerationResult,
+)
 from assistant.training.corpus import CorpusConfig, build_corpus
 
 
@@ -56,6 +63,78 @@ def directory_prompts(path: Path | str, count: int = 100, seed: int = 0) -> list
         cut = rng.choice(starts[1:] or starts)
         prompts.append(text[max(0, cut - 2000) : cut] or text[:200])
     return prompts
+
+
+PEER_PLAIN = "llama-cpp-python"
+PEER_LOOKUP = "llama-cpp-python prompt lookup"
+
+
+class LlamaCppPeer:
+    """llama-cpp-python's own `Llama` on one GGUF, as a llama.cpp user runs it: greedy
+    `Llama.generate`, plain or with `LlamaPromptLookupDecoding(num_pred_tokens=10)` as its
+    draft model. Its context settings are Llama's defaults (flash attention off, f16 KV
+    cache) but for the context length and the threads, which are ours: `threads` for
+    1-token steps and prompts alike (Llama's default for prompts is every core).
+
+    Only what the bench reads is measured: tokens, wall time (prefill = up to the first
+    token) and forwards (calls of Llama.eval). It runs k = 1 only: n_future is 1."""
+
+    n_future = 1
+    exact = True  # one k: nothing to compare with
+    measures_model_time = False  # no split of its time between llama.cpp and Python
+
+    def __init__(self, gguf: Path | str, n_ctx: int, threads: int | None = None, lookup: bool = False,
+                 n_gpu_layers: int = 0):
+        import os
+
+        import llama_cpp
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        threads = threads or max(1, (os.cpu_count() or 2) // 2)  # as LlamaSettings: about the physical cores
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if lookup else None
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   n_gpu_layers=n_gpu_layers, draft_model=draft, verbose=False)
+        self.max_seq_len = n_ctx
+        self.label = PEER_LOOKUP if lookup else PEER_PLAIN
+        self._evals = 0
+        evaluate = self.llm.eval
+
+        def counted_eval(tokens):
+            self._evals += 1
+            return evaluate(tokens)
+
+        self.llm.eval = counted_eval
+
+    def generate(self, prompt: Sequence[int], config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+        stats = DecodeStats(prompt_tokens=len(prompt))
+        tokens: list[int] = []
+        reason = STOP_MAX_TOKENS
+        self._evals = 0
+        started = time.perf_counter()
+        self.llm.reset()  # no prefix reuse: every engine in the bench pays the full prefill
+        if config.max_new_tokens > 0:
+            for token in self.llm.generate(list(prompt), temp=0.0, reset=True):
+                if not tokens:
+                    stats.prefill_s = time.perf_counter() - started
+                if token in config.stop_token_ids:
+                    reason = STOP_TOKEN
+                    break
+                tokens.append(token)
+                if len(tokens) >= config.max_new_tokens:
+                    break
+        stats.decode_s = time.perf_counter() - started - stats.prefill_s
+        stats.new_tokens, stats.forward_passes = len(tokens), self._evals
+        return GenerationResult(tokens, "", reason, stats, [1] * len(tokens))
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def llama_cpp_peers(gguf: Path | str, n_ctx: int, threads: int | None = None,
+                    n_gpu_layers: int = 0) -> dict[str, LlamaCppPeer]:
+    """llama-cpp-python plain and with prompt lookup, by label, for run_bench's engines."""
+    peers = [LlamaCppPeer(gguf, n_ctx, threads, lookup, n_gpu_layers) for lookup in (False, True)]
+    return {p.label: p for p in peers}
 
 
 @torch.inference_mode()
@@ -129,12 +208,13 @@ class BenchResult:
         ]
         for r in self.rows:
             acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
-            implied = f"{r['implied_tokens_per_forward']:.2f}" if self.head_accuracy else "-"
+            implied = f"{r['implied_tokens_per_forward']:.2f}" if r["implied_tokens_per_forward"] is not None else "-"
             step_cost = f"{r['step_cost']:.2f}x" if r.get("step_cost") is not None else "-"
+            overhead = f"{r['loop_overhead']:.1%}" if r.get("loop_overhead") is not None else "-"
             lines.append(
                 f"| {r['engine']} | {r['k']} | {r['tokens_per_forward']:.2f} | {implied} | "
                 f"{r['tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {step_cost} | "
-                f"{acceptance} | {r['loop_overhead']:.1%} |"
+                f"{acceptance} | {overhead} |"
                 + (f" {r['speedup_vs_baseline']:.2f}x |" if base else "")
             )
         return "\n".join(lines)
@@ -173,28 +253,30 @@ def run_bench(
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, k=k, stop_token_ids=stop_ids, reuse_prefix=False)
         return eng.generate(prompt, gen)
 
+    # Every engine runs the ks it has heads for (llama-cpp-python's peers: k = 1 only).
+    ks_of = {label: [k for k in ks if k <= eng.n_future] for label, eng in engines.items()}
     for prompt in encoded[: config.warmup]:
-        for eng in engines.values():
-            for k in ks:
+        for label, eng in engines.items():
+            for k in ks_of[label]:
                 generate(eng, prompt, k)
 
     per_k: dict[tuple[str, int], dict[str, list[float]]] = {
         (label, k): {"tpf": [], "tps": [], "dtps": [], "speedup": [], "step_cost": [], "acc": [], "overhead": [],
                      "vs_base": []}
-        for label in engines for k in ks
+        for label in engines for k in ks_of[label]
     }
     hits = [0] * n
     scored = [0] * n
     result = BenchResult(prompts=len(encoded), baseline=baseline if baseline in engines else None,
                          exact_engines={label: getattr(eng, "exact", True) for label, eng in engines.items()})
     for i, prompt in enumerate(encoded):
-        runs = {(label, k): generate(eng, prompt, k) for label, eng in engines.items() for k in ks}
+        runs = {(label, k): generate(eng, prompt, k) for label, eng in engines.items() for k in ks_of[label]}
         base_time = runs[(result.baseline, 1)].stats.wall_s if result.baseline else None
         for label in engines:
             plain = runs[(label, 1)]
             if not plain.tokens:
                 continue
-            for k in ks:
+            for k in ks_of[label]:
                 run = runs[(label, k)]
                 if k > 1:
                     result.runs_by_engine[label] = result.runs_by_engine.get(label, 0) + 1
@@ -212,7 +294,8 @@ def run_bench(
                 if s.decode_step_s > 0 and plain.stats.decode_step_s > 0:
                     data["step_cost"].append(s.decode_step_s / plain.stats.decode_step_s)
                 data["acc"].append(s.acceptance)
-                data["overhead"].append(s.loop_overhead)
+                if getattr(engines[label], "measures_model_time", True):
+                    data["overhead"].append(s.loop_overhead)
                 if base_time is not None:
                     # per token: engines may stop at different lengths where their roundings differ
                     base_tokens = max(1, len(runs[(result.baseline, 1)].tokens))
@@ -227,7 +310,7 @@ def run_bench(
 
     result.head_accuracy = [h / c if c else 0.0 for h, c in zip(hits, scored)] if accuracy_model is not None else []
     for label in engines:
-        for k in ks:
+        for k in ks_of[label]:
             data = per_k[(label, k)]
             if not data["tpf"]:
                 continue
@@ -237,13 +320,13 @@ def run_bench(
                 "k": k,
                 "tokens_per_forward": statistics.median(data["tpf"]),
                 "implied_tokens_per_forward": implied_tokens_per_forward(result.head_accuracy, k)
-                if result.head_accuracy else None,
+                if result.head_accuracy and engines[label].n_future > 1 else None,
                 "tokens_per_s": statistics.median(data["tps"]),  # prefill included
                 "decode_tokens_per_s": statistics.median(data["dtps"]),  # after the prefill
                 "speedup": statistics.median(data["speedup"]),
                 "step_cost": statistics.median(data["step_cost"]) if data["step_cost"] else None,
                 "acceptance": acceptance,
-                "loop_overhead": statistics.median(data["overhead"]),
+                "loop_overhead": statistics.median(data["overhead"]) if data["overhead"] else None,
             }
             if data["vs_base"]:
                 row["speedup_vs_baseline"] = statistics.median(data["vs_base"])

@@ -445,6 +445,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--engine", default="torch", choices=("torch", "llama"))
     p.add_argument("--quant", help="llama engine: GGUF exports to compare side by side, comma-separated (e.g. f16,q8_0,q4_k_m)")
     p.add_argument("--with-torch", action="store_true", help="llama engine: also run the torch engine on the same prompts")
+    p.add_argument("--peers", action="store_true",
+                   help="llama engine: also run llama-cpp-python's own Llama on the same main GGUF, plain and with "
+                        "LlamaPromptLookupDecoding(num_pred_tokens=10); the last column compares against its plain decoding")
     p.add_argument("--exact", action="store_true",
                    help="llama engine: exact mode (f32 KV cache, no flash attention, padded 1-token steps), in which "
                         "speculative output must equal plain output; default: llama.cpp's fast defaults, where runs "
@@ -479,6 +482,13 @@ def cmd_bench(args) -> int:
         if args.with_torch:
             engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
             baseline = "torch"
+        if args.peers:
+            from assistant.bench import PEER_PLAIN, llama_cpp_peers
+
+            first = next(iter(engines.values()))
+            engines |= llama_cpp_peers(first.files[0], first.max_seq_len, args.threads,
+                                       n_gpu_layers=0 if args.device == "cpu" else -1)
+            baseline = PEER_PLAIN
         from models.checkpoint import load_model
 
         accuracy_model = engines["torch"].model if args.with_torch else load_model(model_dir).model

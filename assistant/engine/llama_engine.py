@@ -297,6 +297,7 @@ class LlamaEngine:
         _backend_init()
         self.quant, self.settings, self.config = quant, settings, config
         self.exact = exact  # speculative output is plain output token for token (see LlamaSettings)
+        self.files = files  # main.gguf, head-2.gguf, ...
         self.n_future = config.n_future_tokens
         self.max_seq_len = config.max_seq_len
         self.warnings: list[str] = []  # see base.Engine

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from assistant.bench import BenchConfig, directory_prompts, humaneval_prompts, implied_tokens_per_forward, run_bench
+from assistant.engine.base import GenerationConfig
 from assistant.engine.torch_engine import TorchEngine
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -82,3 +83,70 @@ def test_mismatch_report_fails_exact_engines_only():
         "llama f16: 0 of 60 speculative runs part from plain greedy decoding at a near-tie (fast mode: a k-token "
         "verify rounds differently from a 1-token step; exact mode makes them equal)": False,
     }
+
+
+@pytest.fixture(scope="module")
+def exported(trained_model, tmp_path_factory):
+    """The trained model with an f32 GGUF export: llama.cpp and llama-cpp-python read the same file."""
+    from models.checkpoint import save_model
+    from models.gguf_export import export_model
+
+    loaded, body = trained_model
+    model_dir = save_model(tmp_path_factory.mktemp("exported") / "m", loaded.model, loaded.tokenizer)
+    export_model(model_dir, "f32")
+    return model_dir, loaded, body
+
+
+def test_llama_cpp_python_peers_side_by_side(exported):
+    from assistant.bench import PEER_LOOKUP, PEER_PLAIN, llama_cpp_peers
+    from assistant.engine.llama_engine import LlamaEngine, LlamaSettings
+    from tests.near_ties import GreedyAgreement, model_logits
+
+    model_dir, loaded, body = exported
+    ours = LlamaEngine(model_dir, LlamaSettings(threads=1))
+    peers = llama_cpp_peers(ours.files[0], ours.max_seq_len, threads=1)
+    # The peer decodes greedily from the ids it is given: the torch model's argmax, but at
+    # near-ties (its f16 KV cache rounds; tests/near_ties.py).
+    agreement = GreedyAgreement(model_logits(loaded.model), tolerance=0.05)
+    prompts = [body[i : i + 150] for i in (0, 333, 777)]
+    for text in prompts:
+        prompt = loaded.tokenizer.encode(text)
+        for peer in peers.values():
+            result = peer.generate(prompt, GenerationConfig(max_new_tokens=24))
+            assert len(result.tokens) == result.stats.new_tokens == 24 and result.stats.forward_passes >= 1
+            agreement.check(prompt, result.tokens, (peer.label, text))
+    agreement.assert_few_skipped(0.1)
+
+    result = run_bench({"llama f32": ours, **peers}, loaded.tokenizer, prompts, BenchConfig(max_new_tokens=24, warmup=1),
+                       baseline=PEER_PLAIN)
+    rows = {(r["engine"], r["k"]): r for r in result.rows}
+    assert set(rows) == {("llama f32", k) for k in (1, 2, 3, 4)} | {(PEER_PLAIN, 1), (PEER_LOOKUP, 1)}
+    assert rows[(PEER_PLAIN, 1)]["speedup_vs_baseline"] == 1.0
+    assert rows[(PEER_PLAIN, 1)]["tokens_per_forward"] == 1.0
+    assert rows[(PEER_LOOKUP, 1)]["tokens_per_forward"] > 1.1  # repetitive code: some lookup drafts are accepted
+    assert all(rows[key]["speedup_vs_baseline"] > 0 for key in rows)
+    assert rows[(PEER_PLAIN, 1)]["loop_overhead"] is None  # not measured for the peers
+    table = result.table()
+    assert "speedup vs llama-cpp-python k=1" in table and "| llama-cpp-python prompt lookup | 1 |" in table
+
+
+def test_cli_bench_with_peers_in_fast_and_exact_mode(exported, tmp_path):
+    model_dir, _, body = exported
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "a.py").write_text(body[:2000])
+    for exact in ([], ["--exact"]):
+        out = tmp_path / "bench.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "assistant.cli", "bench", "--model", str(model_dir), "--engine", "llama", "--peers",
+             "--prompts", str(tmp_path / "code"), "--limit", "3", "--max-new", "12", "--threads", "1",
+             "--out", str(out), *exact],
+            capture_output=True, text=True, cwd=PROJECT, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "| llama-cpp-python | 1 |" in proc.stdout and "| llama f32 | 4 |" in proc.stdout
+        report = json.loads(out.read_text())
+        assert report["exact_engines"]["llama f32"] == bool(exact)
+        if exact:
+            assert report["mismatches"] == 0
+        else:  # fast mode counts the runs that part at near-ties, and says so
+            assert f"{report['mismatches_by_engine'].get('llama f32', 0)} of " in proc.stdout
