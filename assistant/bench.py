@@ -137,22 +137,48 @@ def llama_cpp_peers(gguf: Path | str, n_ctx: int, threads: int | None = None,
     return {p.label: p for p in peers}
 
 
-@torch.inference_mode()
+# Head accuracy comes from a scorer: (prompt, continuation) -> per head (hits, scored).
+Scorer = Callable[[list[int], list[int]], tuple[list[int], list[int]]]
+# Per head, the argmax at every position of a sequence: n_future lists of T ids.
+Predictor = Callable[[list[int]], list[list[int]]]
+
+
+def prediction_scorer(predict: Predictor, max_len: int) -> Scorer:
+    """A scorer over any backend's teacher-forced predictions."""
+
+    def score(prompt: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        tokens = (prompt + continuation)[-max_len:]
+        start = max(1, len(tokens) - len(continuation))  # index of the first continuation token
+        hits, scored = [], []
+        for head, predicted in enumerate(predict(tokens)):
+            # Head h at position p predicts token p + 1 + h; score the continuation's tokens.
+            positions = range(max(0, start - 1 - head), len(tokens) - 1 - head)
+            hits.append(sum(predicted[p] == tokens[p + 1 + head] for p in positions))
+            scored.append(len(positions))
+        return hits, scored
+
+    return score
+
+
+def torch_scorer(model) -> Scorer:
+    """Head accuracy of a torch MTPTransformer."""
+
+    @torch.inference_mode()
+    def predict(tokens: list[int]) -> list[list[int]]:
+        return model(torch.tensor([tokens], device=model.output.weight.device))[0].argmax(-1).tolist()  # (n, T)
+
+    return prediction_scorer(predict, model.config.max_seq_len)
+
+
+def engine_scorer(engine) -> Scorer:
+    """Head accuracy of an engine's own heads (LlamaEngine.head_predictions): no torch
+    weights needed, and it scores the quantized heads that actually draft."""
+    return prediction_scorer(engine.head_predictions, engine.max_seq_len)
+
+
 def head_accuracy(model, prompt: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
-    """Per head: (hits, scored) at predicting the continuation, teacher-forced."""
-    tokens = prompt + continuation
-    max_len = model.config.max_seq_len
-    tokens = tokens[-max_len:]
-    start = max(1, len(tokens) - len(continuation))  # index of the first continuation token
-    logits = model(torch.tensor([tokens], device=model.output.weight.device))[0]  # (n, T, V)
-    predictions = logits.argmax(-1).tolist()
-    hits, scored = [], []
-    for head in range(model.n_future):
-        # Head h at position p predicts token p + 1 + h; score the continuation's tokens.
-        positions = range(max(0, start - 1 - head), len(tokens) - 1 - head)
-        hits.append(sum(predictions[head][p] == tokens[p + 1 + head] for p in positions))
-        scored.append(len(positions))
-    return hits, scored
+    """Per head: (hits, scored) of a torch model at predicting the continuation, teacher-forced."""
+    return torch_scorer(model)(prompt, continuation)
 
 
 def implied_tokens_per_forward(accuracy: list[float], k: int) -> float:
@@ -228,14 +254,17 @@ def run_bench(
     progress: Callable[[int, int], None] | None = None,
     accuracy_model=None,
     baseline: str | None = None,
+    scorer: Scorer | None = None,
 ) -> BenchResult:
     """engine: one engine, or {label: engine} to compare several side by side, each prompt
-    running every engine and k in turn. accuracy_model: the torch model that scores head
-    accuracy (default: the first engine's .model, if it has one). baseline: the label whose
-    plain (k=1) decoding the speedup_vs_baseline column divides by."""
+    running every engine and k in turn. scorer: what scores head accuracy on the first
+    engine's plain continuation (None: not measured); accuracy_model: a torch model to
+    score with instead (torch_scorer). baseline: the label whose plain (k=1) decoding the
+    speedup_vs_baseline column divides by."""
     engines = engine if isinstance(engine, dict) else {getattr(engine, "label", "torch"): engine}
     first = next(iter(engines.values()))
-    accuracy_model = accuracy_model if accuracy_model is not None else getattr(first, "model", None)
+    if scorer is None and accuracy_model is not None:
+        scorer = torch_scorer(accuracy_model)
     n = first.n_future
     ks = [k for k in (config.ks or range(1, n + 1)) if 1 <= k <= n]
     if 1 not in ks:
@@ -301,14 +330,14 @@ def run_bench(
                     base_tokens = max(1, len(runs[(result.baseline, 1)].tokens))
                     data["vs_base"].append((base_time / base_tokens) / (s.wall_s / max(1, len(run.tokens))))
         plain = runs[(next(iter(engines)), 1)]
-        if accuracy_model is not None and plain.tokens:
-            h, c = head_accuracy(accuracy_model, prompt, plain.tokens)
+        if scorer is not None and plain.tokens:
+            h, c = scorer(prompt, plain.tokens)
             hits = [a + b for a, b in zip(hits, h)]
             scored = [a + b for a, b in zip(scored, c)]
         if progress:
             progress(i + 1, len(encoded))
 
-    result.head_accuracy = [h / c if c else 0.0 for h, c in zip(hits, scored)] if accuracy_model is not None else []
+    result.head_accuracy = [h / c if c else 0.0 for h, c in zip(hits, scored)] if scorer is not None else []
     for label in engines:
         for k in ks_of[label]:
             data = per_k[(label, k)]

@@ -467,18 +467,20 @@ def cmd_bench(args) -> int:
 
     import torch
 
-    from assistant.bench import BenchConfig, directory_prompts, humaneval_prompts, run_bench
+    from assistant.bench import BenchConfig, directory_prompts, engine_scorer, humaneval_prompts, run_bench, torch_scorer
     from assistant.engine import load_engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = ModelStore().resolve(args.model)
-    engines, accuracy_model, baseline = {}, None, None
+    engines, scorer, baseline = {}, None, None
     if args.engine == "llama":
         quants = [q.strip() for q in (args.quant or "").split(",") if q.strip()] or [None]
         for quant in quants:
             eng = load_engine(model_dir, "llama", args.device, args.dtype, quant, args.threads, exact=args.exact)
             engines[f"llama {eng.quant}"] = eng
+        # The first export's own heads score head accuracy: no torch weights needed.
+        scorer = engine_scorer(next(iter(engines.values())))
         if args.with_torch:
             engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
             baseline = "torch"
@@ -489,11 +491,9 @@ def cmd_bench(args) -> int:
             engines |= llama_cpp_peers(first.files[0], first.max_seq_len, args.threads,
                                        n_gpu_layers=0 if args.device == "cpu" else -1)
             baseline = PEER_PLAIN
-        from models.checkpoint import load_model
-
-        accuracy_model = engines["torch"].model if args.with_torch else load_model(model_dir).model
     else:
         engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
+        scorer = torch_scorer(engines["torch"].model)
     engine = next(iter(engines.values()))
     prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
@@ -501,7 +501,7 @@ def cmd_bench(args) -> int:
     result = run_bench(
         engines, engine.tokenizer, prompts, config,
         progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", file=sys.stderr, flush=True),
-        accuracy_model=accuracy_model, baseline=baseline,
+        scorer=scorer, baseline=baseline,
     )
     print(file=sys.stderr)
     result.meta = {

@@ -363,6 +363,24 @@ class LlamaEngine:
         text = result_text(self.tokenizer, outcome.tokens, config)
         return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)
 
+    def head_predictions(self, tokens: Sequence[int]) -> list[list[int]]:
+        """Every head's argmax at every position of `tokens`, teacher-forced: n_future lists
+        of len(tokens) ids (head i at position p predicts token p + i). What the bench scores
+        head accuracy with when there are no torch weights."""
+        tokens = list(tokens)
+        if not 0 < len(tokens) <= self.max_seq_len:
+            raise ValueError(f"{len(tokens)} tokens: head predictions need 1 to {self.max_seq_len}")
+        with self._lock:
+            self._cached = []
+            step = self._step
+            step.reset()
+            # k = T: logits of every position
+            predictions = [step.run(tokens, 0, len(tokens), capture=True).next_logits().argmax(-1).tolist()]
+            for h, head in enumerate(step.heads):
+                predictions.append(head.decode(0, step.z[: len(tokens)], all_logits=True).argmax(-1).tolist())
+                step.head_fed[h] = len(tokens)
+            return predictions
+
     def capture_z(self, tokens: Sequence[int]) -> np.ndarray:
         """z (the trunk output) of a fresh prefill of `tokens`: (T, D). For checks against torch."""
         with self._lock:

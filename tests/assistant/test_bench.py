@@ -34,7 +34,8 @@ def test_run_bench_on_a_trained_model(trained_model):
     loaded, body = trained_model
     engine = TorchEngine(loaded.model, loaded.tokenizer)
     prompts = [body[i : i + 150] for i in (0, 333, 777, 1200)]
-    result = run_bench(engine, loaded.tokenizer, prompts, BenchConfig(max_new_tokens=32, warmup=1))
+    result = run_bench(engine, loaded.tokenizer, prompts, BenchConfig(max_new_tokens=32, warmup=1),
+                       accuracy_model=loaded.model)
     assert result.mismatches == 0
     assert [r["k"] for r in result.rows] == [1, 2, 3, 4]
     assert result.rows[0]["tokens_per_forward"] == 1.0 and result.rows[0]["speedup"] == 1.0
@@ -150,3 +151,24 @@ def test_cli_bench_with_peers_in_fast_and_exact_mode(exported, tmp_path):
             assert report["mismatches"] == 0
         else:  # fast mode counts the runs that part at near-ties, and says so
             assert f"{report['mismatches_by_engine'].get('llama f32', 0)} of " in proc.stdout
+
+
+def test_llama_heads_score_head_accuracy_as_the_torch_model_does(exported):
+    """engine_scorer (the GGUF's own heads, no torch weights) against torch_scorer on an f32
+    export: the same predictions but where llama.cpp's rounding flips a near-tie."""
+    from assistant.bench import engine_scorer, torch_scorer
+    from assistant.engine.llama_engine import LlamaEngine, LlamaSettings
+
+    model_dir, loaded, body = exported
+    engine = LlamaEngine(model_dir, LlamaSettings(threads=1, exact=True))
+    predictions = engine.head_predictions(loaded.tokenizer.encode(body[:200]))
+    assert len(predictions) == 4 and all(len(p) == 200 for p in predictions)
+    by_llama, by_torch = engine_scorer(engine), torch_scorer(loaded.model)
+    for start in (0, 400, 900):
+        prompt = loaded.tokenizer.encode(body[start : start + 120])
+        continuation = loaded.tokenizer.encode(body[start + 120 : start + 160])
+        (llama_hits, llama_scored), (torch_hits, torch_scored) = by_llama(prompt, continuation), by_torch(prompt, continuation)
+        assert llama_scored == torch_scored == [40, 40, 40, 40]
+        assert all(abs(a - b) <= 2 for a, b in zip(llama_hits, torch_hits)), (llama_hits, torch_hits)
+    # The engine serves on afterwards, from a fresh cache.
+    assert engine.generate(loaded.tokenizer.encode(body[:50]), GenerationConfig(max_new_tokens=8, k=4)).tokens
