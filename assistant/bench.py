@@ -227,10 +227,10 @@ class BenchResult:
     def table(self) -> str:
         base = f" | speedup vs {self.baseline} k=1 (median)" if self.baseline else ""
         lines = [
-            "| engine | k | tokens/forward (median) | implied by head accuracy | tokens/s (median) "
+            "| engine | k | time (median) | tokens/forward (median) | implied by head accuracy | tokens/s (median) "
             "| decode-only tokens/s (median) | speedup vs k=1 (median) | decode step cost vs k=1 (median) "
             f"| acceptance per draft head | time outside the model{base} |",
-            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
+            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
         ]
         for r in self.rows:
             acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
@@ -238,7 +238,7 @@ class BenchResult:
             step_cost = f"{r['step_cost']:.2f}x" if r.get("step_cost") is not None else "-"
             overhead = f"{r['loop_overhead']:.1%}" if r.get("loop_overhead") is not None else "-"
             lines.append(
-                f"| {r['engine']} | {r['k']} | {r['tokens_per_forward']:.2f} | {implied} | "
+                f"| {r['engine']} | {r['k']} | {r['wall_ms']:.0f} ms | {r['tokens_per_forward']:.2f} | {implied} | "
                 f"{r['tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {step_cost} | "
                 f"{acceptance} | {overhead} |"
                 + (f" {r['speedup_vs_baseline']:.2f}x |" if base else "")
@@ -291,7 +291,7 @@ def run_bench(
 
     per_k: dict[tuple[str, int], dict[str, list[float]]] = {
         (label, k): {"tpf": [], "tps": [], "dtps": [], "speedup": [], "step_cost": [], "acc": [], "overhead": [],
-                     "vs_base": []}
+                     "vs_base": [], "wall": []}
         for label in engines for k in ks_of[label]
     }
     hits = [0] * n
@@ -316,6 +316,7 @@ def run_bench(
                 data = per_k[(label, k)]
                 data["tpf"].append(s.tokens_per_forward)
                 data["tps"].append(s.tokens_per_s)
+                data["wall"].append(s.wall_s)
                 data["dtps"].append(s.new_tokens / s.decode_s if s.decode_s > 0 else 0.0)
                 data["speedup"].append(plain.stats.wall_s / s.wall_s)
                 # What one decoding forward costs next to a plain one: k breaks even at that
@@ -349,8 +350,9 @@ def run_bench(
                 "k": k,
                 "tokens_per_forward": statistics.median(data["tpf"]),
                 "implied_tokens_per_forward": implied_tokens_per_forward(result.head_accuracy, k)
-                if result.head_accuracy and engines[label].n_future > 1 else None,
+                if result.head_accuracy and not isinstance(engines[label], LlamaCppPeer) else None,
                 "tokens_per_s": statistics.median(data["tps"]),  # prefill included
+                "wall_ms": 1000 * statistics.median(data["wall"]),  # one whole generation, prefill included
                 "decode_tokens_per_s": statistics.median(data["dtps"]),  # after the prefill
                 "speedup": statistics.median(data["speedup"]),
                 "step_cost": statistics.median(data["step_cost"]) if data["step_cost"] else None,
