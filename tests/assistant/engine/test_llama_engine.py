@@ -277,3 +277,18 @@ def test_plain_steps_keep_no_z_and_heads_refeed_them(model64):
     # A plain request still reuses everything cached (but the last prompt token, fed again).
     longer = follow + again.tokens[:3]
     assert engine.generate(longer, GenerationConfig(max_new_tokens=5, k=1)).stats.reused_tokens == len(longer) - 1
+
+
+def test_sampling_on_llama_cpp_logits_is_seeded_for_every_k(model64):
+    """The llama.cpp step model hands numpy logits to the shared decoding loop; speculative
+    sampling (torch) takes them as they are."""
+    loaded, body = model64
+    engine = engine_for(loaded, "q8_0", exact=False)
+    prompt = loaded.tokenizer.encode(body[:80])
+    for k in (1, 2, 4):
+        config = GenerationConfig(max_new_tokens=20, k=k, temperature=0.8, seed=3)
+        first, again = engine.generate(prompt, config), engine.generate(prompt, config)
+        assert first.tokens == again.tokens and len(first.tokens) == 20, k
+        assert all(0 <= t < loaded.config.vocab_size for t in first.tokens)
+    other = engine.generate(prompt, GenerationConfig(max_new_tokens=20, k=4, temperature=5.0, seed=4)).tokens
+    assert other != first.tokens  # a hot temperature and another seed: another sample
