@@ -218,6 +218,9 @@ class BenchResult:
                 if count:
                     lines.append((f"ERROR: {count} of {runs} speculative runs of {label} differ from its plain "
                                   "greedy decoding (exact mode)", True))
+                else:
+                    lines.append((f"{label}: all {runs} speculative runs equal plain greedy decoding (exact mode)",
+                                  False))
             else:
                 lines.append((f"{label}: {count} of {runs} speculative runs part from plain greedy decoding at a "
                               "near-tie (fast mode: a k-token verify rounds differently from a 1-token step; "

@@ -74,8 +74,8 @@ def test_mismatch_report_fails_exact_engines_only():
     from assistant.bench import BenchResult
 
     result = BenchResult(mismatches=3, mismatches_by_engine={"llama q8_0": 2, "torch": 1},
-                         runs_by_engine={"llama q8_0": 60, "torch": 60, "llama f16": 60},
-                         exact_engines={"llama q8_0": False, "torch": True, "llama f16": False})
+                         runs_by_engine={"llama q8_0": 60, "torch": 60, "llama f16": 60, "llama q4_k_m": 60},
+                         exact_engines={"llama q8_0": False, "torch": True, "llama f16": False, "llama q4_k_m": True})
     report = dict(result.mismatch_report())
     assert report == {
         "llama q8_0: 2 of 60 speculative runs part from plain greedy decoding at a near-tie (fast mode: a k-token "
@@ -83,6 +83,7 @@ def test_mismatch_report_fails_exact_engines_only():
         "ERROR: 1 of 60 speculative runs of torch differ from its plain greedy decoding (exact mode)": True,
         "llama f16: 0 of 60 speculative runs part from plain greedy decoding at a near-tie (fast mode: a k-token "
         "verify rounds differently from a 1-token step; exact mode makes them equal)": False,
+        "llama q4_k_m: all 60 speculative runs equal plain greedy decoding (exact mode)": False,
     }
 
 
