@@ -2,8 +2,9 @@
 
 For every prompt, decode greedily with k = 1 (plain) .. n heads, one after another, so
 that each ratio compares runs made at nearly the same moment on a shared machine. The
-tokens of every k must equal plain decoding's (the benchmark checks and reports it).
-Figures are medians over prompts.
+tokens of every k are compared with plain decoding's: an exact engine must match them
+(a difference is a bug); a fast one (llama.cpp's defaults) may part at near-ties, and the
+benchmark counts those runs per engine. Figures are medians over prompts.
 
 Also measured: each head's top-1 accuracy at predicting the plain greedy continuation,
 teacher-forced. That is what acceptance depends on, so it says how many tokens per
@@ -17,13 +18,20 @@ import importlib.resources
 import json
 import random
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
-from assistant.engine.base import GenerationConfig
+from assistant.engine.base import (
+    STOP_MAX_TOKENS,
+    STOP_TOKEN,
+    DecodeStats,
+    GenerationConfig,
+    GenerationResult,
+)
 from assistant.training.corpus import CorpusConfig, build_corpus
 
 
@@ -57,22 +65,120 @@ def directory_prompts(path: Path | str, count: int = 100, seed: int = 0) -> list
     return prompts
 
 
-@torch.inference_mode()
+PEER_PLAIN = "llama-cpp-python"
+PEER_LOOKUP = "llama-cpp-python prompt lookup"
+
+
+class LlamaCppPeer:
+    """llama-cpp-python's own `Llama` on one GGUF, as a llama.cpp user runs it: greedy
+    `Llama.generate`, plain or with `LlamaPromptLookupDecoding(num_pred_tokens=10)` as its
+    draft model. Its context settings are Llama's defaults (flash attention off, f16 KV
+    cache) but for the context length and the threads, which are ours: `threads` for
+    1-token steps and prompts alike (Llama's default for prompts is every core).
+
+    Only what the bench reads is measured: tokens, wall time (prefill = up to the first
+    token) and forwards (calls of Llama.eval). It runs k = 1 only: n_future is 1."""
+
+    n_future = 1
+    exact = True  # one k: nothing to compare with
+    measures_model_time = False  # no split of its time between llama.cpp and Python
+
+    def __init__(self, gguf: Path | str, n_ctx: int, threads: int | None = None, lookup: bool = False,
+                 n_gpu_layers: int = 0):
+        import os
+
+        import llama_cpp
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        threads = threads or max(1, (os.cpu_count() or 2) // 2)  # as LlamaSettings: about the physical cores
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if lookup else None
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   n_gpu_layers=n_gpu_layers, draft_model=draft, verbose=False)
+        self.max_seq_len = n_ctx
+        self.label = PEER_LOOKUP if lookup else PEER_PLAIN
+        self._evals = 0
+        evaluate = self.llm.eval
+
+        def counted_eval(tokens):
+            self._evals += 1
+            return evaluate(tokens)
+
+        self.llm.eval = counted_eval
+
+    def generate(self, prompt: Sequence[int], config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+        stats = DecodeStats(prompt_tokens=len(prompt))
+        tokens: list[int] = []
+        reason = STOP_MAX_TOKENS
+        self._evals = 0
+        started = time.perf_counter()
+        self.llm.reset()  # no prefix reuse: every engine in the bench pays the full prefill
+        if config.max_new_tokens > 0:
+            for token in self.llm.generate(list(prompt), temp=0.0, reset=True):
+                if not tokens:
+                    stats.prefill_s = time.perf_counter() - started
+                if token in config.stop_token_ids:
+                    reason = STOP_TOKEN
+                    break
+                tokens.append(token)
+                if len(tokens) >= config.max_new_tokens:
+                    break
+        stats.decode_s = time.perf_counter() - started - stats.prefill_s
+        stats.new_tokens, stats.forward_passes = len(tokens), self._evals
+        return GenerationResult(tokens, "", reason, stats, [1] * len(tokens))
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def llama_cpp_peers(gguf: Path | str, n_ctx: int, threads: int | None = None,
+                    n_gpu_layers: int = 0) -> dict[str, LlamaCppPeer]:
+    """llama-cpp-python plain and with prompt lookup, by label, for run_bench's engines."""
+    peers = [LlamaCppPeer(gguf, n_ctx, threads, lookup, n_gpu_layers) for lookup in (False, True)]
+    return {p.label: p for p in peers}
+
+
+# Head accuracy comes from a scorer: (prompt, continuation) -> per head (hits, scored).
+Scorer = Callable[[list[int], list[int]], tuple[list[int], list[int]]]
+# Per head, the argmax at every position of a sequence: n_future lists of T ids.
+Predictor = Callable[[list[int]], list[list[int]]]
+
+
+def prediction_scorer(predict: Predictor, max_len: int) -> Scorer:
+    """A scorer over any backend's teacher-forced predictions."""
+
+    def score(prompt: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        tokens = (prompt + continuation)[-max_len:]
+        start = max(1, len(tokens) - len(continuation))  # index of the first continuation token
+        hits, scored = [], []
+        for head, predicted in enumerate(predict(tokens)):
+            # Head h at position p predicts token p + 1 + h; score the continuation's tokens.
+            positions = range(max(0, start - 1 - head), len(tokens) - 1 - head)
+            hits.append(sum(predicted[p] == tokens[p + 1 + head] for p in positions))
+            scored.append(len(positions))
+        return hits, scored
+
+    return score
+
+
+def torch_scorer(model) -> Scorer:
+    """Head accuracy of a torch MTPTransformer."""
+
+    @torch.inference_mode()
+    def predict(tokens: list[int]) -> list[list[int]]:
+        return model(torch.tensor([tokens], device=model.output.weight.device))[0].argmax(-1).tolist()  # (n, T)
+
+    return prediction_scorer(predict, model.config.max_seq_len)
+
+
+def engine_scorer(engine) -> Scorer:
+    """Head accuracy of an engine's own heads (LlamaEngine.head_predictions): no torch
+    weights needed, and it scores the quantized heads that actually draft."""
+    return prediction_scorer(engine.head_predictions, engine.max_seq_len)
+
+
 def head_accuracy(model, prompt: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
-    """Per head: (hits, scored) at predicting the continuation, teacher-forced."""
-    tokens = prompt + continuation
-    max_len = model.config.max_seq_len
-    tokens = tokens[-max_len:]
-    start = max(1, len(tokens) - len(continuation))  # index of the first continuation token
-    logits = model(torch.tensor([tokens], device=model.output.weight.device))[0]  # (n, T, V)
-    predictions = logits.argmax(-1).tolist()
-    hits, scored = [], []
-    for head in range(model.n_future):
-        # Head h at position p predicts token p + 1 + h; score the continuation's tokens.
-        positions = range(max(0, start - 1 - head), len(tokens) - 1 - head)
-        hits.append(sum(predictions[head][p] == tokens[p + 1 + head] for p in positions))
-        scored.append(len(positions))
-    return hits, scored
+    """Per head: (hits, scored) of a torch model at predicting the continuation, teacher-forced."""
+    return torch_scorer(model)(prompt, continuation)
 
 
 def implied_tokens_per_forward(accuracy: list[float], k: int) -> float:
@@ -88,30 +194,56 @@ class BenchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per (engine, k)
     head_accuracy: list[float] = field(default_factory=list)
     prompts: int = 0
-    mismatches: int = 0
+    mismatches: int = 0  # runs whose tokens differ from the same engine's plain decoding
+    mismatches_by_engine: dict[str, int] = field(default_factory=dict)
+    runs_by_engine: dict[str, int] = field(default_factory=dict)  # speculative runs compared, per engine
+    exact_engines: dict[str, bool] = field(default_factory=dict)  # label -> engine.exact
     meta: dict[str, Any] = field(default_factory=dict)
     baseline: str | None = None  # engine whose plain decoding the last column compares against
 
     def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "prompts": self.prompts, "mismatches": self.mismatches,
+                "mismatches_by_engine": self.mismatches_by_engine, "runs_by_engine": self.runs_by_engine,
+                "exact_engines": self.exact_engines,
                 "head_accuracy": self.head_accuracy, "baseline": self.baseline, "rows": self.rows}
+
+    def mismatch_report(self) -> list[tuple[str, bool]]:
+        """(line, is_error) per engine whose speculative runs were compared with its plain
+        decoding: any difference is an error for an exact engine; a fast engine's are
+        near-ties, counted (also when there are none)."""
+        lines = []
+        for label, runs in self.runs_by_engine.items():
+            count = self.mismatches_by_engine.get(label, 0)
+            if self.exact_engines.get(label, True):
+                if count:
+                    lines.append((f"ERROR: {count} of {runs} speculative runs of {label} differ from its plain "
+                                  "greedy decoding (exact mode)", True))
+                else:
+                    lines.append((f"{label}: all {runs} speculative runs equal plain greedy decoding (exact mode)",
+                                  False))
+            else:
+                lines.append((f"{label}: {count} of {runs} speculative runs part from plain greedy decoding at a "
+                              "near-tie (fast mode: a k-token verify rounds differently from a 1-token step; "
+                              "exact mode makes them equal)", False))
+        return lines
 
     def table(self) -> str:
         base = f" | speedup vs {self.baseline} k=1 (median)" if self.baseline else ""
         lines = [
-            "| engine | k | tokens/forward (median) | implied by head accuracy | tokens/s (median) "
+            "| engine | k | time (median) | tokens/forward (median) | implied by head accuracy | tokens/s (median) "
             "| decode-only tokens/s (median) | speedup vs k=1 (median) | decode step cost vs k=1 (median) "
             f"| acceptance per draft head | time outside the model{base} |",
-            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
+            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
         ]
         for r in self.rows:
             acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
-            implied = f"{r['implied_tokens_per_forward']:.2f}" if self.head_accuracy else "-"
+            implied = f"{r['implied_tokens_per_forward']:.2f}" if r["implied_tokens_per_forward"] is not None else "-"
             step_cost = f"{r['step_cost']:.2f}x" if r.get("step_cost") is not None else "-"
+            overhead = f"{r['loop_overhead']:.1%}" if r.get("loop_overhead") is not None else "-"
             lines.append(
-                f"| {r['engine']} | {r['k']} | {r['tokens_per_forward']:.2f} | {implied} | "
+                f"| {r['engine']} | {r['k']} | {r['wall_ms']:.0f} ms | {r['tokens_per_forward']:.2f} | {implied} | "
                 f"{r['tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {step_cost} | "
-                f"{acceptance} | {r['loop_overhead']:.1%} |"
+                f"{acceptance} | {overhead} |"
                 + (f" {r['speedup_vs_baseline']:.2f}x |" if base else "")
             )
         return "\n".join(lines)
@@ -125,14 +257,17 @@ def run_bench(
     progress: Callable[[int, int], None] | None = None,
     accuracy_model=None,
     baseline: str | None = None,
+    scorer: Scorer | None = None,
 ) -> BenchResult:
     """engine: one engine, or {label: engine} to compare several side by side, each prompt
-    running every engine and k in turn. accuracy_model: the torch model that scores head
-    accuracy (default: the first engine's .model, if it has one). baseline: the label whose
-    plain (k=1) decoding the speedup_vs_baseline column divides by."""
+    running every engine and k in turn. scorer: what scores head accuracy on the first
+    engine's plain continuation (None: not measured); accuracy_model: a torch model to
+    score with instead (torch_scorer). baseline: the label whose plain (k=1) decoding the
+    speedup_vs_baseline column divides by."""
     engines = engine if isinstance(engine, dict) else {getattr(engine, "label", "torch"): engine}
     first = next(iter(engines.values()))
-    accuracy_model = accuracy_model if accuracy_model is not None else getattr(first, "model", None)
+    if scorer is None and accuracy_model is not None:
+        scorer = torch_scorer(accuracy_model)
     n = first.n_future
     ks = [k for k in (config.ks or range(1, n + 1)) if 1 <= k <= n]
     if 1 not in ks:
@@ -150,34 +285,41 @@ def run_bench(
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, k=k, stop_token_ids=stop_ids, reuse_prefix=False)
         return eng.generate(prompt, gen)
 
+    # Every engine runs the ks it has heads for (llama-cpp-python's peers: k = 1 only).
+    ks_of = {label: [k for k in ks if k <= eng.n_future] for label, eng in engines.items()}
     for prompt in encoded[: config.warmup]:
-        for eng in engines.values():
-            for k in ks:
+        for label, eng in engines.items():
+            for k in ks_of[label]:
                 generate(eng, prompt, k)
 
     per_k: dict[tuple[str, int], dict[str, list[float]]] = {
         (label, k): {"tpf": [], "tps": [], "dtps": [], "speedup": [], "step_cost": [], "acc": [], "overhead": [],
-                     "vs_base": []}
-        for label in engines for k in ks
+                     "vs_base": [], "wall": []}
+        for label in engines for k in ks_of[label]
     }
     hits = [0] * n
     scored = [0] * n
-    result = BenchResult(prompts=len(encoded), baseline=baseline if baseline in engines else None)
+    result = BenchResult(prompts=len(encoded), baseline=baseline if baseline in engines else None,
+                         exact_engines={label: getattr(eng, "exact", True) for label, eng in engines.items()})
     for i, prompt in enumerate(encoded):
-        runs = {(label, k): generate(eng, prompt, k) for label, eng in engines.items() for k in ks}
+        runs = {(label, k): generate(eng, prompt, k) for label, eng in engines.items() for k in ks_of[label]}
         base_time = runs[(result.baseline, 1)].stats.wall_s if result.baseline else None
         for label in engines:
             plain = runs[(label, 1)]
             if not plain.tokens:
                 continue
-            for k in ks:
+            for k in ks_of[label]:
                 run = runs[(label, k)]
+                if k > 1:
+                    result.runs_by_engine[label] = result.runs_by_engine.get(label, 0) + 1
                 if run.tokens != plain.tokens:
                     result.mismatches += 1
+                    result.mismatches_by_engine[label] = result.mismatches_by_engine.get(label, 0) + 1
                 s = run.stats
                 data = per_k[(label, k)]
                 data["tpf"].append(s.tokens_per_forward)
                 data["tps"].append(s.tokens_per_s)
+                data["wall"].append(s.wall_s)
                 data["dtps"].append(s.new_tokens / s.decode_s if s.decode_s > 0 else 0.0)
                 data["speedup"].append(plain.stats.wall_s / s.wall_s)
                 # What one decoding forward costs next to a plain one: k breaks even at that
@@ -185,22 +327,23 @@ def run_bench(
                 if s.decode_step_s > 0 and plain.stats.decode_step_s > 0:
                     data["step_cost"].append(s.decode_step_s / plain.stats.decode_step_s)
                 data["acc"].append(s.acceptance)
-                data["overhead"].append(s.loop_overhead)
+                if getattr(engines[label], "measures_model_time", True):
+                    data["overhead"].append(s.loop_overhead)
                 if base_time is not None:
                     # per token: engines may stop at different lengths where their roundings differ
                     base_tokens = max(1, len(runs[(result.baseline, 1)].tokens))
                     data["vs_base"].append((base_time / base_tokens) / (s.wall_s / max(1, len(run.tokens))))
         plain = runs[(next(iter(engines)), 1)]
-        if accuracy_model is not None and plain.tokens:
-            h, c = head_accuracy(accuracy_model, prompt, plain.tokens)
+        if scorer is not None and plain.tokens:
+            h, c = scorer(prompt, plain.tokens)
             hits = [a + b for a, b in zip(hits, h)]
             scored = [a + b for a, b in zip(scored, c)]
         if progress:
             progress(i + 1, len(encoded))
 
-    result.head_accuracy = [h / c if c else 0.0 for h, c in zip(hits, scored)] if accuracy_model is not None else []
+    result.head_accuracy = [h / c if c else 0.0 for h, c in zip(hits, scored)] if scorer is not None else []
     for label in engines:
-        for k in ks:
+        for k in ks_of[label]:
             data = per_k[(label, k)]
             if not data["tpf"]:
                 continue
@@ -210,13 +353,14 @@ def run_bench(
                 "k": k,
                 "tokens_per_forward": statistics.median(data["tpf"]),
                 "implied_tokens_per_forward": implied_tokens_per_forward(result.head_accuracy, k)
-                if result.head_accuracy else None,
+                if result.head_accuracy and not isinstance(engines[label], LlamaCppPeer) else None,
                 "tokens_per_s": statistics.median(data["tps"]),  # prefill included
+                "wall_ms": 1000 * statistics.median(data["wall"]),  # one whole generation, prefill included
                 "decode_tokens_per_s": statistics.median(data["dtps"]),  # after the prefill
                 "speedup": statistics.median(data["speedup"]),
                 "step_cost": statistics.median(data["step_cost"]) if data["step_cost"] else None,
                 "acceptance": acceptance,
-                "loop_overhead": statistics.median(data["overhead"]),
+                "loop_overhead": statistics.median(data["overhead"]) if data["overhead"] else None,
             }
             if data["vs_base"]:
                 row["speedup_vs_baseline"] = statistics.median(data["vs_base"])

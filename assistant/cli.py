@@ -470,6 +470,13 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--engine", default="torch", choices=("torch", "llama"))
     p.add_argument("--quant", help="llama engine: GGUF exports to compare side by side, comma-separated (e.g. f16,q8_0,q4_k_m)")
     p.add_argument("--with-torch", action="store_true", help="llama engine: also run the torch engine on the same prompts")
+    p.add_argument("--peers", action="store_true",
+                   help="llama engine: also run llama-cpp-python's own Llama on the same main GGUF, plain and with "
+                        "LlamaPromptLookupDecoding(num_pred_tokens=10); the last column compares against its plain decoding")
+    p.add_argument("--exact", action="store_true",
+                   help="llama engine: exact mode (f32 KV cache, no flash attention, padded 1-token steps), in which "
+                        "speculative output must equal plain output; default: llama.cpp's fast defaults, where runs "
+                        "that part from plain decoding at near-ties are counted")
     p.add_argument("--prompts", default="humaneval", help="'humaneval' (the 164 problems) or a directory of held-out code")
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--max-new", type=int, default=128, help="tokens to generate per prompt")
@@ -485,26 +492,33 @@ def cmd_bench(args) -> int:
 
     import torch
 
-    from assistant.bench import BenchConfig, directory_prompts, humaneval_prompts, run_bench
+    from assistant.bench import BenchConfig, directory_prompts, engine_scorer, humaneval_prompts, run_bench, torch_scorer
     from assistant.engine import load_engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = ModelStore().resolve(args.model)
-    engines, accuracy_model, baseline = {}, None, None
+    engines, scorer, baseline = {}, None, None
     if args.engine == "llama":
         quants = [q.strip() for q in (args.quant or "").split(",") if q.strip()] or [None]
         for quant in quants:
-            eng = load_engine(model_dir, "llama", args.device, args.dtype, quant, args.threads)
+            eng = load_engine(model_dir, "llama", args.device, args.dtype, quant, args.threads, exact=args.exact)
             engines[f"llama {eng.quant}"] = eng
+        # The first export's own heads score head accuracy: no torch weights needed.
+        scorer = engine_scorer(next(iter(engines.values())))
         if args.with_torch:
             engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
             baseline = "torch"
-        from models.checkpoint import load_model
+        if args.peers:
+            from assistant.bench import PEER_PLAIN, llama_cpp_peers
 
-        accuracy_model = engines["torch"].model if args.with_torch else load_model(model_dir).model
+            first = next(iter(engines.values()))
+            engines |= llama_cpp_peers(first.files[0], first.max_seq_len, args.threads,
+                                       n_gpu_layers=0 if args.device == "cpu" else -1)
+            baseline = PEER_PLAIN
     else:
         engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
+        scorer = torch_scorer(engines["torch"].model)
     engine = next(iter(engines.values()))
     prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
@@ -512,7 +526,7 @@ def cmd_bench(args) -> int:
     result = run_bench(
         engines, engine.tokenizer, prompts, config,
         progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", file=sys.stderr, flush=True),
-        accuracy_model=accuracy_model, baseline=baseline,
+        scorer=scorer, baseline=baseline,
     )
     print(file=sys.stderr)
     result.meta = {
@@ -524,11 +538,13 @@ def cmd_bench(args) -> int:
           f"({args.prompts}), {args.max_new} new tokens each, greedy; {result.meta['machine']}")
     print(f"head top-1 accuracy on the plain continuation: {' '.join(f'{a:.2f}' for a in result.head_accuracy)}")
     print(result.table())
-    if result.mismatches:
-        print(f"WARNING: {result.mismatches} runs differ from plain greedy decoding", file=sys.stderr)
+    failed = False
+    for line, is_error in result.mismatch_report():
+        print(line, file=sys.stderr if is_error else sys.stdout)
+        failed |= is_error
     if args.out:
         Path(args.out).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    return 0 if not result.mismatches else EXIT_ERROR
+    return EXIT_ERROR if failed else 0  # an exact engine's speculative output differed: a bug
 
 
 def _add_tui_parser(sub) -> None:

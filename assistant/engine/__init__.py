@@ -32,6 +32,7 @@ def load_engine(
     dtype: str = "float32",
     quant: str | None = None,
     threads: int | None = None,
+    exact: bool = False,
 ):
     """An engine for the model in model_dir. "auto": llama.cpp where a GGUF export exists,
     else torch; an export that cannot be used falls back to torch with a warning, logged
@@ -39,15 +40,17 @@ def load_engine(
 
     device and dtype are the torch engine's; the llama.cpp engine offloads to the GPU when
     device is not "cpu" (and libllama was built with one), and reads quant (None: the
-    preferred export that exists) and threads (None: half the logical cores).
+    preferred export that exists), threads (None: half the logical cores) and exact
+    (LlamaSettings.exact: False, llama.cpp's fast defaults, for every caller but the
+    exactness checks).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if engine == "torch":
         return _torch_engine(model_dir, device, dtype, threads)
     if engine == "llama":
-        return _llama_engine(model_dir, device, quant, threads)
-    return _auto_engine(model_dir, device, dtype, quant, threads)
+        return _llama_engine(model_dir, device, quant, threads, exact)
+    return _auto_engine(model_dir, device, dtype, quant, threads, exact)
 
 
 def _torch_engine(model_dir, device: str, dtype: str, threads: int | None):
@@ -60,13 +63,13 @@ def _torch_engine(model_dir, device: str, dtype: str, threads: int | None):
     return TorchEngine.from_dir(model_dir, device=device, dtype=getattr(torch, dtype))
 
 
-def _llama_engine(model_dir, device: str, quant: str | None, threads: int | None):
+def _llama_engine(model_dir, device: str, quant: str | None, threads: int | None, exact: bool = False):
     from assistant.engine.llama_engine import LlamaEngine
 
-    return LlamaEngine.from_dir(model_dir, quant=quant, threads=threads, device=device)
+    return LlamaEngine.from_dir(model_dir, quant=quant, threads=threads, device=device, exact=exact)
 
 
-def _auto_engine(model_dir, device: str, dtype: str, quant: str | None, threads: int | None):
+def _auto_engine(model_dir, device: str, dtype: str, quant: str | None, threads: int | None, exact: bool = False):
     from models.checkpoint import ModelFileError, read_config
     from models.gguf_export import available_quants
 
@@ -74,7 +77,7 @@ def _auto_engine(model_dir, device: str, dtype: str, quant: str | None, threads:
     if not available_quants(model_dir):
         return _torch_engine(model_dir, device, dtype, threads)  # never exported: torch is the engine
     try:
-        return _llama_engine(model_dir, device, quant, threads)
+        return _llama_engine(model_dir, device, quant, threads, exact)
     except (ModelFileError, ImportError) as e:
         # The export exists but cannot serve (a head missing, a file corrupt, llama-cpp-python
         # not installed): torch still can, slower. Say why, or the slowdown goes unexplained.

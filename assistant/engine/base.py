@@ -155,6 +155,10 @@ class Engine(Protocol):
     # One-line problems found at load that did not stop it (e.g. "auto" fell back to torch
     # because the GGUF export is unusable): for the caller to show its user.
     warnings: list[str]
+    # Whether greedy speculative output is plain greedy output token for token. A fast
+    # engine may part from it where two tokens nearly tie (kernels that round a k-row
+    # verify and a 1-row step differently).
+    exact: bool
 
     def generate(
         self,

@@ -9,11 +9,12 @@ one-block llama model with the shared norm and output.
     head contexts  z rows as input embeddings (batch.embd) -> logits of head i
 
 Each context has its own KV cache; rejected drafts are rolled back with
-llama_memory_seq_rm. z of every cached position is kept on the host, so the heads run
-lazily: only on positions that were accepted, only when their drafts are asked for,
-catching up from the kept z when a head was not used for a while (a call with a
+llama_memory_seq_rm. z of the cached positions is kept on the host where heads may need
+it (prefills and forwards with k > 1; a plain 1-token step does not capture it), so the
+heads run lazily: only on positions that were accepted, only when their drafts are asked
+for, catching up from the kept z when a head was not used for a while (a call with a
 smaller k, or a completion that stopped). That also lets a new request reuse the cached
-prefix whatever k the previous one used.
+prompt whatever k the previous one used; tokens a plain call generated are fed again.
 
 The decoding algorithm is speculative.decode, shared with the torch backend.
 
@@ -26,6 +27,7 @@ non-finite logits, which catches NaN/inf in quantized tensors too.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from dataclasses import dataclass
@@ -33,7 +35,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from assistant.engine import llama_ext
 from assistant.engine.base import (
@@ -63,13 +64,15 @@ class LlamaSettings:
     threads: int | None = None  # CPU threads; None: half the logical cores (about the physical ones)
     n_gpu_layers: int = -1  # blocks offloaded when libllama was built with a GPU backend; -1: all
     n_ubatch: int = 512  # micro-batch size: a longer prompt is decoded in several
-    # f32 KV cache and no flash attention (which rounds Q to f16 on CPU). On by default: with
-    # flash attention a k-token verify and a 1-token step round differently, which flipped a
-    # near-tie at q4_k_m (1 of 240 benchmark runs differed from plain decoding; BENCHMARKS.md);
-    # off, no run differed. Exact mode also pads 1-token forwards to two rows (see
-    # _LlamaStepModel). Costs ~40-60% per token on a small CPU model. False: faster, and
-    # speculative output may then differ from plain output at near-ties.
-    exact: bool = True
+    # False (the default): llama.cpp's own defaults, what llama.cpp users run: KV type and
+    # flash attention as llama.cpp chooses, 1-token forwards as they are. Speculative output
+    # may then differ from plain output where two tokens nearly tie, because a k-token
+    # verify and a 1-token step round differently (the bench counts such runs).
+    # True: f32 KV cache, no flash attention (which rounds Q to f16 on CPU) and 1-token
+    # forwards padded to two rows (see _LlamaStepModel): speculative == plain token for
+    # token at every quantization (no run of 240 differed; with flash attention 1 did at
+    # q4_k_m), for ~40-60% more time per token on a small CPU model.
+    exact: bool = False
 
 
 _backend_ready = False
@@ -122,12 +125,15 @@ class _Context:
         # numpy views of the batch's arrays, to fill them without a Python loop per token
         self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(n_ctx,))
         self._want = np.ctypeslib.as_array(self.batch.logits, shape=(n_ctx,))
+        self._positions = np.arange(n_ctx, dtype=np.int32)
+        self.filled = 0  # positions the KV cache may hold (0 ..filled-1)
+        self._logits_address, self._logits_view = None, np.zeros((0, self.vocab), np.float32)
         if embd_dim:
             self._embd = np.ctypeslib.as_array(self.batch.embd, shape=(n_ctx, embd_dim))
         else:
             self._token = np.ctypeslib.as_array(self.batch.token, shape=(n_ctx,))
 
-    def decode(self, start_pos: int, rows: np.ndarray, all_logits: bool) -> torch.Tensor:
+    def decode(self, start_pos: int, rows: np.ndarray, all_logits: bool) -> np.ndarray:
         """Write rows (token ids (T,) or embeddings (T, D)) at start_pos.., dropping whatever the
         cache held from start_pos on. Logits (T or 1, V) of every row or of the last one."""
         import llama_cpp
@@ -135,18 +141,32 @@ class _Context:
         T = len(rows)
         if start_pos + T > self.n_ctx:
             raise ValueError(f"{start_pos + T} positions exceed the context of {self.n_ctx}")
-        llama_cpp.llama_memory_seq_rm(self.memory, 0, start_pos, -1)
+        if start_pos < self.filled:  # a plain step appends: nothing to drop
+            llama_cpp.llama_memory_seq_rm(self.memory, 0, start_pos, -1)
+        self.filled = self.n_ctx  # unknown until the decode succeeds: a failed one may leave rows
         (self._embd if rows.ndim == 2 else self._token)[:T] = rows
-        self._pos[:T] = np.arange(start_pos, start_pos + T)
-        self._want[:T] = 1 if all_logits else 0
+        self._pos[:T] = self._positions[start_pos : start_pos + T]
+        self._want[:T] = all_logits
         self._want[T - 1] = 1
         self.batch.n_tokens = T
         status = llama_cpp.llama_decode(self.ctx, self.batch)
         if status != 0:
             raise RuntimeError(f"{self.path.name}: llama_decode failed with status {status}")
+        self.filled = start_pos + T
         n_out = T if all_logits else 1
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out * self.vocab,))
-        return torch.from_numpy(logits.reshape(n_out, self.vocab).copy())  # (n_out, V)
+        return self._logits(n_out).copy()  # (n_out, V): llama.cpp's buffer is the next decode's
+
+    def _logits(self, n_out: int) -> np.ndarray:
+        """A view of llama.cpp's logits of the last decode, (n_out, V). The view is rebuilt only
+        when llama.cpp moved its buffer: building one costs more than copying a row."""
+        import llama_cpp
+
+        pointer = llama_cpp.llama_get_logits(self.ctx)
+        address = ctypes.addressof(pointer.contents)
+        if address != self._logits_address or n_out > len(self._logits_view):
+            self._logits_view = np.ctypeslib.as_array(pointer, shape=(n_out, self.vocab))
+            self._logits_address = address
+        return self._logits_view[:n_out]
 
     def layer_input(self, layer: int, n_tokens: int) -> np.ndarray:
         """The input of block `layer` for the last decode's tokens: (n_tokens, D)."""
@@ -169,16 +189,16 @@ class _LlamaStepOutput:
     """Head 1's logits at the fed positions (the last one only for a prefill, see
     _LlamaStepModel.forward) and, on demand, heads 2..k's at one of them."""
 
-    def __init__(self, step: "_LlamaStepModel", logits: torch.Tensor, n_fed: int, start_pos: int, k: int):
+    def __init__(self, step: "_LlamaStepModel", logits: np.ndarray, n_fed: int, start_pos: int, k: int):
         self.step, self.logits, self.start_pos, self.k = step, logits, start_pos, k
         self.first_row = n_fed - len(logits)  # fed position of logits[0]
 
-    def next_logits(self, start: int = 0) -> torch.Tensor:
+    def next_logits(self, start: int = 0) -> np.ndarray:
         if start < self.first_row:
             raise ValueError(f"logits of fed position {start} were not computed (prefill: last position only)")
         return self.logits[start - self.first_row :]  # (T - start, V)
 
-    def draft_logits(self, index: int) -> torch.Tensor:
+    def draft_logits(self, index: int) -> np.ndarray:
         return self.step.head_logits(self.start_pos + index, self.k)  # (k - 1, V)
 
 
@@ -194,10 +214,19 @@ class _LlamaStepModel:
         # 1-token forward gets a second, throwaway row at start_pos + 1 (the main context has
         # a spare slot for it; the next forward overwrites it).
         self.pad_single_rows = pad_single_rows
-        self.z = np.zeros((max_len, main.dim), dtype=np.float32)  # z of every cached position
+        self.z = np.zeros((max_len, main.dim), dtype=np.float32)  # z of cached positions
+        self.z_len = 0  # z[:z_len] is that of the cached positions 0..z_len-1
         self.head_fed = [0] * len(heads)  # positions whose z each head's cache holds
+        self.capturing = True  # whether the main context keeps z (set on at load)
 
     def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> _LlamaStepOutput:
+        # z is kept where heads will draft from it (k > 1) and for prefills, so that a later
+        # request with heads can reuse the prompt's cache (copying T rows of z costs nothing
+        # next to a T-row forward). A plain 1-token step does not keep it.
+        return self.run(tokens, start_pos, k, capture=bool(self.heads) and (k > 1 or len(tokens) > 1))
+
+    def run(self, tokens: Sequence[int], start_pos: int, k: int, capture: bool) -> _LlamaStepOutput:
+        """forward, saying whether to keep z of the fed positions."""
         T = len(tokens)
         # decode() verifies at most k tokens at once; a longer batch is a prefill, of which it
         # reads head 1 at the last position only. Unembedding every prompt position would add
@@ -206,23 +235,34 @@ class _LlamaStepModel:
         padded = self.pad_single_rows and T == 1
         if padded:
             rows = np.append(rows, rows[0])
+        if capture != self.capturing:
+            llama_ext.set_embeddings_layer_inp(self.main.ctx, self.trunk_layers, capture)
+            self.capturing = capture
+        self.z_len = min(self.z_len, start_pos)  # from start_pos on, the cache is rewritten
         # A padded batch's last row is the throwaway one: ask for every row's logits then.
         logits = self.main.decode(start_pos, rows, all_logits=T <= k or padded)[:T]  # (T or 1, V)
-        self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
-        self.head_fed = [min(fed, start_pos) for fed in self.head_fed]  # the rest is stale
+        if capture:
+            self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
+            if self.z_len == start_pos:
+                self.z_len = start_pos + T
+        if self.heads:
+            self.head_fed = [min(fed, start_pos) for fed in self.head_fed]  # the rest is stale
         return _LlamaStepOutput(self, logits, T, start_pos, k)
 
-    def head_logits(self, position: int, k: int) -> torch.Tensor:
+    def head_logits(self, position: int, k: int) -> np.ndarray:
         """Heads 2..k at `position`, after feeding each the z it has not seen up to there."""
+        if position >= self.z_len:
+            raise RuntimeError(f"z of position {position} was not kept (z is kept up to {self.z_len})")
         rows = []
         for h in range(k - 1):
             fed = min(self.head_fed[h], position)
             rows.append(self.heads[h].decode(fed, self.z[fed : position + 1], all_logits=False)[0])
             self.head_fed[h] = position + 1
-        return torch.stack(rows)  # (k - 1, V)
+        return np.stack(rows)  # (k - 1, V)
 
     def reset(self) -> None:
         self.head_fed = [0] * len(self.heads)
+        self.z_len = 0
 
 
 class LlamaEngine:
@@ -248,19 +288,22 @@ class LlamaEngine:
         # whose model.safetensors is gone or damaged cannot be re-exported or run by torch.
         check_weights_header(model_dir, config)
         exact = settings.exact
-        # f32 keys and values in exact mode, else llama.cpp's default f16; +1: the padding
-        # slot; llama.cpp rounds a context up to a multiple of 256 positions.
-        n_ctx = -(-(config.max_seq_len + 1) // 256) * 256
+        # f32 keys and values in exact mode, else llama.cpp's default f16; exact mode's padding
+        # needs a spare slot; llama.cpp rounds a context up to a multiple of 256 positions.
+        main_ctx = config.max_seq_len + (1 if exact else 0)
+        n_ctx = -(-main_ctx // 256) * 256
         check_context_memory(model_dir, config, n_ctx, 4 if exact else 2)
         quiet_llama_logs()
         _backend_init()
         self.quant, self.settings, self.config = quant, settings, config
+        self.exact = exact  # speculative output is plain output token for token (see LlamaSettings)
+        self.files = files  # main.gguf, head-2.gguf, ...
         self.n_future = config.n_future_tokens
         self.max_seq_len = config.max_seq_len
         self.warnings: list[str] = []  # see base.Engine
         contexts: list[_Context] = []
         try:
-            contexts.append(_Context(files[0], settings, config.max_seq_len + 1, exact))  # + the padding slot
+            contexts.append(_Context(files[0], settings, main_ctx, exact))
             llama_ext.set_embeddings_layer_inp(contexts[0].ctx, config.n_trunk_layers, True)
             for path in files[1:]:
                 contexts.append(_Context(path, settings, config.max_seq_len, exact, embd_dim=config.dim))
@@ -281,23 +324,25 @@ class LlamaEngine:
         """One forward of every context: NaN or inf weights (quantized ones included, whose
         values the file check cannot see) give non-finite logits, which would otherwise
         decode as garbage or empty completions."""
-        main = self._step.forward([token], 0, 1)
+        main = self._step.run([token], 0, 1, capture=True)
         rows = [("logits", self._step.main.path, main.next_logits())]
-        rows.append(("block input z", self._step.main.path, torch.from_numpy(self._step.z[:1])))
+        rows.append(("block input z", self._step.main.path, self._step.z[:1]))
         if self.n_future > 1:
             heads = self._step.head_logits(0, self.n_future)
             rows += [("logits", c.path, heads[i]) for i, c in enumerate(self._step.heads)]
         self._step.reset()
         for what, path, values in rows:
-            if not torch.isfinite(values).all():
+            if not np.isfinite(values).all():
                 raise ModelFileError(
                     path, f"a one-token forward gives non-finite {what} (NaN or inf): the weights are broken"
                 )
 
     @classmethod
-    def from_dir(cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu") -> "LlamaEngine":
+    def from_dir(
+        cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu", exact: bool = False
+    ) -> "LlamaEngine":
         gpu_layers = 0 if device == "cpu" else -1
-        return cls(model_dir, LlamaSettings(quant=quant, threads=threads, n_gpu_layers=gpu_layers))
+        return cls(model_dir, LlamaSettings(quant=quant, threads=threads, n_gpu_layers=gpu_layers, exact=exact))
 
     def generate(
         self,
@@ -309,19 +354,38 @@ class LlamaEngine:
         k = min(config.k or self.n_future, self.n_future)
         with self._lock:
             # At least the last prompt token is fed again: its logits start the decoding.
-            # Heads catch up from the kept z, so any earlier k's cache is reusable.
             start = min(common_prefix_length(prompt, self._cached), len(prompt) - 1) if config.reuse_prefix else 0
+            if k > 1:  # the heads catch up from kept z: positions decoded without it are fed again
+                start = min(start, self._step.z_len)
             self._cached = []  # invalid while the caches are being written
             outcome = decode(self._step, prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel)
             self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
         text = result_text(self.tokenizer, outcome.tokens, config)
         return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)
 
+    def head_predictions(self, tokens: Sequence[int]) -> list[list[int]]:
+        """Every head's argmax at every position of `tokens`, teacher-forced: n_future lists
+        of len(tokens) ids (head i at position p predicts token p + i). What the bench scores
+        head accuracy with when there are no torch weights."""
+        tokens = list(tokens)
+        if not 0 < len(tokens) <= self.max_seq_len:
+            raise ValueError(f"{len(tokens)} tokens: head predictions need 1 to {self.max_seq_len}")
+        with self._lock:
+            self._cached = []
+            step = self._step
+            step.reset()
+            # k = T: logits of every position
+            predictions = [step.run(tokens, 0, len(tokens), capture=True).next_logits().argmax(-1).tolist()]
+            for h, head in enumerate(step.heads):
+                predictions.append(head.decode(0, step.z[: len(tokens)], all_logits=True).argmax(-1).tolist())
+                step.head_fed[h] = len(tokens)
+            return predictions
+
     def capture_z(self, tokens: Sequence[int]) -> np.ndarray:
         """z (the trunk output) of a fresh prefill of `tokens`: (T, D). For checks against torch."""
         with self._lock:
             self._cached = []
-            self._step.forward(list(tokens), 0, 1)
+            self._step.run(list(tokens), 0, 1, capture=True)
             return self._step.z[: len(tokens)].copy()
 
     def close(self) -> None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, Union
 
+import numpy as np
 import torch
 
 from assistant.engine.base import (
@@ -41,12 +42,18 @@ from assistant.engine.base import (
 from assistant.engine.healing import allowed_tokens, restrict, still_to_heal
 
 
+# Logits as a backend has them: a torch tensor, or a numpy array (llama.cpp's, which greedy
+# decoding reads without a trip through torch: that trip costs more per token than the
+# rest of the loop).
+Logits = Union[torch.Tensor, np.ndarray]
+
+
 class StepOutput(Protocol):
-    def next_logits(self, start: int = 0) -> torch.Tensor:
+    def next_logits(self, start: int = 0) -> Logits:
         """Head 1's logits at the fed positions from `start` on: (T - start, V). A prefill
         (more than k tokens fed) is only asked for its last position."""
 
-    def draft_logits(self, index: int) -> torch.Tensor:
+    def draft_logits(self, index: int) -> Logits:
         """Heads 2..k's logits at fed position `index`: (k - 1, V)."""
 
 
@@ -71,8 +78,8 @@ class DecodeOutcome:
 class _Greedy:
     """Greedy choice: a row of logits becomes its argmax, computed for all rows at once."""
 
-    def prepare(self, logits: torch.Tensor) -> list[int]:
-        return logits.argmax(-1).tolist()  # (R, V) -> R ids
+    def prepare(self, logits: Logits) -> list[int]:
+        return logits.argmax(-1).tolist()  # (R, V) -> R ids; the first of equal maxima, in both libraries
 
     def pick(self, row: int) -> int:
         return row
@@ -89,8 +96,8 @@ class _Sampling:
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed)
 
-    def prepare(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.double() / self.temperature, dim=-1)  # (R, V) probabilities
+    def prepare(self, logits: Logits) -> torch.Tensor:
+        return torch.softmax(torch.as_tensor(logits).double() / self.temperature, dim=-1)  # (R, V) probabilities
 
     def pick(self, row: torch.Tensor) -> int:
         return int(torch.multinomial(row, 1, generator=self.generator))
@@ -132,10 +139,11 @@ def decode(
     healed_left_to_skip = len(to_heal)  # of the new bytes, not part of the new text
     never_while_healing = tuple(sorted(stop_ids))  # ending inside the healed bytes would lose them
 
-    def healing(logits: torch.Tensor) -> torch.Tensor:
+    def healing(logits: Logits) -> Logits:
         """(R, V) logits restricted to the tokens that agree with the bytes left to heal."""
         if not to_heal:
             return logits
+        logits = torch.as_tensor(logits)
         return restrict(logits, allowed_tokens(token_bytes, logits.shape[-1], to_heal, never_while_healing))
 
     def emit(token: int, head: int) -> str | None:

@@ -59,6 +59,8 @@ class _TorchStepModel:
 class TorchEngine:
     # The heads' caches hold the positions of the last k used: another k re-runs the prefill.
     reuses_cache_across_k = False
+    # Greedy speculative output is plain output token for token (one product per row, below).
+    exact = True
 
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
         if model.config.max_seq_len < MIN_CONTEXT:

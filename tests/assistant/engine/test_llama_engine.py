@@ -44,8 +44,9 @@ def model64(tmp_path_factory):
     return load_model(model_dir), body
 
 
-def engine_for(loaded, quant, **settings) -> LlamaEngine:
-    return LlamaEngine(loaded.path, LlamaSettings(quant=quant, threads=1, **settings))
+def engine_for(loaded, quant, exact=True, **settings) -> LlamaEngine:
+    """Exact mode unless told otherwise: most tests here check that speculative == plain."""
+    return LlamaEngine(loaded.path, LlamaSettings(quant=quant, threads=1, exact=exact, **settings))
 
 
 def cuts(body, count, seed=0, width=120):
@@ -54,11 +55,12 @@ def cuts(body, count, seed=0, width=120):
 
 
 # Tolerances: a near-tie is a top-2 margin within the two engines' rounding of each other
-# (f32: 1e-3; f16 weights: 0.05; the logits are O(10)). tests/near_ties.py says how.
-@pytest.mark.parametrize("quant,tolerance", [("f32", 1e-3), ("f16", 0.05)])
-def test_greedy_tokens_match_the_torch_engine(model64, quant, tolerance):
+# (f32: 1e-3; f16 weights, or llama.cpp's default f16 KV cache: 0.05; the logits are O(10)).
+# tests/near_ties.py says how.
+@pytest.mark.parametrize("quant,tolerance,exact", [("f32", 1e-3, True), ("f16", 0.05, True), ("f16", 0.05, False)])
+def test_greedy_tokens_match_the_torch_engine(model64, quant, tolerance, exact):
     loaded, body = model64
-    engine = engine_for(loaded, quant)
+    engine = engine_for(loaded, quant, exact=exact)
     torch_engine = TorchEngine(loaded.model, loaded.tokenizer)
     agreement = GreedyAgreement(model_logits(loaded.model), tolerance)
     for prompt in [loaded.tokenizer.encode(p) for p in cuts(body, 6)]:
@@ -124,7 +126,7 @@ def test_speculative_equals_plain_with_real_k_quants(tmp_path):
     save_model(tmp_path, model, ByteTokenizer())
     types = export_model(tmp_path, "q4_k_m").tensor_types["main.gguf"]
     assert "Q4_K" in types.values()
-    engine = LlamaEngine(tmp_path, LlamaSettings(threads=1))
+    engine = LlamaEngine(tmp_path, LlamaSettings(threads=1, exact=True))
     assert engine.quant == "q4_k_m"
     rng = random.Random(0)
     for _ in range(4):
@@ -229,5 +231,64 @@ def test_one_token_steps_compute_what_a_prefill_computes(model64, quant):
     step.reset()
     step.forward(ids[:100], 0, 1)
     for i, token in enumerate(ids[100:]):
-        step.forward([token], 100 + i, 1)
+        step.run([token], 100 + i, 1, capture=True)  # a plain step, made to keep z
     assert np.array_equal(step.z[: len(ids)], whole)
+
+
+def test_fast_mode_is_the_default_everywhere(model64):
+    """Every caller (completion service, server, CLI, TUI) loads through load_engine: fast
+    llama.cpp defaults unless exactness is asked for."""
+    loaded, _ = model64
+    assert LlamaSettings().exact is False
+    assert load_engine(loaded.path, threads=1).exact is False
+    assert load_engine(loaded.path, "llama", threads=1).exact is False
+    assert load_engine(loaded.path, "llama", threads=1, exact=True).exact is True
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_fast_mode_speculative_differs_from_plain_only_at_near_ties(model64, quant):
+    loaded, body = model64
+    engine = engine_for(loaded, quant, exact=False)
+    # q4_k_m rounds weights and activations the most: its near-ties are the widest.
+    agreement = GreedyAgreement(model_logits(loaded.model), tolerance=0.3 if quant == "q4_k_m" else 0.1)
+    for text in cuts(body, 6, seed=3):
+        prompt = loaded.tokenizer.encode(text)
+        plain = engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1, reuse_prefix=False)).tokens
+        for k in (2, 4):
+            spec = engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=k)).tokens
+            agreement.check_same_until_a_near_tie(prompt, spec, plain, (quant, k, text))
+
+
+def test_plain_steps_keep_no_z_and_heads_refeed_them(model64):
+    """k=1 decodes without capturing z (the heads will not draft); a later request with heads
+    reuses the prompt part of the cache, whose z the prefill kept, and feeds the rest again."""
+    loaded, body = model64
+    tok = loaded.tokenizer
+    engine = engine_for(loaded, "q8_0")
+    prompt = tok.encode(body[:150])
+    plain = engine.generate(prompt, GenerationConfig(max_new_tokens=20, k=1))
+    assert engine._step.z_len == len(prompt) and not engine._step.capturing
+    follow = prompt + plain.tokens[:10]
+    config = GenerationConfig(max_new_tokens=12, k=4)
+    again = engine.generate(follow, config)
+    assert again.stats.reused_tokens == len(prompt)  # the 10 generated tokens had no z
+    fresh = engine_for(loaded, "q8_0").generate(follow, config)
+    assert again.tokens == fresh.tokens and again.stats.draft_accepted == fresh.stats.draft_accepted
+    # A plain request still reuses everything cached (but the last prompt token, fed again).
+    longer = follow + again.tokens[:3]
+    assert engine.generate(longer, GenerationConfig(max_new_tokens=5, k=1)).stats.reused_tokens == len(longer) - 1
+
+
+def test_sampling_on_llama_cpp_logits_is_seeded_for_every_k(model64):
+    """The llama.cpp step model hands numpy logits to the shared decoding loop; speculative
+    sampling (torch) takes them as they are."""
+    loaded, body = model64
+    engine = engine_for(loaded, "q8_0", exact=False)
+    prompt = loaded.tokenizer.encode(body[:80])
+    for k in (1, 2, 4):
+        config = GenerationConfig(max_new_tokens=20, k=k, temperature=0.8, seed=3)
+        first, again = engine.generate(prompt, config), engine.generate(prompt, config)
+        assert first.tokens == again.tokens and len(first.tokens) == 20, k
+        assert all(0 <= t < loaded.config.vocab_size for t in first.tokens)
+    other = engine.generate(prompt, GenerationConfig(max_new_tokens=20, k=4, temperature=5.0, seed=4)).tokens
+    assert other != first.tokens  # a hot temperature and another seed: another sample

@@ -106,8 +106,11 @@ def test_tiny_context_is_refused_at_load_not_at_every_request(model_dir, engine)
 def test_lowering_the_context_below_the_export_is_fine(model_dir):
     edit_config(model_dir, max_seq_len=64)
     engine = llama(model_dir)
-    assert engine.max_seq_len == 64 and engine._step.main.n_ctx == 65  # + the padding slot
+    assert engine.max_seq_len == 64 and engine._step.main.n_ctx == 64
     assert engine.generate([5] * 10).tokens
+    exact = LlamaEngine(model_dir, LlamaSettings(quant="q8_0", threads=1, exact=True))
+    assert exact._step.main.n_ctx == 65  # + the padding slot
+    assert exact.generate([5] * 10).tokens
 
 
 def test_missing_head_falls_back_to_torch_with_a_warning_naming_it(model_dir, caplog):
