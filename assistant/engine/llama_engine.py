@@ -60,7 +60,7 @@ _FLASH_ATTN_DISABLED, _FLASH_ATTN_AUTO = 0, -1
 
 @dataclass(frozen=True)
 class LlamaSettings:
-    quant: str | None = None  # None: the first of PREFERRED_QUANTS that was exported
+    quant: str | None = None  # None: the first of PREFERRED_QUANTS that was exported, else any export
     threads: int | None = None  # CPU threads; None: half the logical cores (about the physical ones)
     n_gpu_layers: int = -1  # blocks offloaded when libllama was built with a GPU backend; -1: all
     n_ubatch: int = 512  # micro-batch size: a longer prompt is decoded in several
@@ -277,7 +277,9 @@ class LlamaEngine:
         except TokenizerError as e:
             raise ModelFileError(model_dir, str(e)) from None
         exported = available_quants(model_dir)
-        quant = settings.quant or next((q for q in PREFERRED_QUANTS if q in exported), None)
+        # A base brought by the user keeps its own quantization (q5_k_m, ...), outside our list.
+        preferred = [q for q in PREFERRED_QUANTS if q in exported] + exported
+        quant = settings.quant or (preferred[0] if preferred else None)
         if quant is None:
             raise ModelFileError(
                 model_dir / "gguf", f"no GGUF export (run `mtp-assistant models export {model_dir} --quant q8_0`)"
