@@ -176,6 +176,11 @@ def engine_scorer(engine) -> Scorer:
     return prediction_scorer(engine.head_predictions, engine.max_seq_len)
 
 
+def scorer_for(engine) -> Scorer:
+    """The scorer of an engine's own heads: the llama.cpp engine's quantized ones, else the torch model's."""
+    return engine_scorer(engine) if hasattr(engine, "head_predictions") else torch_scorer(engine.model)
+
+
 def head_accuracy(model, prompt: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
     """Per head: (hits, scored) of a torch model at predicting the continuation, teacher-forced."""
     return torch_scorer(model)(prompt, continuation)

@@ -26,6 +26,7 @@ from assistant.bench import (
     directory_prompts,
     humaneval_prompts,
     run_bench,
+    scorer_for,
 )
 from assistant.store import StoreError
 from assistant.training.corpus import CorpusError
@@ -142,7 +143,7 @@ class BenchScreen(TuiScreen):
             self.post_message(self.EngineLoaded(engine_label(engine)))
             prompts = humaneval_prompts() if prompts_from == "humaneval" else directory_prompts(prompts_from)
             self.post_message(self.Progress(0, min(config.limit or len(prompts), len(prompts))))
-            result = run_bench(engine, engine.tokenizer, prompts, config, progress, accuracy_model=engine.model)
+            result = run_bench(engine, engine.tokenizer, prompts, config, progress, scorer=scorer_for(engine))
         except BenchCancelled:
             self.post_message(self.Finished(None, "cancelled"))
         except (StoreError, ModelFileError, CorpusError, ValueError, OSError) as e:
