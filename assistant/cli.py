@@ -28,6 +28,7 @@ from assistant.evals.sandbox import SandboxUnavailable
 from assistant.store import NAME_PATTERN, ModelStore, StoreError
 from assistant.training.config import TrainError, add_train_arguments, config_from_args, given_settings
 from assistant.training.corpus import CorpusError
+from assistant.training.recipe.model_card import CardError, ModelCard
 from models.checkpoint import ModelFileError, read_config
 
 EXIT_USAGE = 2
@@ -215,16 +216,19 @@ def _read_card(model_dir: Path) -> dict:
 
 def _card_scores(card: dict) -> list[tuple[str, str]]:
     """The card's headline scores, as (label, value) lines."""
+    if not card:
+        return []
+    try:
+        parsed = ModelCard.from_json(card)
+    except CardError as e:
+        return [("card", f"unreadable: {e}")]
     lines = []
-    heads = card.get("heldout_heads", {}).get("accuracy_per_head")
+    heads = parsed.heldout_heads.accuracy_per_head
     if heads:
         lines.append(("held-out top-1 per head", " / ".join(f"{a:.1%}" for a in heads)))
-    next_line = card.get("next_line", {}).get("exact_match")
-    if next_line is not None:
-        lines.append(("next-line exact match", f"{next_line:.1%}"))
-    humaneval = card.get("humaneval", {})
-    if "pass_at_1" in humaneval:
-        lines.append(("HumanEval pass@1", f"{humaneval['pass_at_1']:.1%} of {humaneval.get('problems', '?')} problems"))
+    lines.append(("next-line exact match", f"{parsed.next_line.exact_match:.1%}"))
+    humaneval = parsed.humaneval
+    lines.append(("HumanEval pass@1", f"{humaneval.pass_at_1:.1%} of {humaneval.problems} problems"))
     return lines
 
 

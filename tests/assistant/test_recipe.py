@@ -2,7 +2,10 @@ import json
 import shutil
 from pathlib import Path
 
-from assistant.training.recipe import CARD_EXAMPLES, STAGES, render_card, ship, stage_config
+from assistant.training.recipe.card import CARD_EXAMPLES, render_card
+from assistant.training.recipe.model_card import ModelCard
+from assistant.training.recipe.ship import ship
+from assistant.training.recipe.stages import STAGES, stage_config
 from assistant.training.trainer import TrainConfig, train
 from models.checkpoint import load_model
 
@@ -44,19 +47,19 @@ def test_ship_copies_the_model_and_measures_its_card(tmp_path, code_repo):
     shipped = load_model(dest)  # a loadable model, its context the one it trained at
     assert shipped.config.max_seq_len == 96
     assert (dest / "gguf" / "q8_0" / "main.gguf").is_file()  # the default engine's files, of these weights
-    assert {row["engine"] for row in card["bench"]["rows"]} == {"llama q8_0", "torch"}
-    assert card["training"]["steps"] == 5 and card["training"]["tokens_seen"] == 5 * 2 * 96
-    assert [stage["steps"] for stage in card["training"]["stages"]] == [3, 2]
-    assert card["next_line"]["cases"] == 3 and card["humaneval"]["problems"] == 1
-    assert len(card["heldout_heads"]["accuracy_per_head"]) == 4 and len(card["examples"]) == 10
+    assert {row["engine"] for row in card.bench.rows} == {"llama q8_0", "torch"}
+    assert card.training.steps == 5 and card.training.tokens_seen == 5 * 2 * 96
+    assert [stage.steps for stage in card.training.stages] == [3, 2]
+    assert card.next_line.cases == 3 and card.humaneval.problems == 1
+    assert len(card.heldout_heads.accuracy_per_head) == 4 and len(card.examples) == 10
     text = (dest / "CARD.md").read_text()
-    assert text == render_card(json.loads((dest / "card.json").read_text()))
+    assert ModelCard.read(dest / "card.json") == card and text == render_card(card)
     assert "| heldout | held | 0 | MIT |" in text and "HumanEval pass@1" in text
     assert "| 1 | 3 | 0.0M |" in text and "| 2 | 2 | 0.0M |" in text
 
 
 def test_train_stages_chains_the_stages_and_starts_after_the_last_finished_one(tmp_path, code_repo, monkeypatch):
-    from assistant.training import recipe
+    from assistant.training.recipe import stages as recipe
 
     tiny = dict(seq_len=48, batch_size=2, eval_every=1000, checkpoint_every=1000, device="cpu")
     monkeypatch.setattr(recipe, "STAGES", (
@@ -81,7 +84,7 @@ def test_train_stages_chains_the_stages_and_starts_after_the_last_finished_one(t
 
 
 def test_a_time_boxed_stage_gets_the_steps_that_fit_and_records_them(tmp_path, code_repo, monkeypatch):
-    from assistant.training import recipe
+    from assistant.training.recipe import stages as recipe
 
     stage = recipe.Stage(threads=1, settings=dict(
         tokenizer="bpe", bpe_vocab_size=300, model_overrides=dict(dim=32, n_layers=4, n_heads=2, n_future_tokens=4),
@@ -99,7 +102,7 @@ def test_a_time_boxed_stage_gets_the_steps_that_fit_and_records_them(tmp_path, c
 
 
 def test_fitting_steps_measures_the_stage_shape_on_its_device():
-    from assistant.training import recipe
+    from assistant.training.recipe import stages as recipe
 
     stage = recipe.Stage(threads=1, settings=dict(
         bpe_vocab_size=300, model_overrides=dict(dim=32, n_layers=4, n_heads=2, n_future_tokens=2),
@@ -113,7 +116,7 @@ def test_a_gpu_stage_on_a_machine_without_one_says_so(tmp_path, monkeypatch):
     import pytest
     import torch
 
-    from assistant.training import recipe
+    from assistant.training.recipe import stages as recipe
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
