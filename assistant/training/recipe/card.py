@@ -76,7 +76,7 @@ def render_card(card: ModelCard) -> str:
         f"{config.vocab_size}, dim {config.dim}, {config.n_layers} blocks in all: "
         f"{config.n_layers - config.n_future_tokens + 1} in `layers` incl. head 1, "
         f"{config.n_future_tokens - 1} extra heads), trained from scratch by this project's "
-        "own command (`make default-model`; the recipe is `assistant/training/recipe.py`).",
+        "own command (`make default-model`; the recipe is `assistant/training/recipe/`).",
         "",
         "## Training",
         "",

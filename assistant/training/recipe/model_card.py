@@ -154,6 +154,11 @@ class Bench:
     head_accuracy: list[float]
     baseline: str | None
     rows: list[dict[str, Any]]
+    # Per engine: speculative runs that parted from plain decoding, runs compared, exact mode
+    # (cards measured before fast mode existed have none).
+    mismatches_by_engine: dict[str, int] | None = field(default=None, metadata=OPTIONAL)
+    runs_by_engine: dict[str, int] | None = field(default=None, metadata=OPTIONAL)
+    exact_engines: dict[str, bool] | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass(frozen=True)
