@@ -76,6 +76,9 @@ class TrainConfig:
     fim_rate: float = 0.5
     spm_rate: float = 0.5
     val_fraction: float = 0.1
+    # Times a training file (by its path in the corpus) is read per epoch; others once.
+    # `tune` reads what changed since the last tune more often.
+    file_weights: dict[str, int] = dataclasses.field(default_factory=dict)
     # Independent document cursors a batch's rows are drawn from in turn (see WindowStream);
     # 0 = one per sequence of the (micro-)batch.
     window_lanes: int = 0
@@ -109,6 +112,7 @@ class TrainConfig:
             "val_fraction": 0 <= self.val_fraction < 1,
             "window_lanes": self.window_lanes >= 0,
             "data_workers": self.data_workers >= 0,
+            "file_weights": all(isinstance(w, int) and w >= 1 for w in self.file_weights.values()),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -309,7 +313,7 @@ def train(
     fim = FimConfig(rate=config.fim_rate, spm_rate=config.spm_rate)
     lanes = config.window_lanes or config.batch_size // config.grad_accum
     stream = WindowStream(
-        [f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim, lanes=lanes,
+        training_texts(corpus, config.file_weights), tokenizer, config.seq_len, model.n_future, config.seed, fim, lanes=lanes,
         workers=config.data_workers,
     )
     val_texts = [f.text for f in corpus.val] or [f.text for f in corpus.train]  # a one-file repo validates on itself
@@ -419,6 +423,11 @@ def train(
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     return final
+
+
+def training_texts(corpus: Corpus, file_weights: dict[str, int]) -> list[str]:
+    """The training files' texts, each as many times as its weight (default once) an epoch."""
+    return [f.text for f in corpus.train for _ in range(file_weights.get(f.path, 1))]
 
 
 def describe_run(corpus: Corpus, model: MTPTransformer, tokenizer: Any) -> str:
