@@ -210,3 +210,36 @@ def test_sigkill_then_ctrl_c_then_tune_again_finishes_with_every_step_once(tmp_p
     assert val_steps == sorted(set(val_steps))
     assert ModelStore(home).binding_for(repo) == (str(repo.resolve()), model_dir.name)
     assert not run_dir.exists()
+
+
+def _run(args, env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "assistant.cli", *map(str, args)], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_complete_and_models_list_use_the_repository_binding(tmp_path, base_dir):
+    home = tmp_path / "home"
+    store = ModelStore(home)
+    store.add(base_dir, "tiny", make_default=True)
+    mine = save_model(tmp_path / "mine", random_model(seed=3), ByteTokenizer())
+    store.add(mine, "mine")
+    repo, elsewhere = make_repo(tmp_path / "repo", files=1), make_repo(tmp_path / "elsewhere", files=1)
+    store.bind(repo, "mine")
+    env = dict(os.environ, MTP_ASSISTANT_HOME=str(home), OMP_NUM_THREADS="1")
+    complete = ["complete", "--line", "2", "--col", "5", "--max-tokens", "4", "--engine", "torch"]
+
+    bound = _run([*complete[:1], repo / "mod0.py", *complete[1:]], env)
+    assert bound.returncode == 0, bound.stderr
+    assert f"model {home / 'models' / 'mine'}" in bound.stderr
+    explicit = _run([*complete[:1], repo / "mod0.py", *complete[1:], "--model", "tiny"], env)
+    assert f"model {home / 'models' / 'tiny'}" in explicit.stderr, "--model wins over the binding"
+    unbound = _run([*complete[:1], elsewhere / "mod0.py", *complete[1:]], env)
+    assert f"model {home / 'models' / 'tiny'}" in unbound.stderr, "outside a bound repository: the default"
+
+    listing = _run(["models", "list"], env).stdout
+    assert f"  {repo.resolve()} -> mine" in listing and "* tiny" in listing
+    unbind = _run(["models", "unbind", repo], env)
+    assert unbind.returncode == 0 and "no longer uses mine" in unbind.stdout
+    assert f"{repo.resolve()} -> mine" not in _run(["models", "list"], env).stdout
+    again = _run(["models", "unbind", repo], env)
+    assert again.returncode == 1 and "no model is bound to" in again.stderr and "Traceback" not in again.stderr
