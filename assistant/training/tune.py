@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from assistant.store import ModelStore, root_key
+from assistant.store import NAME_PATTERN, RESERVED_NAMES, SHIPPED_NAME, ModelStore, root_key
 from assistant.training.corpus import Corpus, CorpusConfig, SourceFile, build_corpus
 from assistant.training.metrics import read_metrics
 from assistant.training.trainer import (
@@ -137,6 +137,8 @@ def tune(config: TuneConfig, store: ModelStore | None = None, log: Log = _stderr
     store = store or ModelStore()
     root = Path(root_key(config.repo))
     name = config.name or model_name(root)
+    if not NAME_PATTERN.match(name) or name in RESERVED_NAMES:
+        raise TuneError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-' only, not {RESERVED_NAMES}")
     run_dir = store.root / TUNE_DIR / name
     state = _read_state(run_dir)
     if state is not None and state["repo"] == str(root):
@@ -179,8 +181,9 @@ def _start(config: TuneConfig, store: ModelStore, root: Path, name: str, run_dir
             return None
         file_weights = {path: config.changed_weight for path in changes["changed_train_files"]}
 
+    label = SHIPPED_NAME if store.shipped_dir and base_dir.resolve() == store.shipped_dir.resolve() else base_dir.name
     log(f"held-out: {len(corpus.val)} of {len(corpus.train) + len(corpus.val)} files; "
-        f"measuring {base_dir.name} on them before tuning")
+        f"measuring {label} on them before tuning")
     before = measure_model(base_dir, corpus.val, config, seq_len)
 
     minutes = config.minutes or (INCREMENTAL_MINUTES if previous else DEFAULT_MINUTES)
@@ -188,7 +191,9 @@ def _start(config: TuneConfig, store: ModelStore, root: Path, name: str, run_dir
     log(f"schedule: {steps} steps of {config.batch_size} x {seq_len} tokens"
         + (f" (probe: {probe['step_s']:.2f} s a step; {minutes:g} minutes)" if probe else ""))
     fim_rate = config.fim_rate if loaded.tokenizer.has_fim else 0.0
-    every = max(1, steps // config.evaluations)
+    # A check reads eval_windows windows forward only, about 2/3 of a step at 16 windows and a
+    # batch of 8: at least 10 steps apart it costs a few percent of the run, not most of it.
+    every = max(10, steps // config.evaluations) if steps >= 10 else steps
     train_config = TrainConfig(
         repo=str(root), out_dir=str(run_dir), base_model=str(base_dir), finetune=config.finetune,
         steps=steps, batch_size=config.batch_size, seq_len=seq_len, lr=config.lr,
@@ -294,7 +299,7 @@ def _schedule(config: TuneConfig, model_config, seq_len: int, minutes: float) ->
     from assistant.training.trainer import resolve_device
 
     started = time.perf_counter()
-    probe = measure(model_config, config.batch_size, seq_len, resolve_device(config.device), warmup=1, timed=3,
+    probe = measure(model_config, config.batch_size, seq_len, resolve_device(config.device), warmup=1, timed=2,
                     train_trunk=config.finetune == "full")
     seconds = minutes * 60 - (time.perf_counter() - started)  # the probe spent part of the box
     steps = int(STEP_SHARE * seconds / probe["step_s"])
@@ -406,8 +411,8 @@ def _checkpoint_step(checkpoint: Path | None) -> int | None:
 def _swap_in(tmp: Path, final: Path) -> None:
     """Replace `final` by `tmp` so that a kill leaves one of them whole."""
     old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
+    if final.exists():  # else an earlier swap was cut between its renames: old is the only copy
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
@@ -512,9 +517,12 @@ def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfi
     loaded = load_model(model_dir)
     texts = [f.text for f in held_out]
     n = loaded.model.n_future
-    # The trainer's validation windows (what picks the checkpoint), and more for the report.
-    val = evaluate(loaded.model, evaluation_windows(texts, loaded.tokenizer, seq_len, n, config.eval_windows))
-    heads = evaluate(loaded.model, evaluation_windows(texts, loaded.tokenizer, seq_len, n, config.report_windows))
+    # The report's windows begin with the trainer's validation windows (the same cut of the
+    # same texts): the first eval_windows give the loss that picks the checkpoint.
+    windows = evaluation_windows(texts, loaded.tokenizer, seq_len, n, max(config.report_windows, config.eval_windows))
+    val = evaluate(loaded.model, windows[: config.eval_windows])
+    rest = evaluate(loaded.model, windows[config.eval_windows :]) if len(windows) > config.eval_windows else None
+    heads = _combined(val, rest)
     del loaded
     engine = load_engine(model_dir, config.engine)
     try:
@@ -539,6 +547,16 @@ def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfi
         "engine": _engine_label(engine),
         "threads": torch.get_num_threads(),
     }
+
+
+def _combined(a, b):
+    """Per-head stats of two sets of windows together."""
+    if b is None:
+        return a
+    from models.loss import HeadStats
+
+    count = a.count + b.count
+    return HeadStats((a.loss * a.count + b.loss * b.count) / count.clamp(min=1), a.correct + b.correct, count)
 
 
 def _tokens_per_forward(engine, prompts: list[str], k: int, max_new: int) -> float | None:

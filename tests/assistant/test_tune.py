@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from assistant.store import ModelStore, StoreError
-from assistant.training.corpus import CorpusConfig, build_corpus
+from assistant.training.corpus import CorpusConfig, CorpusError, build_corpus
 from assistant.training.metrics import read_metrics
 from assistant.training.trainer import training_texts
 from assistant.training.tune import TUNE_DIR, TuneConfig, TuneError, model_name, report_table, tune
@@ -217,29 +217,48 @@ def _run(args, env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_complete_and_models_list_use_the_repository_binding(tmp_path, base_dir):
+def test_complete_and_models_list_use_the_repository_binding(tmp_path, base_dir, monkeypatch, capsys):
+    from assistant.cli import main
+
     home = tmp_path / "home"
+    monkeypatch.setenv("MTP_ASSISTANT_HOME", str(home))
     store = ModelStore(home)
     store.add(base_dir, "tiny", make_default=True)
-    mine = save_model(tmp_path / "mine", random_model(seed=3), ByteTokenizer())
-    store.add(mine, "mine")
+    store.add(save_model(tmp_path / "mine", random_model(seed=3), ByteTokenizer()), "mine")
     repo, elsewhere = make_repo(tmp_path / "repo", files=1), make_repo(tmp_path / "elsewhere", files=1)
     store.bind(repo, "mine")
-    env = dict(os.environ, MTP_ASSISTANT_HOME=str(home), OMP_NUM_THREADS="1")
-    complete = ["complete", "--line", "2", "--col", "5", "--max-tokens", "4", "--engine", "torch"]
 
-    bound = _run([*complete[:1], repo / "mod0.py", *complete[1:]], env)
-    assert bound.returncode == 0, bound.stderr
-    assert f"model {home / 'models' / 'mine'}" in bound.stderr
-    explicit = _run([*complete[:1], repo / "mod0.py", *complete[1:], "--model", "tiny"], env)
-    assert f"model {home / 'models' / 'tiny'}" in explicit.stderr, "--model wins over the binding"
-    unbound = _run([*complete[:1], elsewhere / "mod0.py", *complete[1:]], env)
-    assert f"model {home / 'models' / 'tiny'}" in unbound.stderr, "outside a bound repository: the default"
+    def complete(path: Path, *extra: str) -> str:
+        assert main(["complete", str(path), "--line", "2", "--col", "5", "--max-tokens", "4", "--engine", "torch",
+                     *extra]) == 0
+        return capsys.readouterr().err
 
-    listing = _run(["models", "list"], env).stdout
+    assert f"model {home / 'models' / 'mine'}" in complete(repo / "mod0.py")
+    assert f"model {home / 'models' / 'tiny'}" in complete(repo / "mod0.py", "--model", "tiny"), "--model wins"
+    assert f"model {home / 'models' / 'tiny'}" in complete(elsewhere / "mod0.py"), "unbound: the default"
+
+    assert main(["models", "list"]) == 0
+    listing = capsys.readouterr().out
     assert f"  {repo.resolve()} -> mine" in listing and "* tiny" in listing
-    unbind = _run(["models", "unbind", repo], env)
-    assert unbind.returncode == 0 and "no longer uses mine" in unbind.stdout
-    assert f"{repo.resolve()} -> mine" not in _run(["models", "list"], env).stdout
-    again = _run(["models", "unbind", repo], env)
-    assert again.returncode == 1 and "no model is bound to" in again.stderr and "Traceback" not in again.stderr
+    assert main(["models", "unbind", str(repo)]) == 0
+    assert "no longer uses mine" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    assert f"{repo.resolve()} -> mine" not in capsys.readouterr().out
+    assert main(["models", "unbind", str(repo)]) == 1
+    assert "no model is bound to" in capsys.readouterr().err
+
+
+def test_tune_errors_are_one_line(tmp_path, base_dir, store):
+    home = tmp_path / "home"
+    ModelStore(home).add(base_dir, "tiny", make_default=True)
+    env = dict(os.environ, MTP_ASSISTANT_HOME=str(home), OMP_NUM_THREADS="1")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.py").write_text("x = 1\n")
+    proc = _run(["tune", tmp_path / "one", *TINY_CLI], env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("mtp-assistant: error: ") and "too little code to tune on (1 code file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    with pytest.raises(CorpusError, match="path does not exist"):
+        tune(TuneConfig(repo=str(tmp_path / "missing"), **TINY), store)
+    with pytest.raises(TuneError, match="invalid model name 'shipped'"):
+        tune(TuneConfig(repo=str(tmp_path / "one"), name="shipped", **TINY), store)
