@@ -181,15 +181,15 @@ def _start(config: TuneConfig, store: ModelStore, root: Path, name: str, run_dir
             return None
         file_weights = {path: config.changed_weight for path in changes["changed_train_files"]}
 
-    label = SHIPPED_NAME if store.shipped_dir and base_dir.resolve() == store.shipped_dir.resolve() else base_dir.name
-    log(f"held-out: {len(corpus.val)} of {len(corpus.train) + len(corpus.val)} files; "
-        f"measuring {label} on them before tuning")
-    before = measure_model(base_dir, corpus.val, config, seq_len)
-
+    # The probe first: a box too short for this machine fails before minutes of measuring.
     minutes = config.minutes or (INCREMENTAL_MINUTES if previous else DEFAULT_MINUTES)
     steps, probe = _schedule(config, loaded.config, seq_len, minutes)
     log(f"schedule: {steps} steps of {config.batch_size} x {seq_len} tokens"
         + (f" (probe: {probe['step_s']:.2f} s a step; {minutes:g} minutes)" if probe else ""))
+    label = SHIPPED_NAME if store.shipped_dir and base_dir.resolve() == store.shipped_dir.resolve() else base_dir.name
+    log(f"held-out: {len(corpus.val)} of {len(corpus.train) + len(corpus.val)} files; "
+        f"measuring {label} on them before tuning")
+    before = measure_model(base_dir, corpus.val, config, seq_len)
     fim_rate = config.fim_rate if loaded.tokenizer.has_fim else 0.0
     # A check reads eval_windows windows forward only, about 2/3 of a step at 16 windows and a
     # batch of 8: at least 10 steps apart it costs a few percent of the run, not most of it.
