@@ -301,7 +301,8 @@ def _add_models_parser(sub) -> None:
 
 def cmd_models_list(args) -> int:
     store = ModelStore()
-    for entry in store.list():
+    entries = store.list()
+    for entry in entries:
         try:
             config, tokenizer, _ = read_config(entry.path)
             desc = f"{config.n_future_tokens} heads, dim {config.dim}, {config.n_layers} blocks, {tokenizer.get('kind')} tokens"
@@ -313,7 +314,7 @@ def cmd_models_list(args) -> int:
     if bindings:
         print("repositories with a model of their own:")
     for root, name in bindings:
-        print(f"  {root} -> {name}" + ("" if any(e.name == name for e in store.list()) else " (model missing)"))
+        print(f"  {root} -> {name}" + ("" if any(e.name == name for e in entries) else " (model missing)"))
     print(f"(* the default; models you add live in {store.models_dir}; a repository's bound model serves its files)")
     return 0
 
