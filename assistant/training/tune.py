@@ -605,7 +605,7 @@ def report_table(report: dict) -> str:
         ("validation loss (sum of heads)", lambda m: f"{m['val_loss']:.3f}"),
         (f"next-line exact match ({before['next_line']['cases']} cases)", lambda m: f"{100 * m['next_line']['exact_match']:.1f}%"),
         (f"tokens per forward, k={before['tokens_per_forward']['k']}", tpf),
-        ("completion latency p50 / p95", latency),
+        ("next-line completion latency p50 / p95 (cold prompt)", latency),
     ]
     corpus = report["corpus"]
     lines = [
