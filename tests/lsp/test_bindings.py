@@ -45,7 +45,7 @@ async def _served_model(home, workspace, options=None, *extra) -> str:
         await client.stop()
 
 
-async def test_the_workspace_binding_serves_and_an_explicit_model_wins(bound_store, tiny_model_dir):
+async def test_the_workspace_binding_serves_and_an_explicit_model_wins(bound_store):
     store, workspace = bound_store
     # A folder inside the repository is served by the repository's model.
     assert await _served_model(store.root, workspace / "sub") == str(store.models_dir / "mine")
