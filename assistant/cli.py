@@ -2,6 +2,7 @@
 
     mtp-assistant train REPO [--out DIR] [options]     train or fine-tune on a repository
     mtp-assistant train --resume DIR                   continue an interrupted run
+    mtp-assistant tune [REPO] [--minutes N]            learn a repository in a time box, serve it there
     mtp-assistant eval MODEL --repo PATH               per-head validation loss and accuracy
     mtp-assistant models list|show|add|remove|default  manage the model store
     mtp-assistant models import PATH                   convert Meta's released MTP checkpoint
@@ -71,6 +72,52 @@ def cmd_train(args) -> int:
             config = dataclasses.replace(config, base_model=str(ModelStore().resolve(config.base_model)))
         final = train(config, show_progress=not args.quiet)
     print(f"model written to {final}")
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="fine-tune a model on a repository in a time box, report before/after, serve it there"
+    )
+    p.add_argument("repo", nargs="?", default=".", help="repository to learn (default: the current directory)")
+    p.add_argument("--minutes", type=float, help="time box for training (default 10; 3 for a re-tune)")
+    p.add_argument("--base", metavar="MODEL",
+                   help="start from this model (default: the repository's last tuned model, else the default model)")
+    p.add_argument("--steps", type=int, help="a fixed number of steps instead of the time box")
+    p.add_argument("--name", help="store name of the tuned model (default: from the repository's name)")
+    p.add_argument("--finetune", choices=("full", "heads"), help="train every weight (default) or the heads only")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default 8)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 512, at most the model's context)")
+    p.add_argument("--next-line-cases", type=int, help="report: next-line cursors in the held-out files (default 100)")
+    p.add_argument("--speed-prompts", type=int, help="report: held-out prompts decoded at k=4 (default 20)")
+    p.add_argument("--device", help="training device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+    from assistant.training.tune import TuneConfig, describe_changes, report_table, tune
+
+    given = {
+        "minutes": args.minutes, "base": args.base, "steps": args.steps, "name": args.name, "finetune": args.finetune,
+        "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "next_line_cases": args.next_line_cases, "speed_prompts": args.speed_prompts, "device": args.device,
+    }
+    config = TuneConfig(repo=args.repo, show_progress=not args.quiet, **{k: v for k, v in given.items() if v is not None})
+    result = tune(config)
+    if result is None:
+        return 0
+    if args.json:
+        print(json.dumps({k: v for k, v in result.report.items() if k != "files"}))
+    else:
+        print(report_table(result.report))
+        if result.report.get("changes"):
+            print(f"changed since the last tune: {describe_changes(result.report['changes'])}")
+    if result.name is not None:
+        print(f"model {result.name} ({result.model_dir}) now serves {result.report['repo']}; "
+              f"report: {result.model_dir / 'tune_report.json'}")
     return 0
 
 
@@ -164,6 +211,9 @@ def _add_models_parser(sub) -> None:
     default = msub.add_parser("default", help="set the default model ('shipped' goes back to the shipped one)")
     default.add_argument("name")
     default.set_defaults(func=cmd_models_default)
+    unbind = msub.add_parser("unbind", help="serve a repository with the default model again (undo `tune`'s binding)")
+    unbind.add_argument("repo", help="the repository's root")
+    unbind.set_defaults(func=cmd_models_unbind)
     _add_models_import_parser(msub)
     _add_models_export_parser(msub)
     _add_models_add_heads_parser(msub)
@@ -171,7 +221,8 @@ def _add_models_parser(sub) -> None:
 
 def cmd_models_list(args) -> int:
     store = ModelStore()
-    for entry in store.list():
+    entries = store.list()
+    for entry in entries:
         try:
             config, tokenizer, _ = read_config(entry.path)
             desc = f"{config.n_future_tokens} heads, dim {config.dim}, {config.n_layers} blocks, {tokenizer.get('kind')} tokens"
@@ -179,7 +230,18 @@ def cmd_models_list(args) -> int:
             desc = f"unreadable: {e.problem}"
         where = f" (shipped with mtp-assistant: {entry.path})" if entry.shipped else ""
         print(f"{'*' if entry.is_default else ' '} {entry.name:<24} {desc}{where}")
-    print(f"(* the default; models you add live in {store.models_dir})")
+    bindings = sorted(store.bindings().items())
+    if bindings:
+        print("repositories with a model of their own:")
+    for root, name in bindings:
+        print(f"  {root} -> {name}" + ("" if any(e.name == name for e in entries) else " (model missing)"))
+    print(f"(* the default; models you add live in {store.models_dir}; a repository's bound model serves its files)")
+    return 0
+
+
+def cmd_models_unbind(args) -> int:
+    name = ModelStore().unbind(args.repo)
+    print(f"{Path(args.repo).resolve()} no longer uses {name}: the default model serves it")
     return 0
 
 
@@ -394,7 +456,8 @@ def _add_complete_parser(sub) -> None:
     p.add_argument("file")
     p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
     p.add_argument("--col", type=int, required=True, help="1-based column of the cursor, in characters")
-    p.add_argument("--model", default="default", help="model directory or store name")
+    p.add_argument("--model", help="model directory or store name (default: the model bound to the file's "
+                                   "repository, else the default)")
     p.add_argument("--engine", default="auto", choices=("auto", "torch", "llama"),
                    help="auto: llama.cpp where the model has a GGUF export, else torch")
     p.add_argument("--k", type=int, help="heads used for drafting (1 = plain decoding; default: all)")
@@ -429,7 +492,9 @@ def cmd_complete(args) -> int:
         heads=args.k,
         temperature=args.temperature,
     )
-    engine = load_engine(ModelStore().resolve(args.model), args.engine, args.device, args.dtype, args.quant, args.threads)
+    store = ModelStore()
+    model_dir = store.resolve(args.model) if args.model else store.model_for(Path(args.file))
+    engine = load_engine(model_dir, args.engine, args.device, args.dtype, args.quant, args.threads)
     # The same path as the language server's: prompt, stop rules, post-processing.
     result = CompletionService(engine, settings).complete(prefix, suffix, uri=Path(args.file).resolve().as_uri())
     print(result.text)
@@ -441,7 +506,8 @@ def cmd_complete(args) -> int:
     print(
         f"{s.new_tokens} tokens in {s.forward_passes} forwards ({s.tokens_per_forward:.2f} per forward), "
         f"prefill {s.prefill_s * 1e3:.1f} ms ({s.prompt_tokens} prompt tokens), decode {s.decode_s * 1e3:.1f} ms, "
-        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}; engine {engine_name(engine)}",
+        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}; engine {engine_name(engine)}, "
+        f"model {model_dir}",
         file=sys.stderr,
     )
     return 0
@@ -602,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mtp-assistant {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
+    _add_tune_parser(sub)
     _add_eval_parser(sub)
     _add_models_parser(sub)
     _add_complete_parser(sub)

@@ -2,11 +2,15 @@
 
     $MTP_ASSISTANT_HOME (or the OS's user data dir)/
         models/NAME/        one model directory each (config.json, model.safetensors, ...)
-        settings.json       {"default_model": NAME}
+        settings.json       {"default_model": NAME, "bindings": {REPOSITORY_ROOT: NAME}}
 
 The model shipped in the repository (models/default) is listed as "shipped"; it is the
 default until the user chooses another, and choosing "shipped" goes back to it. Adding a
 model never changes the default unless asked to.
+
+A repository can have a model of its own (what `tune` makes): `bindings` maps repository
+roots to model names, and a file is served by the model bound to the longest root that
+holds it, else by the default.
 
 A model reference is a path to a model directory, a name in the store, "shipped", or
 "default" (whichever model is the default).
@@ -78,6 +82,50 @@ class ModelStore:
             raise StoreError(f"no model named {name!r} in {self.models_dir}")
         self._write_settings(self._settings() | {"default_model": name})
 
+    # --- bindings: repository roots -> models ---
+
+    def bindings(self) -> dict[str, str]:
+        """Repository root -> model name, as written (a model removed since still shows)."""
+        data = self._settings().get("bindings")
+        if not isinstance(data, dict):
+            return {}
+        return {root: name for root, name in data.items() if isinstance(root, str) and isinstance(name, str)}
+
+    def bind(self, root: Path | str, name: str) -> None:
+        """Serve files under `root` with the model `name` (a store model or "shipped")."""
+        if not self._has(name):
+            raise StoreError(f"no model named {name!r} in {self.models_dir}")
+        self._write_settings(self._settings() | {"bindings": self.bindings() | {root_key(root): name}})
+
+    def unbind(self, root: Path | str) -> str:
+        """Drop the binding of exactly `root`; returns the model it named."""
+        key, bindings = root_key(root), self.bindings()
+        if key not in bindings:
+            raise StoreError(f"no model is bound to {key}")
+        name = bindings.pop(key)
+        self._write_settings(self._settings() | {"bindings": bindings})
+        return name
+
+    def binding_for(self, path: Path | str) -> tuple[str, str] | None:
+        """(root, model name) of the longest bound root holding `path` whose model still exists."""
+        target = Path(root_key(path))
+        found = None
+        for root, name in self.bindings().items():
+            if target.is_relative_to(root) and self._has(name) and (found is None or len(root) > len(found[0])):
+                found = (root, name)
+        return found
+
+    def _has(self, name: str) -> bool:
+        if name == SHIPPED_NAME:
+            return self._shipped_config() is not None
+        return bool(NAME_PATTERN.match(name)) and name not in RESERVED_NAMES and (self.models_dir / name).is_dir()
+
+    def model_for(self, path: Path | str | None) -> Path:
+        """The model directory that serves `path` (a file or a workspace root): its
+        repository's bound model, else the default."""
+        found = self.binding_for(path) if path is not None else None
+        return self.resolve(found[1] if found else None)
+
     def _write_settings(self, settings: dict) -> None:
         write_atomic(self.settings_path, (json.dumps(settings, indent=2) + "\n").encode())
 
@@ -94,7 +142,8 @@ class ModelStore:
         entries = [
             ModelEntry(p.name, p, p.name == default)
             for p in (sorted(self.models_dir.iterdir()) if self.models_dir.is_dir() else [])
-            if p.is_dir() and (p / CONFIG_FILE).exists() and p.name not in RESERVED_NAMES
+            # NAME_PATTERN: not the hidden .NAME.tmp / .NAME.old of an add in progress
+            if p.is_dir() and (p / CONFIG_FILE).exists() and p.name not in RESERVED_NAMES and NAME_PATTERN.match(p.name)
         ]
         if self._shipped_config() is not None:
             entries.append(ModelEntry(SHIPPED_NAME, self.shipped_dir, default is None, shipped=True))
@@ -119,10 +168,12 @@ class ModelStore:
         raise StoreError(f"{ref}: neither a model directory nor a model in {self.models_dir}")
 
     def add(
-        self, source: Path | str, name: str | None = None, make_default: bool = False, move: bool = False
+        self, source: Path | str, name: str | None = None, make_default: bool = False, move: bool = False,
+        replace: bool = False,
     ) -> ModelEntry:
         """Copy (or, with move, rename) a model directory into the store (validated first;
-        never half-copied). Moving suits a model just written inside the store's folder."""
+        never half-copied). Moving suits a model just written inside the store's folder.
+        With replace, a model of that name is swapped for the new one (a re-tune)."""
         source = Path(source)
         try:
             read_config(source)
@@ -134,7 +185,7 @@ class ModelStore:
         if name in RESERVED_NAMES:
             raise StoreError(f"{name!r} is reserved (the shipped model, the default): choose another name")
         target = self.models_dir / name
-        if target.exists():
+        if target.exists() and not replace:
             raise StoreError(f"a model named {name!r} already exists in {self.models_dir}")
         tmp = self.models_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -143,7 +194,14 @@ class ModelStore:
             shutil.move(source, tmp)
         else:
             shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
-        tmp.rename(target)
+        if target.exists():  # replace: the old model moves aside only once the new one is whole
+            old = self.models_dir / f".{name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
         if make_default:
             self.set_default(name)
         return ModelEntry(name, target, self.default_name() == name)
@@ -155,5 +213,15 @@ class ModelStore:
         if not NAME_PATTERN.match(name) or name in RESERVED_NAMES or not target.is_dir():
             raise StoreError(f"no model named {name!r} in {self.models_dir}")
         shutil.rmtree(target)
-        if self._settings().get("default_model") == name:
-            self._write_settings({k: v for k, v in self._settings().items() if k != "default_model"})
+        settings = self._settings()
+        if settings.get("default_model") == name:
+            del settings["default_model"]
+        bindings = {root: bound for root, bound in self.bindings().items() if bound != name}
+        if bindings != self.bindings():
+            settings["bindings"] = bindings
+        self._write_settings(settings)
+
+
+def root_key(path: Path | str) -> str:
+    """How a repository root is written in the bindings: absolute, symlinks resolved."""
+    return str(Path(path).expanduser().resolve())

@@ -305,7 +305,9 @@ class MtpServer(LanguageServer):
             if progress:
                 self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="mtp-assistant", message="loading model"))
             try:
-                model_dir = ModelStore().resolve(settings.model or "default")
+                # An explicit model wins; else the one bound to the workspace's repository.
+                store = ModelStore()
+                model_dir = store.resolve(settings.model) if settings.model else store.model_for(self.root)
                 from assistant.engine import load_engine
 
                 engine = await asyncio.to_thread(load_engine, model_dir, settings.engine)

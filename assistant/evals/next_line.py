@@ -10,13 +10,14 @@ A hit is a generated line equal to the real one, trailing whitespace ignored.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from assistant.completion.prompt import PromptBudget, build_prompt, generate
 from assistant.engine.base import GenerationConfig
-from assistant.training.corpus import CorpusConfig, build_corpus
+from assistant.training.corpus import CorpusConfig, SourceFile, build_corpus
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,14 @@ class LineCase:
 def line_cases(root: Path | str, count: int = 200, seed: int = 0, context_chars: int = 4000) -> list[LineCase]:
     """`count` cursor positions at line starts in the code files under root."""
     corpus = build_corpus(root, CorpusConfig(val_fraction=0.0))
-    files = sorted(corpus.train + corpus.val, key=lambda f: f.path)
+    return cases_from_files(corpus.train + corpus.val, count, seed, context_chars)
+
+
+def cases_from_files(
+    files: list[SourceFile], count: int = 200, seed: int = 0, context_chars: int = 4000
+) -> list[LineCase]:
+    """`count` cursor positions at line starts in these files (e.g. a held-out split)."""
+    files = sorted(files, key=lambda f: f.path)
     candidates = []  # (file index, offset of the line start)
     for index, source in enumerate(files):
         offset = 0
@@ -61,6 +69,7 @@ class NextLineResult:
     hits: int = 0
     total: int = 0
     examples: list[dict[str, str]] = field(default_factory=list)  # the first few, for the card
+    latencies_s: list[float] = field(default_factory=list)  # each case's prompt + decoding time
 
     @property
     def exact_match(self) -> float:
@@ -73,7 +82,9 @@ def run_next_line(engine: Any, cases: list[LineCase], max_new_tokens: int = 48, 
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eot_id,), stop_strings=("\n",))
     result = NextLineResult()
     for case in cases:
+        started = time.perf_counter()
         generated = generate(engine, build_prompt(tokenizer, case.prefix, case.suffix, budget), config).text
+        result.latencies_s.append(time.perf_counter() - started)
         hit = generated.rstrip() == case.line.rstrip()
         result.hits += hit
         result.total += 1

@@ -56,7 +56,7 @@ class TrainError(ValueError):
 
 
 def _setting(default: Any = dataclasses.MISSING, help: str | None = None, group: str = OPTIMISATION, **meta: Any):
-    """A TrainConfig field. meta: flag (default: --the-field-name), choices, metavar."""
+    """A TrainConfig field. meta: flag (default: --the-field-name), choices, metavar, cli=False (no option)."""
     metadata = {"help": help, "group": group, **meta}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
@@ -98,6 +98,9 @@ class TrainConfig:
     fim_rate: float = _setting(0.5, "fraction of windows in fill-in-the-middle form", DATA)
     spm_rate: float = _setting(0.5, "fraction of those in suffix-prefix-middle order", DATA)
     val_fraction: float = _setting(0.1, "fraction of the repository's files held out for validation", DATA)
+    # Times a training file (by its path in the corpus) is read per epoch; others once. `tune`
+    # reads what changed since the last tune more often; set in a --config file, no option.
+    file_weights: dict[str, int] = _setting({}, group=DATA, cli=False)
     # Independent document cursors a batch's rows are drawn from in turn (see WindowStream).
     window_lanes: int = _setting(
         0, "documents read side by side, one batch row each in turn (0: one per row; 1: consecutive windows)", DATA
@@ -136,6 +139,8 @@ class TrainConfig:
             "val_fraction": (0 <= self.val_fraction < 1, "must be in 0..1 (1 excluded)"),
             "window_lanes": (self.window_lanes >= 0, "must be 0 or more"),
             "data_workers": (self.data_workers >= 0, "must be 0 or more"),
+            "file_weights": (all(isinstance(w, int) and w >= 1 for w in self.file_weights.values()),
+                             "each weight must be a whole number of reads, 1 or more"),
         }
         for name, (ok, reason) in checks.items():
             if not ok:
@@ -232,6 +237,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     groups: dict[str, Any] = {}
     for field in dataclasses.fields(TrainConfig):
+        if field.metadata.get("cli") is False:
+            continue
         group_name = field.metadata["group"]
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(group_name) if group_name else parser

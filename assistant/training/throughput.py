@@ -19,17 +19,18 @@ import time
 
 import torch
 
-from assistant.training.trainer import TrainConfig, _optimizer, resolve_device
+from assistant.training.trainer import TrainConfig, _optimizer, _set_trainable, resolve_device
 from models.config import ModelConfig
 from models.loss import mtp_forward_backward, split_window
 from models.transformer import MTPTransformer
 
 
 def measure(model_config: ModelConfig, batch_size: int, seq_len: int, device: torch.device,
-            warmup: int = 3, timed: int = 10) -> dict:
+            warmup: int = 3, timed: int = 10, train_trunk: bool = True) -> dict:
+    """train_trunk=False: a heads-only fine-tune's step (no trunk backward, heads' optimizer)."""
     torch.manual_seed(0)
     model = MTPTransformer(model_config).to(device).train()
-    params = list(model.parameters())
+    params = _set_trainable(model, "full" if train_trunk else "heads")
     optimizer = _optimizer(params, TrainConfig(repo=".", out_dir="."), device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     windows = torch.randint(0, model_config.vocab_size, (batch_size, seq_len + model.n_future), device=device)
@@ -37,7 +38,7 @@ def measure(model_config: ModelConfig, batch_size: int, seq_len: int, device: to
     times = []
     for step in range(warmup + timed):
         t0 = time.perf_counter()
-        stats = mtp_forward_backward(model, inputs, targets, autocast=autocast)
+        stats = mtp_forward_backward(model, inputs, targets, autocast=autocast, train_trunk=train_trunk)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -222,7 +222,7 @@ def train(
     fim = FimConfig(rate=config.fim_rate, spm_rate=config.spm_rate)
     lanes = config.window_lanes or config.batch_size // config.grad_accum
     stream = WindowStream(
-        [f.text for f in corpus.train], tokenizer, config.seq_len, model.n_future, config.seed, fim, lanes=lanes,
+        training_texts(corpus, config.file_weights), tokenizer, config.seq_len, model.n_future, config.seed, fim, lanes=lanes,
         workers=config.data_workers,
     )
     val_texts = [f.text for f in corpus.val] or [f.text for f in corpus.train]  # a one-file repo validates on itself
@@ -332,6 +332,11 @@ def train(
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     return final
+
+
+def training_texts(corpus: Corpus, file_weights: dict[str, int]) -> list[str]:
+    """The training files' texts, each as many times as its weight (default once) an epoch."""
+    return [f.text for f in corpus.train for _ in range(file_weights.get(f.path, 1))]
 
 
 def describe_run(corpus: Corpus, model: MTPTransformer, tokenizer: Any) -> str:

@@ -20,7 +20,7 @@ DEFAULTS = {
     "bpe_vocab_size": 4096, "steps": 1000, "stop_after": None, "batch_size": 8, "grad_accum": 1, "seq_len": 256,
     "lr": 1e-3, "min_lr_ratio": 0.1, "warmup_steps": 50, "weight_decay": 0.1, "betas": [0.9, 0.95],
     "grad_clip": 1.0, "head_weights": None, "fim_rate": 0.5, "spm_rate": 0.5, "val_fraction": 0.1,
-    "window_lanes": 0, "data_workers": 0, "checkpoint_every": 100, "eval_every": 100, "eval_windows": 16,
+    "file_weights": {}, "window_lanes": 0, "data_workers": 0, "checkpoint_every": 100, "eval_every": 100, "eval_windows": 16,
     "seed": 0, "device": "auto",
 }
 
@@ -56,11 +56,14 @@ def test_every_setting_has_an_option_and_round_trips_through_a_config_file(tmp_p
     for field in dataclasses.fields(TrainConfig):
         if field.name == "model_overrides":
             assert {option for option, _ in MODEL_OVERRIDE_FLAGS.values()} <= options
+        elif field.metadata.get("cli") is False:  # set by a program in a --config file (tune's file weights)
+            assert flag(field) not in options, field.name
         elif field.name != "repo":  # the positional argument
             assert flag(field) in options, field.name
 
     config = parse(*EVERY_OPTION)
-    unchanged = [f.name for f in dataclasses.fields(TrainConfig) if as_json(config)[f.name] == DEFAULTS.get(f.name)]
+    unchanged = [f.name for f in dataclasses.fields(TrainConfig)
+                 if as_json(config)[f.name] == DEFAULTS.get(f.name) and f.metadata.get("cli") is not False]
     assert unchanged == [], "every option must reach its setting"
     assert config.model_overrides == {"dim": 32, "n_layers": 3, "n_heads": 2, "n_kv_heads": 1,
                                       "n_future_tokens": 2, "max_seq_len": 64}
