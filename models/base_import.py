@@ -394,6 +394,34 @@ def read_base(path: Path | str, max_seq_len: int | None = None, tokenizer_from: 
     return read_gguf_base(path, max_seq_len, Path(tokenizer_from) if tokenizer_from else None)
 
 
+def describe_hf_config(directory: Path | str) -> dict[str, Any]:
+    """describe_base from a Hugging Face directory's config.json alone (the weights may not
+    be there yet: a download checks the architecture before fetching them)."""
+    config, context, hf = _hf_config(Path(directory), None)
+    return {"kind": "hf", "architecture": str(hf.get("model_type")), "quant": None, "dim": config.dim,
+            "blocks": config.n_layers, "vocab": config.vocab_size, "context_length": context}
+
+
+def describe_base(path: Path | str) -> dict[str, Any]:
+    """What a base is, from its header or config.json alone (no weights read): the check a
+    download gets before any heads are trained. ModelFileError naming the file otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        info = describe_hf_config(path)
+        if not any(path.glob("*.safetensors")):
+            raise ModelFileError(path, "no *.safetensors weights (only safetensors are read; nothing is unpickled)")
+        if not (path / TOKENIZER_FILE).is_file():
+            raise ModelFileError(path / TOKENIZER_FILE, "missing; a Hugging Face base needs its tokenizer.json")
+        return info
+    if not path.is_file():
+        raise ModelFileError(path, "does not exist (expected a .gguf file or a Hugging Face model directory)")
+    reader = _gguf_reader(path)
+    config, context = _gguf_config(path, reader, None)
+    return {"kind": "gguf", "architecture": str(_field(reader, "general.architecture")),
+            "quant": gguf_quant(path, reader), "dim": config.dim, "blocks": config.n_layers,
+            "vocab": config.vocab_size, "context_length": context}
+
+
 def check_state(base: Base) -> None:
     """Every tensor of the base present, at its shape, finite; ModelFileError naming the file."""
     from models.checkpoint import check_tensor_names, expected_tensors
@@ -444,7 +472,9 @@ def _place(src: Path, dst: Path) -> str:
     """Hard-link src at dst (same file system), else copy it: never a converted file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)
+        # The file itself: link(2) would link a symlink (the hub cache's snapshots are relative
+        # symlinks to blobs), and that link would dangle in its new folder.
+        os.link(src.resolve(), dst)
         return "hard link"
     except OSError:
         shutil.copyfile(src, dst)
