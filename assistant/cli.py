@@ -217,6 +217,7 @@ def _add_models_parser(sub) -> None:
     _add_models_import_parser(msub)
     _add_models_export_parser(msub)
     _add_models_add_heads_parser(msub)
+    _add_models_pull_parser(msub)
 
 
 def cmd_models_list(args) -> int:
@@ -410,6 +411,49 @@ def cmd_models_add_heads(args) -> int:
     print(f"{result.steps} steps in {result.seconds / 60:.1f} min; agreement with the base per new head "
           f"{' '.join(f'{a:.2f}' for a in before)} -> {' '.join(f'{a:.2f}' for a in after)} (run: {run_dir})")
     return 0
+
+
+def _add_models_pull_parser(msub) -> None:
+    p = msub.add_parser(
+        "pull", help="download a llama/qwen base from the Hugging Face hub (a GGUF file or a model directory) "
+                     "into the hub's cache, ready for add-heads")
+    p.add_argument("repo_id", help="ORG/NAME on huggingface.co")
+    p.add_argument("--file", help="one GGUF file of the repository (default: its config.json, *.safetensors, "
+                                  "tokenizer.json)")
+    p.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    p.add_argument("--name", help="the store name add-heads gives it (default: the file's or repository's name + '-mtp')")
+    p.add_argument("--add-heads", action="store_true", help="then run add-heads on it (needs --repo or --data)")
+    corpus = p.add_mutually_exclusive_group()
+    corpus.add_argument("--repo", help="with --add-heads: a code repository to train the heads on")
+    corpus.add_argument("--data", help="with --add-heads: a directory of code to train the heads on")
+    p.add_argument("--heads", type=int, default=3, help="with --add-heads: new heads")
+    p.add_argument("--minutes", type=float, default=10.0, help="with --add-heads: training time")
+    p.add_argument("--default", action="store_true", help="with --add-heads: make it the default model")
+    p.set_defaults(func=cmd_models_pull)
+
+
+def cmd_models_pull(args) -> int:
+    import shlex
+
+    from assistant.hub import HubError, pull
+
+    if args.add_heads and not (args.repo or args.data):
+        raise CliError("--add-heads needs the code to train the heads on: --repo PATH or --data DIR")
+    try:
+        pulled = pull(args.repo_id, args.file, args.revision)
+    except HubError as e:
+        raise CliError(str(e)) from None
+    name = args.name or f"{Path(args.file).stem if args.file else args.repo_id.split('/')[-1]}-mtp"
+    print(f"{args.repo_id}: {pulled.summary()}")
+    print(f"  at {pulled.path}")
+    add_heads = ["models", "add-heads", str(pulled.path), "--name", name]
+    if not args.add_heads:
+        print(f"next: mtp-assistant {shlex.join(add_heads)} --repo YOUR_CODE [--minutes 30]")
+        return 0
+    add_heads += ["--repo", args.repo] if args.repo else ["--data", args.data]
+    add_heads += ["--heads", str(args.heads), "--minutes", str(args.minutes)] + (["--default"] if args.default else [])
+    chained = build_parser().parse_args(add_heads)
+    return chained.func(chained)
 
 
 def _add_models_export_parser(msub) -> None:

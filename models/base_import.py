@@ -50,7 +50,16 @@ from models.tokenizer import (
 )
 from models.transformer import MTPTransformer
 
-SUPPORTED = "supported: llama (GGUF files, and Hugging Face directories of LlamaForCausalLM)"
+SUPPORTED = "supported: llama, qwen2, qwen3 (GGUF files, and Hugging Face directories of their *ForCausalLM)"
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# What the architecture's blocks add to llama's (ModelConfig flags).
+_ARCH_FLAGS = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True}}
+# llama.cpp rotates these as halves (NEOX RoPE; their GGUFs keep Hugging Face's q/k row
+# order), llama as adjacent pairs, like our blocks: their q/k rows are permuted on reading.
+_HALVES_ROPE = ("qwen2", "qwen3")
+# Architectures whose llama.cpp graph does not fill the block-input capture the llama
+# engine reads z from: new heads read the final hidden state there (heads_read_final).
+FINAL_HIDDEN_ARCHS = ("qwen2",)
 BASE_MARKER = "base.json"
 # Context length when the base declares none, and the most a new model gets by default
 # (every engine allocates its KV cache for all of max_seq_len).
@@ -72,6 +81,11 @@ _BLOCK_NAMES = {
     "ffn_gate.weight": "feed_forward.w1.weight",
     "ffn_down.weight": "feed_forward.w2.weight",
     "ffn_up.weight": "feed_forward.w3.weight",
+    "attn_q.bias": "attention.wq.bias",
+    "attn_k.bias": "attention.wk.bias",
+    "attn_v.bias": "attention.wv.bias",
+    "attn_q_norm.weight": "attention.q_norm.weight",
+    "attn_k_norm.weight": "attention.k_norm.weight",
 }
 # Hugging Face Llama block tensor names -> ours.
 _HF_BLOCK_NAMES = {
@@ -84,12 +98,14 @@ _HF_BLOCK_NAMES = {
     "mlp.gate_proj.weight": "feed_forward.w1.weight",
     "mlp.down_proj.weight": "feed_forward.w2.weight",
     "mlp.up_proj.weight": "feed_forward.w3.weight",
+    "self_attn.q_proj.bias": "attention.wq.bias",
+    "self_attn.k_proj.bias": "attention.wk.bias",
+    "self_attn.v_proj.bias": "attention.wv.bias",
+    "self_attn.q_norm.weight": "attention.q_norm.weight",
+    "self_attn.k_norm.weight": "attention.k_norm.weight",
 }
 # Architectures people bring that the transformer does not run yet, and why.
-_NOT_YET = {
-    "qwen2": "q/k/v biases and tied embeddings are not implemented yet",
-    "qwen3": "q/k norms are not implemented yet",
-}
+_NOT_YET: dict[str, str] = {}
 
 
 @dataclass
@@ -128,6 +144,8 @@ def ffn_settings(dim: int, hidden: int) -> dict[str, Any]:
 
 
 def _config(path: Path, fields: dict[str, Any], ffn: int, max_seq_len: int) -> ModelConfig:
+    if fields.get("attn_head_dim") == fields["dim"] // fields["n_heads"]:
+        fields = {**fields, "attn_head_dim": None}  # the llama default, left out of config.json
     try:
         config = ModelConfig(**fields, **ffn_settings(fields["dim"], ffn), n_future_tokens=1, max_seq_len=max_seq_len)
     except (ConfigError, TypeError) as e:
@@ -168,29 +186,34 @@ def _gguf_config(path: Path, reader, max_seq_len: int | None) -> tuple[ModelConf
     arch = _field(reader, "general.architecture", None)
     if arch is None:
         raise ModelFileError(path, "not a model GGUF: no general.architecture key")
-    if arch != "llama":
+    if arch not in ARCHITECTURES:
         raise _unsupported(path, str(arch))
-    if "rope_freqs.weight" in {t.name for t in reader.tensors} or _field(reader, "llama.rope.scaling.type", "none") not in ("none", None):
+    if "rope_freqs.weight" in {t.name for t in reader.tensors} or _field(reader, f"{arch}.rope.scaling.type", "none") not in ("none", None):
         raise ModelFileError(path, "RoPE scaling (Llama 3.1 style frequency factors or linear/yarn) is not supported yet")
     try:
-        dim = int(_field(reader, "llama.embedding_length"))
-        n_heads = int(_field(reader, "llama.attention.head_count"))
+        dim = int(_field(reader, f"{arch}.embedding_length"))
+        n_heads = int(_field(reader, f"{arch}.attention.head_count"))
+        head_dim = int(_field(reader, f"{arch}.attention.key_length", dim // n_heads))
         fields = {
             "dim": dim,
-            "n_layers": int(_field(reader, "llama.block_count")),
+            "n_layers": int(_field(reader, f"{arch}.block_count")),
             "n_heads": n_heads,
-            "n_kv_heads": int(_field(reader, "llama.attention.head_count_kv", n_heads)),
+            "n_kv_heads": int(_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
             "vocab_size": len(reader.fields["tokenizer.ggml.tokens"].data)
-            if "tokenizer.ggml.tokens" in reader.fields else int(_field(reader, "llama.vocab_size")),
-            "norm_eps": float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
-            "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
+            if "tokenizer.ggml.tokens" in reader.fields else int(_field(reader, f"{arch}.vocab_size")),
+            "norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+            "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            "attn_head_dim": head_dim,
+            **_ARCH_FLAGS[arch],
         }
-        ffn = int(_field(reader, "llama.feed_forward_length"))
-        context = int(_field(reader, "llama.context_length", DEFAULT_MAX_SEQ_LEN))
-        rope_dims = int(_field(reader, "llama.rope.dimension_count", dim // n_heads))
+        ffn = int(_field(reader, f"{arch}.feed_forward_length"))
+        context = int(_field(reader, f"{arch}.context_length", DEFAULT_MAX_SEQ_LEN))
+        rope_dims = int(_field(reader, f"{arch}.rope.dimension_count", head_dim))
     except KeyError as e:
-        raise ModelFileError(path, f"llama GGUF without the {e.args[0]!r} key") from None
-    if rope_dims != dim // n_heads or int(_field(reader, "llama.attention.key_length", rope_dims)) != dim // n_heads:
+        raise ModelFileError(path, f"{arch} GGUF without the {e.args[0]!r} key") from None
+    if rope_dims != head_dim or int(_field(reader, f"{arch}.attention.value_length", head_dim)) != head_dim:
+        raise ModelFileError(path, "RoPE over part of a head, or value heads of another size, are not supported")
+    if arch == "llama" and head_dim != dim // n_heads:
         raise ModelFileError(path, "head size or RoPE dimensions other than dim / n_heads are not supported")
     return _config(path, fields, ffn, max_seq_len or min(context, DEFAULT_MAX_SEQ_LEN)), context
 
@@ -211,13 +234,16 @@ def _gguf_state(path: Path, reader, config: ModelConfig) -> dict[str, torch.Tens
              "output.weight": "output.weight"}
     for i in range(config.n_layers):
         names.update({f"blk.{i}.{theirs}": f"layers.{i}.{ours}" for theirs, ours in _BLOCK_NAMES.items()})
+    arch = str(_field(reader, "general.architecture"))
     state = {}
     for tensor in reader.tensors:
         if tensor.name not in names:
-            raise ModelFileError(path, f"unexpected tensor {tensor.name} for a plain llama model")
+            raise ModelFileError(path, f"unexpected tensor {tensor.name} for a plain {arch} model")
         state[names[tensor.name]] = _dequantized(path, tensor)
     if "output.weight" not in state and "tok_embeddings.weight" in state:  # tied embeddings
         state["output.weight"] = state["tok_embeddings.weight"]
+    if arch in _HALVES_ROPE:
+        _to_adjacent_pairs(state, config)
     return state
 
 
@@ -257,18 +283,26 @@ def base_tokenizer(path: Path, reader, tokenizer_from: Path | None = None):
     return None, None
 
 
+def kept_base_path(arch: str, quant: str) -> str:
+    """Where the model directory keeps a GGUF base, relative to it: the llama.cpp engine's
+    main model for llama; for the others (whose heads the llama engine cannot run yet) a
+    folder of its own, so that the torch engine serves the model."""
+    return f"gguf/{quant}/main.gguf" if arch == "llama" else f"base/{quant}/main.gguf"
+
+
 def read_gguf_base(path: Path, max_seq_len: int | None = None, tokenizer_from: Path | None = None) -> Base:
     reader = _gguf_reader(path)
     config, context = _gguf_config(path, reader, max_seq_len)
     tokenizer, tokenizer_dir = base_tokenizer(path, reader, tokenizer_from)
     quant = gguf_quant(path, reader)
-    if tokenizer is None:  # llama.cpp's own; in the model directory it reads the main model
+    arch = str(_field(reader, "general.architecture"))
+    if tokenizer is None:  # llama.cpp's own; in the model directory it reads the kept base
         try:
-            tokenizer = GGUFTokenizer(path, f"gguf/{quant}/main.gguf")
+            tokenizer = GGUFTokenizer(path, kept_base_path(arch, quant))
         except TokenizerError as e:
             raise ModelFileError(path, str(e).removeprefix(f"{path}: ")) from None
     state = _gguf_state(path, reader, config)
-    metadata = {"architecture": "llama", "name": _field(reader, "general.name", None),
+    metadata = {"architecture": str(_field(reader, "general.architecture")), "name": _field(reader, "general.name", None),
                 "tokenizer": f"from {tokenizer_dir}" if tokenizer_dir else "the GGUF's own, through llama.cpp"}
     base = Base("gguf", path, [path], config, state, tokenizer, quant, context, metadata)
     check_state(base)
@@ -291,6 +325,23 @@ def hf_permute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def _to_adjacent_pairs(state: dict[str, torch.Tensor], config: ModelConfig) -> None:
+    """q/k (weights, biases, per-head norms) from rotate-halves order to adjacent pairs, in
+    place: RMSNorm over a head does not depend on the order of its entries, and RoPE then
+    pairs the same two values the original pairs."""
+    for i in range(config.n_layers):
+        for key, heads in (("wq", config.n_heads), ("wk", config.kv_heads)):
+            for kind in ("weight", "bias"):
+                name = f"layers.{i}.attention.{key}.{kind}"
+                if name in state and state[name].shape[0] % (2 * heads) == 0:
+                    t = state[name]
+                    state[name] = _unpermute(t.view(t.shape[0], -1), heads).view(t.shape)
+        for key in ("q_norm", "k_norm"):
+            name = f"layers.{i}.attention.{key}.weight"
+            if name in state and state[name].shape[0] % 2 == 0:
+                state[name] = _unpermute(state[name].view(-1, 1), 1).view(-1)
+
+
 def _hf_config(source: Path, max_seq_len: int | None) -> tuple[ModelConfig, int, dict[str, Any]]:
     path = source / "config.json"
     try:
@@ -302,21 +353,24 @@ def _hf_config(source: Path, max_seq_len: int | None) -> tuple[ModelConfig, int,
     if not isinstance(hf, dict):
         raise ModelFileError(path, "must hold a JSON object")
     arch = str(hf.get("model_type") or (hf.get("architectures") or ["?"])[0])
-    if arch != "llama":
+    if arch not in ARCHITECTURES:
         raise _unsupported(path, arch)
     if hf.get("rope_scaling"):
         raise ModelFileError(path, f"RoPE scaling {hf['rope_scaling'].get('rope_type') or hf['rope_scaling'].get('type')!r} is not supported yet")
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
+    if (hf.get("attention_bias") and arch != "qwen2") or hf.get("mlp_bias"):
         raise ModelFileError(path, "attention or MLP biases are not supported")
+    if hf.get("use_sliding_window"):
+        raise ModelFileError(path, "sliding-window attention is not supported")
     try:
         dim, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
         fields = {"dim": dim, "n_layers": int(hf["num_hidden_layers"]), "n_heads": n_heads,
                   "n_kv_heads": int(hf.get("num_key_value_heads") or n_heads), "vocab_size": int(hf["vocab_size"]),
-                  "norm_eps": float(hf.get("rms_norm_eps", 1e-6)), "rope_theta": float(hf.get("rope_theta", 10000.0))}
+                  "norm_eps": float(hf.get("rms_norm_eps", 1e-6)), "rope_theta": float(hf.get("rope_theta", 10000.0)),
+                  "attn_head_dim": int(hf.get("head_dim") or dim // n_heads), **_ARCH_FLAGS[arch]}
         ffn = int(hf["intermediate_size"])
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(path, f"missing or bad field {e}") from None
-    if hf.get("head_dim") not in (None, dim // n_heads):
+    if arch == "llama" and hf.get("head_dim") not in (None, dim // n_heads):
         raise ModelFileError(path, f"head_dim {hf['head_dim']} other than hidden_size / num_attention_heads is not supported")
     context = int(hf.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN)
     return _config(path, fields, ffn, max_seq_len or min(context, DEFAULT_MAX_SEQ_LEN)), context, hf
@@ -337,15 +391,11 @@ def _hf_state(source: Path, files: list[Path], config: ModelConfig, tied: bool) 
                     if name.endswith("rotary_emb.inv_freq"):
                         continue  # recomputed, never loaded
                     if name not in names:
-                        raise ModelFileError(path, f"unexpected tensor {name} for a LlamaForCausalLM")
+                        raise ModelFileError(path, f"unexpected tensor {name} for this architecture")
                     state[names[name]] = f.get_tensor(name).float()
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise ModelFileError(path, f"not a readable safetensors file ({e})") from None
-    for i in range(config.n_layers):
-        for key, heads in (("wq", config.n_heads), ("wk", config.kv_heads)):
-            name = f"layers.{i}.attention.{key}.weight"
-            if name in state and state[name].dim() == 2 and state[name].shape[0] % (2 * heads) == 0:
-                state[name] = _unpermute(state[name], heads)
+    _to_adjacent_pairs(state, config)
     if "output.weight" not in state and "tok_embeddings.weight" in state and tied:
         state["output.weight"] = state["tok_embeddings.weight"]
     return state
@@ -371,7 +421,8 @@ def read_hf_base(source: Path, max_seq_len: int | None = None) -> Base:
     except TokenizerError as e:
         raise ModelFileError(source / TOKENIZER_FILE, str(e).removeprefix(f"{source / TOKENIZER_FILE}: ")) from None
     state = _hf_state(source, files, config, bool(hf.get("tie_word_embeddings", False)))
-    metadata = {"architecture": "llama", "name": hf.get("_name_or_path") or source.name, "tokenizer": TOKENIZER_FILE}
+    metadata = {"architecture": str(hf["model_type"]), "name": hf.get("_name_or_path") or source.name,
+                "tokenizer": TOKENIZER_FILE}
     base = Base("hf", source, [*files, source / "config.json"], config, state, tokenizer, None, context, metadata)
     check_state(base)
     return base
@@ -394,6 +445,34 @@ def read_base(path: Path | str, max_seq_len: int | None = None, tokenizer_from: 
     return read_gguf_base(path, max_seq_len, Path(tokenizer_from) if tokenizer_from else None)
 
 
+def describe_hf_config(directory: Path | str) -> dict[str, Any]:
+    """describe_base from a Hugging Face directory's config.json alone (the weights may not
+    be there yet: a download checks the architecture before fetching them)."""
+    config, context, hf = _hf_config(Path(directory), None)
+    return {"kind": "hf", "architecture": str(hf.get("model_type")), "quant": None, "dim": config.dim,
+            "blocks": config.n_layers, "vocab": config.vocab_size, "context_length": context}
+
+
+def describe_base(path: Path | str) -> dict[str, Any]:
+    """What a base is, from its header or config.json alone (no weights read): the check a
+    download gets before any heads are trained. ModelFileError naming the file otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        info = describe_hf_config(path)
+        if not any(path.glob("*.safetensors")):
+            raise ModelFileError(path, "no *.safetensors weights (only safetensors are read; nothing is unpickled)")
+        if not (path / TOKENIZER_FILE).is_file():
+            raise ModelFileError(path / TOKENIZER_FILE, "missing; a Hugging Face base needs its tokenizer.json")
+        return info
+    if not path.is_file():
+        raise ModelFileError(path, "does not exist (expected a .gguf file or a Hugging Face model directory)")
+    reader = _gguf_reader(path)
+    config, context = _gguf_config(path, reader, None)
+    return {"kind": "gguf", "architecture": str(_field(reader, "general.architecture")),
+            "quant": gguf_quant(path, reader), "dim": config.dim, "blocks": config.n_layers,
+            "vocab": config.vocab_size, "context_length": context}
+
+
 def check_state(base: Base) -> None:
     """Every tensor of the base present, at its shape, finite; ModelFileError naming the file."""
     from models.checkpoint import check_tensor_names, expected_tensors
@@ -413,9 +492,14 @@ def mtp_config(base: Base, new_heads: int) -> ModelConfig:
     return base.config.replace(n_layers=base.config.n_layers + new_heads, n_future_tokens=1 + new_heads)
 
 
-def build_model(base: Base, new_heads: int, dtype: torch.dtype = torch.float32) -> MTPTransformer:
-    """The base as `layers` + norm + output, and new heads copied from its last block."""
-    config = mtp_config(base, new_heads)
+def build_model(base: Base, new_heads: int, dtype: torch.dtype = torch.float32,
+                heads_read_final: bool | None = None) -> MTPTransformer:
+    """The base as `layers` + norm + output, and new heads copied from its last block.
+    heads_read_final (default: by architecture, FINAL_HIDDEN_ARCHS): the new heads read
+    the base's final normed hidden state rather than the input of its last block."""
+    if heads_read_final is None:
+        heads_read_final = base.metadata.get("architecture") in FINAL_HIDDEN_ARCHS
+    config = mtp_config(base, new_heads).replace(heads_read_final=heads_read_final)
     with torch.device("meta"):
         model = MTPTransformer(config)
     state = {name: t.to(dtype) for name, t in base.state.items()}
@@ -444,7 +528,9 @@ def _place(src: Path, dst: Path) -> str:
     """Hard-link src at dst (same file system), else copy it: never a converted file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)
+        # The file itself: link(2) would link a symlink (the hub cache's snapshots are relative
+        # symlinks to blobs), and that link would dangle in its new folder.
+        os.link(src.resolve(), dst)
         return "hard link"
     except OSError:
         shutil.copyfile(src, dst)
@@ -464,7 +550,7 @@ def write_model_dir(base: Base, model: MTPTransformer, out_dir: Path | str, prov
         tokenizer = base.tokenizer
         quant = base.quant
         if base.kind == "gguf":
-            main = tmp / "gguf" / quant / "main.gguf"
+            main = tmp / kept_base_path(base.metadata["architecture"], quant)
             how = _place(base.path, main)
             stat = main.stat()
             marker = {"base": str(base.path.resolve()), "sha256": fingerprint, "size": stat.st_size,
@@ -472,7 +558,7 @@ def write_model_dir(base: Base, model: MTPTransformer, out_dir: Path | str, prov
             write_atomic(main.parent / BASE_MARKER, (json.dumps(marker, indent=2) + "\n").encode())
         dtype = torch.bfloat16 if model.num_parameters() > 1_000_000_000 else torch.float32
         save_model(tmp, model, tokenizer, {**provenance, "base": base_provenance(base, fingerprint)}, dtype=dtype)
-        if base.kind == "gguf":
+        if base.kind == "gguf" and base.metadata["architecture"] == "llama":
             write_head_ggufs(tmp, model, tokenizer, quant, fingerprint)
         os.replace(tmp, out_dir)
     except BaseException:

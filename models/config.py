@@ -46,6 +46,11 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+_FLAGS = ("qkv_bias", "qk_norm", "heads_read_final")
+# Fields config.json leaves out at these values (the models made before they existed).
+_OPTIONAL = {"attn_head_dim": None, "qkv_bias": False, "qk_norm": False, "heads_read_final": False}
+
+
 class ConfigError(ValueError):
     """A model config that cannot describe a valid model."""
 
@@ -63,6 +68,15 @@ class ModelConfig:
     rope_theta: float = 10000.0
     n_future_tokens: int = 4
     max_seq_len: int = 2048
+    # Qwen-family blocks (off for llama, and for every model made before them; config.json
+    # leaves them out while off, so those files are unchanged).
+    attn_head_dim: int | None = None  # None: dim / n_heads (Qwen3 sets it, e.g. 128 with dim 1024, 16 heads)
+    qkv_bias: bool = False  # Qwen2: biases on the q, k and v projections
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's q and k, before RoPE
+    # Heads 2..n read the base's final normed hidden state (head 1's, before the output
+    # matrix) instead of the input of the last block: the state llama.cpp exposes as
+    # embeddings for architectures whose graph does not capture a block's input.
+    heads_read_final: bool = False
 
     def __post_init__(self) -> None:
         for name in (*_INT_LIMITS, "max_seq_len"):
@@ -87,10 +101,15 @@ class ModelConfig:
             raise ConfigError(
                 f"ffn_dim_multiplier must be a finite positive number or null, got {self.ffn_dim_multiplier!r}"
             )
-        if self.dim % self.n_heads:
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.attn_head_dim is not None and (not _is_int(self.attn_head_dim) or not 0 < self.attn_head_dim <= 4096):
+            raise ConfigError(f"attn_head_dim must be a positive integer (at most 4096) or null, got {self.attn_head_dim!r}")
+        if self.attn_head_dim is None and self.dim % self.n_heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if (self.dim // self.n_heads) % 2:
-            raise ConfigError(f"head dim dim/n_heads ({self.dim // self.n_heads}) must be even for RoPE")
+        if self.head_dim % 2:
+            raise ConfigError(f"head dim ({self.head_dim}) must be even for RoPE")
         if self.n_heads % self.kv_heads:
             raise ConfigError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
         if self.n_future_tokens > self.n_layers:
@@ -110,7 +129,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.attn_head_dim or self.dim // self.n_heads
 
     @property
     def n_trunk_layers(self) -> int:
@@ -126,7 +145,8 @@ class ModelConfig:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if k not in _OPTIONAL or v != _OPTIONAL[k]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":

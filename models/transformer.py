@@ -112,10 +112,15 @@ class Attention(nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.kv_heads
         self.head_dim = config.head_dim
-        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
-        self.wk = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=False)
-        self.wv = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=False)
+        bias = config.qkv_bias
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=bias)
+        self.wk = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=bias)
+        self.wv = nn.Linear(config.dim, config.kv_heads * config.head_dim, bias=bias)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
+        self.qk_norm = config.qk_norm
 
     def forward(
         self,
@@ -125,8 +130,11 @@ class Attention(nn.Module):
         cache: LayerCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), rotation)
-        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rotation)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
 
         if cache is not None:
@@ -241,13 +249,23 @@ class MTPTransformer(nn.Module):
             h = block(h, rotation, start_pos, cache.layers[i] if cache else None)
         return h
 
-    def head_hidden(self, z: torch.Tensor, head: int, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
-        """z (B, T, D) -> head's normalised hidden state (B, T, D), ready for `output`."""
+    def head_hidden(self, z: torch.Tensor, head: int, start_pos: int = 0, cache: KVCache | None = None,
+                    final: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, T, D) -> head's normalised hidden state (B, T, D), ready for `output`.
+
+        With config.heads_read_final, heads >= 1 read head 0's result instead of z: pass it
+        as `final` when it is at hand, else head 0 runs (again) to make it."""
         if not 0 <= head < self.n_future:
             raise ValueError(f"head {head} out of range for a model with {self.n_future} heads")
-        rotation = self.rope(start_pos, z.shape[1], z.dtype)
+        if head > 0 and self.config.heads_read_final:
+            z = self.head_hidden(z, 0, start_pos, cache) if final is None else final
+        return self.block_hidden(z, head, start_pos, cache)
+
+    def block_hidden(self, x: torch.Tensor, head: int, start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """The head's own block on its input x (z, or head 0's result), then the final norm."""
+        rotation = self.rope(start_pos, x.shape[1], x.dtype)
         block_index = self.config.n_trunk_layers + head  # cache slot: layers first, then extra heads
-        h = self.head_blocks()[head](z, rotation, start_pos, cache.layers[block_index] if cache else None)
+        h = self.head_blocks()[head](x, rotation, start_pos, cache.layers[block_index] if cache else None)
         return self.norm(h)
 
     # --- whole-model forwards ---
@@ -260,7 +278,8 @@ class MTPTransformer(nn.Module):
         """
         heads = range(self.n_future) if heads is None else heads
         z = self.trunk(tokens)
-        return torch.stack([self.output(self.head_hidden(z, head)) for head in heads], dim=1)
+        final = self.head_hidden(z, 0) if self.config.heads_read_final else None
+        return torch.stack([self.output(self.head_hidden(z, head, final=final)) for head in heads], dim=1)
 
     def new_cache(
         self, batch: int = 1, max_len: int | None = None, device=None, dtype=None, step_equivalent: bool = False
@@ -291,7 +310,11 @@ class MTPTransformer(nn.Module):
         uses head i later must have passed it for every earlier position too.
         """
         z = self.trunk(tokens, start_pos, cache)
-        return torch.stack([self.head_hidden(z, head, start_pos, cache) for head in heads], dim=1)
+        if not self.config.heads_read_final:
+            return torch.stack([self.head_hidden(z, head, start_pos, cache) for head in heads], dim=1)
+        final = self.head_hidden(z, 0, start_pos, cache)  # what every other head reads: run once
+        return torch.stack([final if head == 0 else self.block_hidden(final, head, start_pos, cache)
+                            for head in heads], dim=1)
 
     def forward_cached(
         self,

@@ -68,6 +68,9 @@ class HeadsConfig:
     max_steps: int | None = None  # stop after this many steps even with time left
     seed: int = 0
     device: str = "auto"
+    # New heads read the base's final hidden state (None: as the base's architecture needs
+    # for the llama.cpp engine, base_import.FINAL_HIDDEN_ARCHS).
+    heads_read_final: bool | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -104,17 +107,19 @@ class _NewHeads:
         return z
 
     def head_hidden(self, z: torch.Tensor, head: int) -> torch.Tensor:
-        return self.model.head_hidden(z, head + 1)
+        return self.model.block_hidden(z, head + 1)
 
 
 @torch.no_grad()
 def base_pass(model: MTPTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tokens (B, L) -> z (B, L, D) and the base's greedy next token at every position (B, L).
-    The logits are made a row at a time: (L, V) for a 128K vocabulary is already large."""
+    """tokens (B, L) -> what the new heads read (B, L, D) and the base's greedy next token
+    at every position (B, L). The heads read z (the input of the base's last block), or with
+    heads_read_final the base's final normed hidden state. The logits are made a row at a
+    time: (L, V) for a 128K vocabulary is already large."""
     z = model.trunk(tokens)
     hidden = model.head_hidden(z, 0)
     greedy = torch.stack([model.output(row).argmax(-1) for row in hidden])
-    return z, greedy
+    return (hidden if model.config.heads_read_final else z), greedy
 
 
 def head_targets(tokens: torch.Tensor, greedy: torch.Tensor, new_heads: int, mode: str) -> torch.Tensor:
@@ -152,7 +157,7 @@ def evaluate_heads(model: MTPTransformer, windows: torch.Tensor, batch: int = 4)
         for j in range(n):
             valid = targets[:, j] != IGNORE_INDEX
             for b in range(len(tokens)):
-                logits = model.output(model.head_hidden(z[b : b + 1], j + 1))[0].float()
+                logits = model.output(model.block_hidden(z[b : b + 1], j + 1))[0].float()
                 t = targets[b, j][valid[b]]
                 rows = logits[valid[b]]
                 loss_sum[j] += float(torch.nn.functional.cross_entropy(rows, t, reduction="sum"))
@@ -271,7 +276,7 @@ def train_heads(
 
     device = _device(config.device)
     torch.manual_seed(config.seed)
-    model = build_model(base, config.new_heads).to(device)
+    model = build_model(base, config.new_heads, heads_read_final=config.heads_read_final).to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = [p for block in model.extra_heads for p in block.parameters()]

@@ -105,3 +105,25 @@ def test_cli_adds_heads_into_the_store(setup, tmp_path, monkeypatch, capsys):
     assert (model_dir / "gguf" / "f32" / "head-3.gguf").is_file()
     code = main(["models", "add-heads", str(tmp_path / "nope.gguf"), "--data", str(repo), "--name", "other"])
     assert code == 1 and "nope.gguf: does not exist" in capsys.readouterr().err
+
+
+def test_heads_that_read_the_final_hidden_state_train_and_decode_exactly(setup, tmp_path):
+    """A qwen2 base, whose llama.cpp graph captures no block input: the new heads read its
+    final normed hidden state, learn to agree with it, and speculative equals plain."""
+    from tests.models.test_qwen_import import tiny_qwen, write_qwen_gguf
+
+    path = tmp_path / "qwen2.gguf"
+    write_qwen_gguf(path, tiny_qwen("qwen2", True), "qwen2", True)
+    out, result = add_heads(config_for(setup, "run-final", base=str(path)), tmp_path / "mtp", show_progress=False)
+    assert result.model.config.heads_read_final
+    before, after = result.first_eval, result.final_eval
+    for head in range(2):
+        assert after["loss_per_head"][head] < before["loss_per_head"][head] - 0.5, (before, after)
+        assert after["agreement_per_head"][head] > before["agreement_per_head"][head] + 0.1, (before, after)
+    loaded = load_model(out)
+    assert loaded.config.heads_read_final
+    engine = TorchEngine(loaded.model, loaded.tokenizer)
+    for start in (0, 500):
+        prompt = loaded.tokenizer.encode(CODE[start : start + 50])
+        plain = engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1))
+        assert engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=3)).tokens == plain.tokens

@@ -185,7 +185,7 @@ def test_hugging_face_llama_directory(tmp_path):
 
 
 def test_unsupported_architectures_get_one_line(tmp_path):
-    for arch in ("qwen2", "gpt2"):
+    for arch in ("starcoder2", "gpt2"):
         path = tmp_path / f"{arch}.gguf"
         writer = gguf.GGUFWriter(str(path), arch)
         writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
@@ -199,8 +199,8 @@ def test_unsupported_architectures_get_one_line(tmp_path):
         assert str(path) in message and repr(arch) in message and "supported: llama" in message
         assert "\n" not in message
     (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
-    with pytest.raises(ModelFileError, match=r"'qwen3' is not supported \(q/k norms"):
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "gemma"}))
+    with pytest.raises(ModelFileError, match=r"'gemma' is not supported; supported: llama, qwen2, qwen3"):
         read_base(tmp_path / "hf")
 
 
