@@ -395,5 +395,7 @@ def run_bench(
             }
             if data["vs_base"]:
                 row["speedup_vs_baseline"] = statistics.median(data["vs_base"])
+                # The prompts on which this row is more than 5% slower than the baseline.
+                row["share_below_0_95"] = sum(v < 0.95 for v in data["vs_base"]) / len(data["vs_base"])
             result.rows.append(row)
     return result
