@@ -130,6 +130,37 @@ class LlamaCppPeer:
         self.llm.close()
 
 
+class WithDrafter:
+    """One of our engines decoding with another drafter (GenerationConfig.drafter), as an
+    engine of its own in the bench: one run per prompt (k = its engine's heads), compared
+    for exactness with its engine's plain decoding (`plain_of`)."""
+
+    n_future = 1  # one run per prompt: the k is the engine's own
+
+    def __init__(self, engine, drafter: str, label: str, plain_of: str):
+        self.engine, self.drafter, self.label, self.plain_of = engine, drafter, label, plain_of
+        self.max_seq_len, self.exact = engine.max_seq_len, getattr(engine, "exact", True)
+
+    def generate(self, prompt: Sequence[int], config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+        from dataclasses import replace
+
+        return self.engine.generate(prompt, replace(config, k=None, drafter=self.drafter))
+
+
+def with_drafters(engines: dict[str, Any], drafters: Sequence[str]) -> dict[str, Any]:
+    """engines, each of ours (not the peers) followed by itself with every drafter but "heads"
+    (the heads are the engine's own rows, one per k)."""
+    out: dict[str, Any] = {}
+    for label, eng in engines.items():
+        out[label] = eng
+        if isinstance(eng, LlamaCppPeer):
+            continue
+        for drafter in drafters:
+            if drafter != "heads":
+                out[f"{label} {drafter}"] = WithDrafter(eng, drafter, f"{label} {drafter}", label)
+    return out
+
+
 def llama_cpp_peers(gguf: Path | str, n_ctx: int, threads: int | None = None,
                     n_gpu_layers: int = 0) -> dict[str, LlamaCppPeer]:
     """llama-cpp-python plain and with prompt lookup, by label, for run_bench's engines."""
@@ -309,13 +340,13 @@ def run_bench(
     for i, prompt in enumerate(encoded):
         runs = {(label, k): generate(eng, prompt, k) for label, eng in engines.items() for k in ks_of[label]}
         base_time = runs[(result.baseline, 1)].stats.wall_s if result.baseline else None
-        for label in engines:
-            plain = runs[(label, 1)]
+        for label, eng in engines.items():
+            plain = runs[(getattr(eng, "plain_of", label), 1)]  # a drafter's engine: that engine's plain
             if not plain.tokens:
                 continue
             for k in ks_of[label]:
                 run = runs[(label, k)]
-                if k > 1:
+                if k > 1 or hasattr(eng, "plain_of"):
                     result.runs_by_engine[label] = result.runs_by_engine.get(label, 0) + 1
                 if run.tokens != plain.tokens:
                     result.mismatches += 1
@@ -369,5 +400,7 @@ def run_bench(
             }
             if data["vs_base"]:
                 row["speedup_vs_baseline"] = statistics.median(data["vs_base"])
+                # The prompts on which this row is more than 5% slower than the baseline.
+                row["share_below_0_95"] = sum(v < 0.95 for v in data["vs_base"]) / len(data["vs_base"])
             result.rows.append(row)
     return result

@@ -591,6 +591,10 @@ def _add_bench_parser(sub) -> None:
                    help="llama engine: exact mode (f32 KV cache, no flash attention, padded 1-token steps), in which "
                         "speculative output must equal plain output; default: llama.cpp's fast defaults, where runs "
                         "that part from plain decoding at near-ties are counted")
+    p.add_argument("--drafter", default="heads",
+                   help="comma-separated drafters to compare: heads (rows per k), lookup (context n-grams), both "
+                        "(per step the one expected to commit more), auto (cost-aware, both drafters); "
+                        "every one but heads adds a row per engine of ours")
     p.add_argument("--prompts", default="humaneval", help="'humaneval' (the 164 problems) or a directory of held-out code")
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--max-new", type=int, default=128, help="tokens to generate per prompt")
@@ -633,6 +637,15 @@ def cmd_bench(args) -> int:
     else:
         engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
         scorer = torch_scorer(engines["torch"].model)
+    from assistant.bench import with_drafters
+    from assistant.engine.base import DRAFTERS
+
+    drafters = [d.strip() for d in args.drafter.split(",") if d.strip()]
+    unknown = [d for d in drafters if d not in DRAFTERS]
+    if unknown:
+        print(f"error: unknown drafter {unknown[0]!r}; choose from {', '.join(DRAFTERS)}", file=sys.stderr)
+        return EXIT_ERROR
+    engines = with_drafters(engines, drafters)
     engine = next(iter(engines.values()))
     prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None

@@ -24,7 +24,6 @@ from assistant.completion.prompt import PromptBudget, build_prompt, generate, sn
 from assistant.completion.rules import apply_stop_rules, plan
 from assistant.completion.settings import CompletionSettings
 from assistant.completion.stats import ServerStats
-from assistant.engine.adaptive import AdaptiveHeads
 from assistant.engine.base import STOP_CANCELLED, DecodeStats, GenerationConfig
 
 # The prefix window starts at a multiple of this many characters, so that while the
@@ -85,7 +84,6 @@ class CompletionService:
         self.stats = stats
         self.settings = settings
         self.cache = CompletionCache(settings.cache_size)
-        self.adaptive = AdaptiveHeads(engine.n_future)  # picks k when settings.heads == "auto"
         self._inflight: dict[str, threading.Event] = {}
         self._inflight_lock = threading.Lock()
 
@@ -150,10 +148,11 @@ class CompletionService:
         tok = self.engine.tokenizer
         budget, max_new = self.limits()
         prompt = build_prompt(tok, prefix, suffix, budget, snippets)
-        # "auto" measures each k where changing k keeps the KV cache (llama.cpp); elsewhere a
-        # change of k would cost a full prefill per keystroke, so all heads draft.
-        adaptive = s.heads == "auto" and getattr(self.engine, "reuses_cache_across_k", False)
-        k = self.adaptive.choose() if adaptive else (None if s.heads == "auto" else s.heads)
+        # "auto": where the heads' caches follow any k (llama.cpp), the engine drafts, each step,
+        # with the drafter and length that pay on this machine (heads, lookup or none);
+        # elsewhere a change of k would cost a full prefill per keystroke, so all heads draft.
+        auto = s.heads == "auto" and getattr(self.engine, "reuses_cache_across_k", False)
+        k = None if s.heads == "auto" else s.heads
         config = GenerationConfig(
             max_new_tokens=max_new,
             k=k,
@@ -162,10 +161,11 @@ class CompletionService:
             stop_token_ids=tuple(i for i in (tok.eot_id, tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.file_sep_id) if i is not None),
             stop_strings=the_plan.stop_strings,
             time_cap_s=s.time_cap_ms / 1000,
+            drafter="auto" if auto else "heads",
+            # The snippets' code, whole, for lookup drafts to copy from (the prompt holds those that fit).
+            lookup_tokens=tuple(tuple(tok.encode(snippet.text)) for snippet in snippets),
         )
         result = generate(self.engine, prompt, config, cancel)
-        if adaptive and result.stop_reason != STOP_CANCELLED:
-            self.adaptive.record(k, result.stats)
         if result.stop_reason == STOP_CANCELLED:
             if self.stats:
                 self.stats.cancel()

@@ -65,8 +65,11 @@ def _torch_engine(model_dir, device: str, dtype: str, threads: int | None):
 
 def _llama_engine(model_dir, device: str, quant: str | None, threads: int | None, exact: bool = False):
     from assistant.engine.llama_engine import LlamaEngine
+    from assistant.store import ModelStore
 
-    return LlamaEngine.from_dir(model_dir, quant=quant, threads=threads, device=device, exact=exact)
+    # The auto drafter's cost probe is kept in the store's home, measured once per model and machine.
+    probe_dir = ModelStore(shipped_dir=None).root / "probes"
+    return LlamaEngine.from_dir(model_dir, quant=quant, threads=threads, device=device, exact=exact, probe_dir=probe_dir)
 
 
 def _auto_engine(model_dir, device: str, dtype: str, quant: str | None, threads: int | None, exact: bool = False):

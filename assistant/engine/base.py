@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 
+DRAFTERS = ("heads", "lookup", "both", "auto")  # GenerationConfig.drafter
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 64
@@ -28,8 +31,20 @@ class GenerationConfig:
     # generation must write first, in tokens of the model's choosing. They are not part of
     # the result's text and stop strings are looked for only after them.
     heal_bytes: bytes = b""
+    # Who drafts (engine/drafting.py): "heads" (heads 2..k), "lookup" (n-gram matches in the
+    # prompt, the generated text and lookup_tokens), "both" (per step the one expected to
+    # commit more) or "auto" (drafter and length by expected tokens per second on this
+    # machine; zero when nothing pays). The output is the same for every drafter.
+    drafter: str = "heads"
+    draft_len: int = 8  # the most tokens a lookup draft proposes
+    # More token sequences a lookup may copy from (the completion context's snippets).
+    lookup_tokens: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.drafter not in DRAFTERS:
+            raise ValueError(f"drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
+        if self.draft_len < 1:
+            raise ValueError(f"draft_len must be >= 1, got {self.draft_len}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.k is not None and self.k < 1:
@@ -46,6 +61,9 @@ class DecodeStats:
     forward_passes: int = 0  # the prefill included: it yields the first new token
     draft_proposed: list[int] = field(default_factory=list)  # per draft position (heads 2..k)
     draft_accepted: list[int] = field(default_factory=list)
+    # Of those, the lookup drafter's (empty where it did not draft); the rest are the heads'.
+    lookup_proposed: list[int] = field(default_factory=list)
+    lookup_accepted: list[int] = field(default_factory=list)
     prefill_s: float = 0.0
     decode_s: float = 0.0
     model_s: float = 0.0  # inside the backend's forwards and unembeddings; the rest is the loop

@@ -45,7 +45,8 @@ from assistant.engine.base import (
     common_prefix_length,
     result_text,
 )
-from assistant.engine.speculative import decode
+from assistant.engine.drafting import CostCurve, DraftPlanner, cached_probe, probe_costs, probe_key
+from assistant.engine.speculative import decode, forward_heads
 from models.checkpoint import ModelFileError, check_context_memory, check_weights_header, read_config
 from models.gguf_export import available_quants, check_export, quiet_llama_logs
 from models.tokenizer import TokenizerError, load_tokenizer
@@ -73,6 +74,9 @@ class LlamaSettings:
     # token at every quantization (no run of 240 differed; with flash attention 1 did at
     # q4_k_m), for ~40-60% more time per token on a small CPU model.
     exact: bool = False
+    # Where the cost probe of the "auto" drafter is kept (one small JSON file per model file,
+    # settings and machine); None: measured at the first "auto" call of each engine.
+    probe_dir: Path | None = None
 
 
 _backend_ready = False
@@ -198,8 +202,8 @@ class _LlamaStepOutput:
             raise ValueError(f"logits of fed position {start} were not computed (prefill: last position only)")
         return self.logits[start - self.first_row :]  # (T - start, V)
 
-    def draft_logits(self, index: int) -> np.ndarray:
-        return self.step.head_logits(self.start_pos + index, self.k)  # (k - 1, V)
+    def draft_logits(self, index: int, n: int | None = None) -> np.ndarray:
+        return self.step.head_logits(self.start_pos + index, self.k if n is None else 1 + n)  # (n or k - 1, V)
 
 
 class _LlamaStepModel:
@@ -219,18 +223,19 @@ class _LlamaStepModel:
         self.head_fed = [0] * len(heads)  # positions whose z each head's cache holds
         self.capturing = True  # whether the main context keeps z (set on at load)
 
-    def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> _LlamaStepOutput:
+    def forward(self, tokens: Sequence[int], start_pos: int, k: int, all_rows: bool = True) -> _LlamaStepOutput:
         # z is kept where heads will draft from it (k > 1) and for prefills, so that a later
         # request with heads can reuse the prompt's cache (copying T rows of z costs nothing
-        # next to a T-row forward). A plain 1-token step does not keep it.
-        return self.run(tokens, start_pos, k, capture=bool(self.heads) and (k > 1 or len(tokens) > 1))
+        # next to a T-row forward). Steps without heads (plain or lookup drafts) do not keep it.
+        prefill = not all_rows and len(tokens) > 1
+        return self.run(tokens, start_pos, k, capture=bool(self.heads) and (k > 1 or prefill), all_rows=all_rows)
 
-    def run(self, tokens: Sequence[int], start_pos: int, k: int, capture: bool) -> _LlamaStepOutput:
+    def run(self, tokens: Sequence[int], start_pos: int, k: int, capture: bool, all_rows: bool = True) -> _LlamaStepOutput:
         """forward, saying whether to keep z of the fed positions."""
         T = len(tokens)
-        # decode() verifies at most k tokens at once; a longer batch is a prefill, of which it
-        # reads head 1 at the last position only. Unembedding every prompt position would add
-        # ~25% to a prefill (vocab 4096, dim 192).
+        # Of a prefill decode() reads head 1 at the last position only: unembedding every prompt
+        # position would add ~25% to it (vocab 4096, dim 192). A prefill of at most k tokens is
+        # unembedded at every row all the same, so that its last row rounds as a verify's does.
         rows = np.asarray(tokens, dtype=np.int32)
         padded = self.pad_single_rows and T == 1
         if padded:
@@ -240,7 +245,7 @@ class _LlamaStepModel:
             self.capturing = capture
         self.z_len = min(self.z_len, start_pos)  # from start_pos on, the cache is rewritten
         # A padded batch's last row is the throwaway one: ask for every row's logits then.
-        logits = self.main.decode(start_pos, rows, all_logits=T <= k or padded)[:T]  # (T or 1, V)
+        logits = self.main.decode(start_pos, rows, all_logits=all_rows or T <= k or padded)[:T]  # (T or 1, V)
         if capture:
             self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
             if self.z_len == start_pos:
@@ -316,6 +321,9 @@ class LlamaEngine:
         self._step = _LlamaStepModel(contexts[0], contexts[1:], config.n_trunk_layers, config.max_seq_len, exact)
         self._cached: list[int] = []  # tokens whose KV (and z) is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared caches
+        # The "auto" drafter's: acceptance learned across calls, a probed cost curve per k.
+        self._planner = DraftPlanner(CostCurve.free())
+        self._costs: dict[int, CostCurve] = {}
         try:
             self._probe(self.tokenizer.eot_id)
         except BaseException:
@@ -341,10 +349,12 @@ class LlamaEngine:
 
     @classmethod
     def from_dir(
-        cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu", exact: bool = False
+        cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu", exact: bool = False,
+        probe_dir: Path | None = None,
     ) -> "LlamaEngine":
         gpu_layers = 0 if device == "cpu" else -1
-        return cls(model_dir, LlamaSettings(quant=quant, threads=threads, n_gpu_layers=gpu_layers, exact=exact))
+        settings = LlamaSettings(quant=quant, threads=threads, n_gpu_layers=gpu_layers, exact=exact, probe_dir=probe_dir)
+        return cls(model_dir, settings)
 
     def generate(
         self,
@@ -353,17 +363,39 @@ class LlamaEngine:
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
         prompt = checked_prompt(prompt, self.max_seq_len, self.config.vocab_size)
-        k = min(config.k or self.n_future, self.n_future)
+        k = forward_heads(config, self.n_future)
         with self._lock:
+            planner = self._planned(k) if config.drafter == "auto" else None
             # At least the last prompt token is fed again: its logits start the decoding.
             start = min(common_prefix_length(prompt, self._cached), len(prompt) - 1) if config.reuse_prefix else 0
             if k > 1:  # the heads catch up from kept z: positions decoded without it are fed again
                 start = min(start, self._step.z_len)
             self._cached = []  # invalid while the caches are being written
-            outcome = decode(self._step, prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel)
+            outcome = decode(
+                self._step, prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel, planner
+            )
             self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
         text = result_text(self.tokenizer, outcome.tokens, config)
         return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)
+
+    def _planned(self, k: int) -> DraftPlanner:
+        """The planner with the cost curve of decoding with k heads: from the probe file, or
+        measured now (a few llama_decode calls of 1..8 rows after a short prefix: well under
+        a second on the shipped model)."""
+        if k not in self._costs:
+            s = self.settings
+            key = probe_key(self.files[0], quant=self.quant, threads=s.threads, exact=self.exact, k=k,
+                            gpu_layers=s.n_gpu_layers, heads=[p.name for p in self.files[1:k]])
+            self._costs[k] = cached_probe(s.probe_dir, key, lambda: self._probe_costs(k))
+        self._planner.cost = self._costs[k]
+        return self._planner
+
+    def _probe_costs(self, k: int) -> CostCurve:
+        self._cached = []
+        self._step.reset()
+        curve = probe_costs(self._step, k, prefix=min(32, self.max_seq_len // 4), token=self.tokenizer.eot_id)
+        self._step.reset()  # the probe's positions are no prompt's
+        return curve
 
     def head_predictions(self, tokens: Sequence[int]) -> list[list[int]]:
         """Every head's argmax at every position of `tokens`, teacher-forced: n_future lists
@@ -387,7 +419,7 @@ class LlamaEngine:
         """z (the trunk output) of a fresh prefill of `tokens`: (T, D). For checks against torch."""
         with self._lock:
             self._cached = []
-            self._step.run(list(tokens), 0, 1, capture=True)
+            self._step.run(list(tokens), 0, 1, capture=True, all_rows=False)
             return self._step.z[: len(tokens)].copy()
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ from assistant.engine.base import (
     DecodeStats,
     GenerationConfig,
 )
+from assistant.engine.drafting import DRAFTERS, LOOKUP_HEAD, CostCurve, DraftPlanner, History, Proposal
 from assistant.engine.healing import allowed_tokens, restrict, still_to_heal
 
 
@@ -53,16 +54,17 @@ class StepOutput(Protocol):
         """Head 1's logits at the fed positions from `start` on: (T - start, V). A prefill
         (more than k tokens fed) is only asked for its last position."""
 
-    def draft_logits(self, index: int) -> Logits:
-        """Heads 2..k's logits at fed position `index`: (k - 1, V)."""
+    def draft_logits(self, index: int, n: int | None = None) -> Logits:
+        """Heads 2..n+1's logits at fed position `index`: (n, V); n None: every head, k - 1."""
 
 
 class StepModel(Protocol):
     """What the decoding loop needs from a backend."""
 
-    def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> StepOutput:
+    def forward(self, tokens: Sequence[int], start_pos: int, k: int, all_rows: bool = True) -> StepOutput:
         """Write `tokens` into the KV cache at start_pos.. (overwriting whatever was
-        there: that is how rejected drafts are rolled back) and run heads 1..k."""
+        there: that is how rejected drafts are rolled back) and run heads 1..k. all_rows
+        False (a prefill): only the last position's head-1 logits will be asked for."""
 
 
 @dataclass
@@ -71,7 +73,8 @@ class DecodeOutcome:
     stop_reason: str
     cached_len: int  # positions of prompt + tokens whose KV is valid in the cache
     stats: DecodeStats
-    # Per token: 1 = head 1's own token, i >= 2 = head i's draft that head 1 accepted.
+    # Per token: 1 = head 1's own token, i >= 2 = head i's draft that head 1 accepted,
+    # 0 (LOOKUP_HEAD) = a lookup draft's.
     token_heads: list[int] = field(default_factory=list)
 
 
@@ -102,13 +105,29 @@ class _Sampling:
     def pick(self, row: torch.Tensor) -> int:
         return int(torch.multinomial(row, 1, generator=self.generator))
 
-    def verify(self, p: torch.Tensor, draft: int, q: torch.Tensor) -> tuple[bool, torch.Tensor]:
-        """Accept with probability min(1, p/q); else the next token follows max(0, p - q)."""
-        if torch.rand((), generator=self.generator, dtype=torch.float64) * q[draft] < p[draft]:  # u < p/q, no division
+    def verify(self, p: torch.Tensor, draft: int, q: torch.Tensor | None) -> tuple[bool, torch.Tensor]:
+        """Accept with probability min(1, p/q); else the next token follows max(0, p - q).
+        q None is a deterministic proposal (one-hot at the draft, as a lookup's): accept with
+        probability p(draft), else resample from p without the draft, renormalised."""
+        q_draft = 1.0 if q is None else q[draft]
+        if torch.rand((), generator=self.generator, dtype=torch.float64) * q_draft < p[draft]:  # u < p/q, no division
             return True, p
-        residual = (p - q).clamp(min=0)
+        if q is None:
+            residual = p.clone()
+            residual[draft] = 0.0  # max(0, p - onehot): p(draft) - 1 <= 0
+        else:
+            residual = (p - q).clamp(min=0)
         total = residual.sum()
         return False, (residual / total if total > 0 else p)
+
+
+
+
+def forward_heads(config: GenerationConfig, n_future: int) -> int:
+    """The k an engine decodes with: the heads config asks for, 1 (none) when only lookup drafts."""
+    if config.drafter not in DRAFTERS:
+        raise ValueError(f"unknown drafter {config.drafter!r}; choose from {', '.join(DRAFTERS)}")
+    return 1 if config.drafter == "lookup" else min(config.k or n_future, n_future)
 
 
 def decode(
@@ -120,20 +139,38 @@ def decode(
     max_seq_len: int,
     token_bytes: Callable[[int], bytes],
     cancel: threading.Event | None = None,
+    planner: DraftPlanner | None = None,
 ) -> DecodeOutcome:
-    """Generate after `prompt`, whose first `start_pos` tokens are already cached."""
+    """Generate after `prompt`, whose first `start_pos` tokens are already cached.
+
+    config.drafter says who drafts: "heads" (heads 2..k, every step as many as fit),
+    "lookup" (context lookup, config.draft_len tokens at most), "both" (each step the one
+    expected to commit more tokens, by the acceptance learned in this call) or "auto" (the
+    drafter and length that maximise expected tokens per second: `planner`, the engine's,
+    which knows the cost of a forward)."""
     if not 0 <= start_pos < len(prompt):
         raise ValueError(f"start_pos {start_pos} must leave at least one of {len(prompt)} prompt tokens to feed")
+    drafter = config.drafter
+    if drafter == "auto" and planner is None:
+        raise ValueError("the auto drafter needs the engine's planner (the cost of a forward on this machine)")
+    if drafter == "both" and planner is None:
+        planner = DraftPlanner(CostCurve.free())  # a free verifier: draft as much as is expected to be right
+    uses_heads = drafter != "lookup" and k > 1
+    uses_lookup = drafter != "heads"
     chooser = _Greedy() if config.temperature == 0 else _Sampling(config.temperature, config.seed)
+    max_draft = max(k - 1 if uses_heads else 0, config.draft_len if uses_lookup else 0)
     stats = DecodeStats(
-        prompt_tokens=len(prompt), reused_tokens=start_pos, draft_proposed=[0] * (k - 1), draft_accepted=[0] * (k - 1)
+        prompt_tokens=len(prompt), reused_tokens=start_pos, draft_proposed=[0] * max_draft, draft_accepted=[0] * max_draft
     )
+    if uses_lookup:
+        stats.lookup_proposed, stats.lookup_accepted = [0] * max_draft, [0] * max_draft
     stop_ids = set(config.stop_token_ids)
     stop_strings = [s.encode("utf-8") for s in config.stop_strings if s]
     longest_stop = max(map(len, stop_strings), default=1)
     deadline = None if config.time_cap_s is None else time.perf_counter() + config.time_cap_s
     tokens: list[int] = []
     token_heads: list[int] = []
+    history = History(prompt, config.max_new_tokens, config.lookup_tokens) if uses_lookup else None
     text = bytearray()  # the new text after the healed bytes (only kept to find stop strings)
     to_heal = config.heal_bytes  # healed bytes not yet written
     healed_left_to_skip = len(to_heal)  # of the new bytes, not part of the new text
@@ -153,6 +190,8 @@ def decode(
             return STOP_TOKEN
         tokens.append(token)
         token_heads.append(head)
+        if history is not None:
+            history.append(token)
         if stop_strings:
             piece = token_bytes(token)
             skipped = min(healed_left_to_skip, len(piece))
@@ -166,19 +205,39 @@ def decode(
             return STOP_MAX_TOKENS
         return None
 
+    def heads_draft(n: int) -> Proposal:
+        """Heads 2..n+1's drafts at the last accepted position (their logits computed now)."""
+        clock = time.perf_counter()
+        logits = out.draft_logits(last_index, n)  # (n, V)
+        stats.model_s += time.perf_counter() - clock
+        rows = chooser.prepare(logits)
+        return Proposal([chooser.pick(rows[i]) for i in range(n)], "heads", rows)
+
+    def propose(room: int) -> Proposal | None:
+        """The draft for this step, of at most `room` tokens; None: a plain step."""
+        if room <= 0:
+            return None
+        if drafter == "heads":
+            return heads_draft(min(room, k - 1)) if k > 1 else None
+        found, ngram = history.lookup(min(room, config.draft_len))
+        if drafter == "lookup":
+            return Proposal(found, "lookup", ngram=ngram) if found else None
+        source, m = planner.plan((found, ngram) if found else None, min(room, k - 1) if uses_heads else 0)
+        if source == "lookup":
+            return Proposal(found[:m], "lookup", ngram=ngram)
+        return heads_draft(m) if source == "heads" else None
+
     started = time.perf_counter()
     if config.max_new_tokens == 0:
         return DecodeOutcome([], STOP_MAX_TOKENS, start_pos, stats)
     clock = time.perf_counter()
-    out = model.forward(prompt[start_pos:], start_pos, k)
-    last = len(prompt) - start_pos - 1
-    next_logits = healing(out.next_logits(last))  # (1, V)
-    draft_logits = out.draft_logits(last) if k > 1 else None  # (k - 1, V)
+    out = model.forward(prompt[start_pos:], start_pos, k, all_rows=False)
+    last_index = len(prompt) - start_pos - 1  # fed position of the last accepted token in `out`
+    next_logits = healing(out.next_logits(last_index))  # (1, V)
     stats.model_s += time.perf_counter() - clock
     stats.forward_passes = 1
     position = len(prompt)  # next cache position to write; everything before is cached
     next_row = chooser.prepare(next_logits)[0]
-    draft_rows = chooser.prepare(draft_logits) if k > 1 else []
     stats.prefill_s = time.perf_counter() - started
 
     reason = None
@@ -197,42 +256,47 @@ def decode(
             break
         # Drafts beyond what is still wanted or fits in the context are not worth verifying;
         # none while healing (they would be verified against unrestricted logits).
-        room = min(0 if to_heal else k - 1, config.max_new_tokens - len(tokens), max_seq_len - position - 1)
+        room = min(0 if to_heal else max_draft, config.max_new_tokens - len(tokens), max_seq_len - position - 1)
         if room < 0:
             reason = STOP_CONTEXT
             break
-        drafts = [chooser.pick(draft_rows[i]) for i in range(room)]
+        proposal = propose(room)
+        drafts = proposal.tokens if proposal else []
 
         clock = time.perf_counter()
         out = model.forward([token, *drafts], position, k)
-        verify_logits = healing(out.next_logits())  # (1 + room, V); room is 0 while healing
+        verify_logits = healing(out.next_logits())  # (1 + len(drafts), V); no drafts while healing
         stats.model_s += time.perf_counter() - clock
         stats.forward_passes += 1
         verify_rows = chooser.prepare(verify_logits)
         accepted = 0
         next_row = None
+        by_lookup = proposal is not None and proposal.source == "lookup"
         for i in range(len(drafts)):
             stats.draft_proposed[i] += 1  # unconditional: acceptance[i] = P(at least i + 1 drafts accepted)
+            if by_lookup:
+                stats.lookup_proposed[i] += 1
         for i, draft in enumerate(drafts):
-            ok, row = chooser.verify(verify_rows[i], draft, draft_rows[i])
+            ok, row = chooser.verify(verify_rows[i], draft, None if by_lookup else proposal.rows[i])
             if not ok:
                 next_row = row
                 break
             stats.draft_accepted[i] += 1
+            if by_lookup:
+                stats.lookup_accepted[i] += 1
             accepted += 1
-            reason = emit(draft, i + 2)
+            reason = emit(draft, LOOKUP_HEAD if by_lookup else i + 2)
             if reason is not None:
                 break
+        if planner is not None and proposal is not None:
+            # A stop inside the draft left the rest unverified: it says nothing about them.
+            planner.record(proposal, accepted, verified=len(drafts) if reason is None else accepted)
         position += 1 + accepted  # the token and the accepted drafts are now cached
+        last_index = accepted
         if reason is not None:
             break
         if next_row is None:  # every draft accepted: head 1's own next token
             next_row = verify_rows[accepted]
-        if k > 1:
-            clock = time.perf_counter()
-            draft_logits = out.draft_logits(accepted)
-            stats.model_s += time.perf_counter() - clock
-            draft_rows = chooser.prepare(draft_logits)
 
     stats.new_tokens = len(tokens)
     stats.decode_s = time.perf_counter() - started - stats.prefill_s

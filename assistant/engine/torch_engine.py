@@ -20,7 +20,8 @@ from assistant.engine.base import (
     common_prefix_length,
     result_text,
 )
-from assistant.engine.speculative import decode
+from assistant.engine.drafting import CostCurve, DraftPlanner, probe_costs
+from assistant.engine.speculative import decode, forward_heads
 from models.transformer import KVCache, MTPTransformer, compute_dtype
 
 
@@ -36,8 +37,8 @@ class _TorchStepOutput:
         # another kernel for 1, 2, 3 and 4+ rows), which can flip a near-tie.
         return torch.cat([self._logits(row) for row in self.hidden[0, start:].split(1)])  # (T - start, V)
 
-    def draft_logits(self, index: int) -> torch.Tensor:
-        return self._logits(self.hidden[1:, index])  # (k - 1, V)
+    def draft_logits(self, index: int, n: int | None = None) -> torch.Tensor:
+        return self._logits(self.hidden[1 : None if n is None else 1 + n, index])  # (n or k - 1, V)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # Logits in fp32 even for a half-precision model: rounded to bf16, the top two
@@ -50,7 +51,7 @@ class _TorchStepModel:
     def __init__(self, model: MTPTransformer, unembedding: torch.Tensor, cache: KVCache, device: torch.device):
         self.model, self.unembedding, self.cache, self.device = model, unembedding, cache, device
 
-    def forward(self, tokens: Sequence[int], start_pos: int, k: int) -> _TorchStepOutput:
+    def forward(self, tokens: Sequence[int], start_pos: int, k: int, all_rows: bool = True) -> _TorchStepOutput:
         x = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         hidden = self.model.forward_hidden(x, start_pos, self.cache, heads=range(k))  # (1, k, T, D)
         return _TorchStepOutput(self.unembedding, hidden[0])
@@ -83,6 +84,9 @@ class TorchEngine:
         self._cached: list[int] = []  # tokens whose KV is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared cache
         self.warnings: list[str] = []  # see base.Engine
+        # The "auto" drafter's: acceptance learned across calls, a probed cost curve per k.
+        self._planner = DraftPlanner(CostCurve.free())
+        self._costs: dict[int, CostCurve] = {}
 
     @classmethod
     def from_dir(cls, model_dir, device: str = "cpu", dtype=torch.float32) -> "TorchEngine":
@@ -100,19 +104,28 @@ class TorchEngine:
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
         prompt = checked_prompt(prompt, self.max_seq_len, self.model.config.vocab_size)
-        k = min(config.k or self.n_future, self.n_future)
+        k = forward_heads(config, self.n_future)
         with self._lock:
             if self._cache is None:
                 self._cache = self.model.new_cache(batch=1, step_equivalent=self._step_equivalent)
+            step = _TorchStepModel(self.model, self._unembedding, self._cache, self.device)
+            planner = self._planned(step, k) if config.drafter == "auto" else None
             reusable = config.reuse_prefix and self._cache_k == k
             # At least the last prompt token is fed again: its logits start the decoding.
             start = min(common_prefix_length(prompt, self._cached), len(prompt) - 1) if reusable else 0
             self._cached = []  # invalid while the cache is being written
             outcome = decode(
-                _TorchStepModel(self.model, self._unembedding, self._cache, self.device),
-                prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel,
+                step, prompt, start, config, k, self.max_seq_len, self.tokenizer.token_bytes, cancel, planner
             )
             self._cache_k = k
             self._cached = (prompt + outcome.tokens)[: outcome.cached_len]
         text = result_text(self.tokenizer, outcome.tokens, config)
         return GenerationResult(outcome.tokens, text, outcome.stop_reason, outcome.stats, outcome.token_heads)
+
+    def _planned(self, step: _TorchStepModel, k: int) -> DraftPlanner:
+        """The planner with the cost curve of k heads, probed the first time (over the cache)."""
+        if k not in self._costs:
+            self._costs[k] = probe_costs(step, k, prefix=min(32, self.max_seq_len // 4))
+            self._cached, self._cache_k = [], 0  # the probe wrote the cache
+        self._planner.cost = self._costs[k]
+        return self._planner

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,20 +137,25 @@ def test_cli_bench_with_peers_in_fast_and_exact_mode(exported, tmp_path):
     model_dir, _, body = exported
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "a.py").write_text(body[:2000])
-    for exact in ([], ["--exact"]):
+    env = {**os.environ, "MTP_ASSISTANT_HOME": str(tmp_path / "home")}  # where the auto drafter's probe is kept
+    for exact in ([], ["--exact", "--drafter", "heads,lookup,both,auto"]):
         out = tmp_path / "bench.json"
         proc = subprocess.run(
             [sys.executable, "-m", "assistant.cli", "bench", "--model", str(model_dir), "--engine", "llama", "--peers",
              "--prompts", str(tmp_path / "code"), "--limit", "3", "--max-new", "12", "--threads", "1",
              "--out", str(out), *exact],
-            capture_output=True, text=True, cwd=PROJECT, timeout=300,
+            capture_output=True, text=True, cwd=PROJECT, timeout=300, env=env,
         )
         assert proc.returncode == 0, proc.stderr
         assert "| llama-cpp-python | 1 |" in proc.stdout and "| llama f32 | 4 |" in proc.stdout
         report = json.loads(out.read_text())
         assert report["exact_engines"]["llama f32"] == bool(exact)
         if exact:
-            assert report["mismatches"] == 0
+            assert report["mismatches"] == 0  # every drafter's output is plain decoding's
+            for drafter in ("lookup", "both", "auto"):
+                assert f"| llama f32 {drafter} | 1 |" in proc.stdout
+                assert report["runs_by_engine"][f"llama f32 {drafter}"] == 3
+            assert list((tmp_path / "home" / "probes").glob("probe-*.json"))
         else:  # fast mode counts the runs that part at near-ties, and says so
             assert f"{report['mismatches_by_engine'].get('llama f32', 0)} of " in proc.stdout
 

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -106,25 +107,48 @@ def test_auto_heads_is_all_heads_where_a_change_of_k_costs_the_kv_cache(engine):
     assert len(completion.stats.draft_proposed) == engine.n_future - 1
 
 
-def test_auto_heads_tries_every_k_and_never_changes_the_text():
-    # A torch engine told it may switch k freely (llama.cpp's property): only prefills get dearer.
+class Recording:
+    """A real engine that keeps the configs it was called with."""
+
+    def __init__(self, engine):
+        self.engine, self.configs = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, prompt, config, cancel=None):
+        self.configs.append(config)
+        return self.engine.generate(prompt, config, cancel)
+
+
+def test_auto_heads_drafts_by_cost_where_k_may_change_and_passes_the_snippets():
+    from assistant.completion.context import ContextCollector
+    from assistant.completion.prompt import Snippet
+
+    # A torch engine told it may switch k freely (llama.cpp's property).
     engine = TorchEngine(random_model(seed=2), ByteTokenizer())
     engine.reuses_cache_across_k = True
-    plain = service(engine, heads=1, cache_size=1).complete_at(TEXT, LINE, COL).text
-    svc = service(engine, cache_size=1)  # heads="auto"; a cache of one, refilled by each new text
-    used = []
-    for i in range(6):
-        if i == 4:
-            # The timings are noisy: the 5th call must take what was cheapest after the first four.
-            assert set(svc.adaptive.cost) == {1, 2, 3, 4}
-            cheapest = svc.adaptive.best()
-        text = TEXT + " " * (i % 2)  # alternate two texts so that the cache never answers
-        completion = svc.complete_at(text, LINE, COL + i % 2)
-        used.append(completion.stats.draft_proposed.__len__() + 1)  # k = draft positions + 1
-        if i % 2 == 0:
-            assert completion.text == plain
-    assert used[:4] == [1, 2, 3, 4]  # each k measured once, then the cheapest
-    assert used[4] == cheapest
+    plain = service(engine, heads=1).complete_at(TEXT, LINE, COL).text
+    recording = Recording(engine)
+    settings = CompletionSettings(max_tokens=12, context_tokens=128, time_cap_ms=600_000)
+
+    class Context(ContextCollector):
+        def __init__(self):
+            pass
+
+        def snippets(self, uri, prefix):
+            return [Snippet("b.py", "def sub(a, b):\n    return a - b\n")]
+
+    auto = CompletionService(recording, settings, context=Context()).complete_at(TEXT, LINE, COL)
+    with_plain = CompletionService(engine, replace(settings, heads=1), context=Context()).complete_at(TEXT, LINE, COL)
+    assert auto.text == with_plain.text
+    config = recording.configs[-1]
+    assert config.drafter == "auto" and config.k is None
+    assert config.lookup_tokens == (tuple(engine.tokenizer.encode("def sub(a, b):\n    return a - b\n")),)
+    # Where a change of k costs the cache, all heads draft, as before.
+    torch_only = Recording(TorchEngine(random_model(seed=2), ByteTokenizer()))
+    assert CompletionService(torch_only, settings).complete_at(TEXT, LINE, COL).text == plain
+    assert torch_only.configs[-1].drafter == "heads"
 
 
 def test_pieces_say_which_head_wrote_each_part_of_the_final_text(engine):

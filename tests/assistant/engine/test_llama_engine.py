@@ -226,10 +226,10 @@ def test_one_token_steps_compute_what_a_prefill_computes(model64, quant):
     engine = engine_for(loaded, quant)  # kept: its contexts close when it is collected
     step = engine._step
     step.reset()
-    step.forward(ids, 0, 1)
+    step.forward(ids, 0, 1, all_rows=False)  # a prefill
     whole = step.z[: len(ids)].copy()  # (T, D) trunk output of one prefill
     step.reset()
-    step.forward(ids[:100], 0, 1)
+    step.forward(ids[:100], 0, 1, all_rows=False)
     for i, token in enumerate(ids[100:]):
         step.run([token], 100 + i, 1, capture=True)  # a plain step, made to keep z
     assert np.array_equal(step.z[: len(ids)], whole)
@@ -292,3 +292,29 @@ def test_sampling_on_llama_cpp_logits_is_seeded_for_every_k(model64):
         assert all(0 <= t < loaded.config.vocab_size for t in first.tokens)
     other = engine.generate(prompt, GenerationConfig(max_new_tokens=20, k=4, temperature=5.0, seed=4)).tokens
     assert other != first.tokens  # a hot temperature and another seed: another sample
+
+
+@pytest.mark.parametrize("quant", ["f16", "q4_k_m"])
+def test_every_drafter_equals_plain_in_exact_mode(model64, quant, tmp_path):
+    """Lookup, both and cost-aware auto drafts verified by head 1: plain greedy's tokens, with
+    and without prefix reuse, for every k; the probe is measured once and kept in its file."""
+    loaded, body = model64
+    engine = engine_for(loaded, quant, probe_dir=tmp_path)
+    tok = loaded.tokenizer
+    drafted = 0
+    for text in cuts(body, 3, seed=4, width=200):
+        prompt = tok.encode(text)
+        plain = engine.generate(prompt, GenerationConfig(max_new_tokens=40, k=1, reuse_prefix=False)).tokens
+        for drafter in ("lookup", "both", "auto"):
+            for k in (1, 2, 4):
+                for reuse in (False, True):
+                    config = GenerationConfig(max_new_tokens=40, k=k, reuse_prefix=reuse, drafter=drafter,
+                                              lookup_tokens=(tuple(tok.encode(body[:300])),))
+                    result = engine.generate(prompt, config)
+                    assert result.tokens == plain, (text[-30:], drafter, k, reuse)
+                    drafted += sum(result.stats.lookup_accepted)
+    assert drafted > 0, "repetitive code: some lookup drafts must be accepted"
+    assert len(list(tmp_path.glob("probe-*.json"))) == 3  # one per k
+    reloaded = engine_for(loaded, quant, probe_dir=tmp_path)
+    reloaded.generate(tok.encode(body[:50]), GenerationConfig(max_new_tokens=4, k=4, drafter="auto"))
+    assert reloaded._costs[4].rows == engine._costs[4].rows  # read from the file, not measured again

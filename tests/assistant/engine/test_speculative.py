@@ -24,10 +24,10 @@ class StubOutput:
         rows = list(self.positions)[start:]
         return torch.stack([torch.nn.functional.one_hot(torch.tensor(truth(p + 1)), V).float() for p in rows])
 
-    def draft_logits(self, index):
+    def draft_logits(self, index, n=None):
         p = self.positions[index]
         rows = []
-        for head in range(1, self.k):
+        for head in range(1, self.k if n is None else 1 + n):
             token = truth(p + 1 + head) if self.agree else (truth(p + 1 + head) + 1) % V
             rows.append(torch.nn.functional.one_hot(torch.tensor(token), V).float())
         return torch.stack(rows)
@@ -40,7 +40,7 @@ class StubModel:
         self.agree = agree
         self.calls = []
 
-    def forward(self, tokens, start_pos, k):
+    def forward(self, tokens, start_pos, k, all_rows=True):
         self.calls.append((list(tokens), start_pos))
         return StubOutput(range(start_pos, start_pos + len(tokens)), k, self.agree)
 
