@@ -186,7 +186,7 @@ def cmd_eval(args) -> int:
         print(f"next line exact match: {report['next_line']['exact_match']:.1%} of {report['next_line']['cases']} cursors")
     if "humaneval" in report:
         h = report["humaneval"]
-        print(f"HumanEval pass@1 (greedy, {engine_name(engine)}, model {model_dir}): "
+        print(f"HumanEval pass@1 (greedy, {engine.label}, model {model_dir}): "
               f"{h['pass_at_1']:.1%} ({len(h['passed'])} of {h['problems']} problems)")
         print(f"passed: {', '.join(h['passed']) or 'none'}")
     return 0
@@ -550,16 +550,11 @@ def cmd_complete(args) -> int:
     print(
         f"{s.new_tokens} tokens in {s.forward_passes} forwards ({s.tokens_per_forward:.2f} per forward), "
         f"prefill {s.prefill_s * 1e3:.1f} ms ({s.prompt_tokens} prompt tokens), decode {s.decode_s * 1e3:.1f} ms, "
-        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}; engine {engine_name(engine)}, "
+        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}; engine {engine.label}, "
         f"model {model_dir}",
         file=sys.stderr,
     )
     return 0
-
-
-def engine_name(engine) -> str:
-    quant = getattr(engine, "quant", None)
-    return f"llama.cpp {quant}" if quant else "torch"
 
 
 def _add_lsp_parser(sub) -> None:
@@ -696,7 +691,9 @@ def _add_doctor_parser(sub) -> None:
 
     p = sub.add_parser("doctor", help="check what an editor will run (model, engine, a completion round trip) "
                                       "and print the editor's set-up with the right path")
-    p.add_argument("--model", help="model directory or store name (default: the store's default)")
+    p.add_argument("--model", help="model directory or store name (default: the one the repository is bound to, "
+                                   "else the store's default)")
+    p.add_argument("--repo", default=".", help="the repository the editor opens (default: the current directory)")
     p.add_argument("--engine", default="auto", choices=("auto", "torch", "llama"))
     p.add_argument("--editor", default="neovim", choices=EDITORS, help="whose set-up to print")
     p.set_defaults(func=cmd_doctor)
@@ -706,7 +703,7 @@ def cmd_doctor(args) -> int:
     from assistant.doctor import DoctorError, DoctorSettings, run_doctor
 
     try:
-        return run_doctor(DoctorSettings(model=args.model, engine=args.engine, editor=args.editor))
+        return run_doctor(DoctorSettings(model=args.model, repo=Path(args.repo), engine=args.engine, editor=args.editor))
     except DoctorError as e:
         raise CliError(f"doctor: {e}") from None
 

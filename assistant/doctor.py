@@ -30,7 +30,8 @@ class DoctorError(Exception):
 
 @dataclass(frozen=True)
 class DoctorSettings:
-    model: str | None = None  # None: the store's default, as the editor gets it
+    model: str | None = None  # None: the model the editor gets in `repo` (its bound one, else the default)
+    repo: Path = Path(".")
     engine: str = "auto"
     editor: str = "neovim"
     timeout_s: float = 120.0  # for the model to load and the first completion
@@ -116,8 +117,11 @@ def run_doctor(settings: DoctorSettings, say=print) -> int:
 
     from assistant.store import ModelStore
 
-    model_dir = ModelStore().resolve(settings.model or "default")
-    say(f"ok  model: {model_dir}")
+    store = ModelStore()
+    # What the editor gets in this repository: its bound model (`tune`), else the default.
+    bound = store.binding_for(settings.repo) if settings.model is None else None
+    model_dir = store.resolve(settings.model) if settings.model else store.model_for(settings.repo)
+    say(f"ok  model: {model_dir}" + (f" (bound to {bound[0]})" if bound else ""))
 
     args = [str(command), "lsp", "--model", str(model_dir), "--engine", settings.engine]
     with tempfile.TemporaryDirectory(prefix="mtp-doctor-") as workspace:

@@ -312,8 +312,7 @@ class MtpServer(LanguageServer):
 
                 engine = await asyncio.to_thread(load_engine, model_dir, settings.engine)
                 self.service = CompletionService(engine, self.settings, self.context, self.stats)
-                quant = getattr(engine, "quant", None)  # the llama.cpp engine's weights: Q8_0, ...
-                engine_name = f"llama.cpp {quant}" if quant else "torch"
+                engine_name = engine.label
                 self.stats.model, self.stats.engine = str(model_dir), engine_name
                 self.stats.warnings = list(engine.warnings)
                 self.model_error = None

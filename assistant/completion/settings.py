@@ -29,7 +29,7 @@ class CompletionSettings:
     context_tokens: int = 768  # prompt tokens in all: prefix + suffix + snippets
     suffix_share: float = 0.2  # at most this share of the prompt for text after the cursor
     snippet_share: float = 0.25  # at most this share for snippets from other files
-    heads: int | str | None = "auto"  # heads used for drafting; "auto": the fastest k, measured; None: all
+    heads: int | str | None = "auto"  # "auto": cost-aware drafting (heads and context lookup); None: all heads; 1: plain
     temperature: float = 0.0  # 0: greedy (cacheable, exact); > 0: speculative sampling
     cache_size: int = 256  # completions remembered
     workspace_index: bool = True  # index the workspace for similar code (watchdog keeps it current)

@@ -177,6 +177,8 @@ class Engine(Protocol):
     # engine may part from it where two tokens nearly tie (kernels that round a k-row
     # verify and a 1-row step differently).
     exact: bool
+    # How logs, stats and screens name it: "torch", "torch cuda bfloat16", "llama.cpp q8_0".
+    label: str
 
     def generate(
         self,

@@ -27,13 +27,11 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-from assistant.engine.base import DRAFTERS  # noqa: F401  (the drafters' names, with them)
 
 LOOKUP_HEAD = 0  # token_heads' tag of a token a lookup draft proposed (heads are 1..k)
 MAX_NGRAM = 3

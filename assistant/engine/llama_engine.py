@@ -308,6 +308,7 @@ class LlamaEngine:
         self.n_future = config.n_future_tokens
         self.max_seq_len = config.max_seq_len
         self.warnings: list[str] = []  # see base.Engine
+        self.label = f"llama.cpp {quant}"
         contexts: list[_Context] = []
         try:
             contexts.append(_Context(files[0], settings, main_ctx, exact))

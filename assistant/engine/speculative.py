@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from assistant.engine.base import (
+    DRAFTERS,
     STOP_CANCELLED,
     STOP_CONTEXT,
     STOP_MAX_TOKENS,
@@ -39,7 +40,7 @@ from assistant.engine.base import (
     DecodeStats,
     GenerationConfig,
 )
-from assistant.engine.drafting import DRAFTERS, LOOKUP_HEAD, CostCurve, DraftPlanner, History, Proposal
+from assistant.engine.drafting import LOOKUP_HEAD, CostCurve, DraftPlanner, History, Proposal
 from assistant.engine.healing import allowed_tokens, restrict, still_to_heal
 
 

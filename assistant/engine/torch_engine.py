@@ -84,6 +84,8 @@ class TorchEngine:
         self._cached: list[int] = []  # tokens whose KV is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared cache
         self.warnings: list[str] = []  # see base.Engine
+        default = (self.device.type, dtype) == ("cpu", torch.float32)
+        self.label = "torch" if default else f"torch {self.device.type} {str(dtype).removeprefix('torch.')}"
         # The "auto" drafter's: acceptance learned across calls, a probed cost curve per k.
         self._planner = DraftPlanner(CostCurve.free())
         self._costs: dict[int, CostCurve] = {}

@@ -548,7 +548,7 @@ def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfi
             "p50": 1e3 * statistics.median(latencies) if latencies else None,
             "p95": 1e3 * latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None,
         },
-        "engine": _engine_label(engine),
+        "engine": engine.label,
         "threads": torch.get_num_threads(),
     }
 
@@ -577,11 +577,6 @@ def _tokens_per_forward(engine, prompts: list[str], k: int, max_new: int) -> flo
         tokens += result.stats.new_tokens
         forwards += result.stats.forward_passes
     return tokens / forwards if forwards else None
-
-
-def _engine_label(engine) -> str:
-    quant = getattr(engine, "quant", None)
-    return f"llama.cpp {quant}" if quant else "torch"
 
 
 # --- the report as text ---

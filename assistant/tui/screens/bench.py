@@ -30,7 +30,7 @@ from assistant.bench import (
 )
 from assistant.store import StoreError
 from assistant.training.corpus import CorpusError
-from assistant.tui.engines import engine_label, load_completion_engine
+from assistant.engine import load_engine
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.bar_chart import SpeedupChart
 from assistant.tui.widgets.model_picker import ModelPicker
@@ -139,8 +139,8 @@ class BenchScreen(TuiScreen):
                 raise BenchCancelled()  # run_bench calls back between prompts
 
         try:
-            engine = load_completion_engine(self.app.store.resolve(model or "default"))
-            self.post_message(self.EngineLoaded(engine_label(engine)))
+            engine = load_engine(self.app.store.resolve(model or "default"))
+            self.post_message(self.EngineLoaded(engine.label))
             prompts = humaneval_prompts() if prompts_from == "humaneval" else directory_prompts(prompts_from)
             self.post_message(self.Progress(0, min(config.limit or len(prompts), len(prompts))))
             result = run_bench(engine, engine.tokenizer, prompts, config, progress, scorer=scorer_for(engine))
@@ -151,7 +151,7 @@ class BenchScreen(TuiScreen):
         except Exception as e:  # anything else still ends the run cleanly, with its name
             self.post_message(self.Finished(None, f"{type(e).__name__}: {e}"))
         else:
-            self.post_message(self.Finished(result, engine=engine_label(engine)))
+            self.post_message(self.Finished(result, engine=engine.label))
 
     def on_bench_screen_engine_loaded(self, message: EngineLoaded) -> None:
         self.query_one("#bench-engine", Static).update(message.engine)

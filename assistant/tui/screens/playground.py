@@ -22,7 +22,7 @@ from textual.widgets import Footer, Label, Select, TextArea
 from assistant.completion.positions import UTF32
 from assistant.completion.service import Completion, CompletionService
 from assistant.store import StoreError
-from assistant.tui.engines import engine_label, load_completion_engine
+from assistant.engine import load_engine
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.completion_view import CompletionView
 from assistant.tui.widgets.ghost_editor import GhostTextArea
@@ -158,7 +158,7 @@ class PlaygroundScreen(TuiScreen):
         if completion.stop_reason == "cancelled":
             return  # the text or the cursor moved on
         engine = service.engine
-        self.post_message(self.Completed(completion, version, engine_label(engine), engine.n_future))
+        self.post_message(self.Completed(completion, version, engine.label, engine.n_future))
 
     def _get_service(self, model: str | None) -> CompletionService:
         """One service per model, kept while it is chosen: its cache and the engine's
@@ -167,7 +167,7 @@ class PlaygroundScreen(TuiScreen):
         with self._engine_lock:
             path = str(self.app.store.resolve(model or settings.model or "default"))
             if self._service is None or self._service_path != path:
-                self._service = CompletionService(load_completion_engine(Path(path), settings.engine), settings)
+                self._service = CompletionService(load_engine(Path(path), settings.engine), settings)
                 self._service_path = path
             return self._service
 

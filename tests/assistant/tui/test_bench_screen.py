@@ -35,10 +35,10 @@ async def test_bench_runs_on_llama_cpp_where_completions_do(home, tmp_path, code
         await pilot.press("ctrl+b")
         table = app.screen.query_one(DataTable)
         await wait_for(pilot, lambda: table.row_count == 4, timeout=60, what=f"the results {notifications(app)}")
-        assert app.screen.query_one("#bench-engine").render().plain == "llama.cpp Q8_0"
+        assert app.screen.query_one("#bench-engine").render().plain == "llama.cpp q8_0"
         summary = app.screen.query_one("#bench-summary").render().plain
         # Head accuracy is scored on the llama.cpp engine's own (quantized) heads.
-        assert "on llama.cpp Q8_0" in summary and "head accuracy 1.00" in summary
+        assert "on llama.cpp q8_0" in summary and "head accuracy 1.00" in summary
         assert table.get_row_at(1)[2] != "-"  # the tokens per forward that accuracy implies
 
 

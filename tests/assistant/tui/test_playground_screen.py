@@ -104,7 +104,7 @@ async def test_completion_on_the_llama_cpp_engine_where_the_model_is_exported(ho
         screen, editor = app.screen, app.screen.query_one(TextArea)
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: screen.shown_version == screen._version, timeout=60, what="a completion")
-        assert "on llama.cpp Q8_0" in screen.query_one("#pg-stats").plain
+        assert "on llama.cpp q8_0" in screen.query_one("#pg-stats").plain
         row, col = editor.cursor_location
         expected = CompletionService(load_engine(entry.path), SETTINGS).complete_at(text, row, col, encoding=UTF32)
         assert expected.stats.new_tokens > 0 and editor.suggestion == expected.text
