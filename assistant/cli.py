@@ -1,14 +1,18 @@
 """The `mtp-assistant` command.
 
     mtp-assistant train REPO [--out DIR] [options]     train or fine-tune on a repository
+    mtp-assistant train --config RUN.json              the same, settings from a file
     mtp-assistant train --resume DIR                   continue an interrupted run
     mtp-assistant tune [REPO] [--minutes N]            learn a repository in a time box, serve it there
     mtp-assistant eval MODEL --repo PATH               per-head validation loss and accuracy
-    mtp-assistant models list|show|add|remove|default  manage the model store
+    mtp-assistant models list|show|add|remove|default  manage the model store (unbind REPO: back to the default)
     mtp-assistant models import PATH                   convert Meta's released MTP checkpoint
+    mtp-assistant models pull ORG/NAME [--file F]      download a base from the Hugging Face hub
+    mtp-assistant models add-heads BASE                a llama/qwen GGUF or HF directory becomes an MTP model
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
     mtp-assistant tui [--repo PATH]                    the terminal UI: models, training, playground
+    mtp-assistant --version
     mtp-assistant lsp [--tcp PORT] [--model M]         the language server (stdio by default)
     mtp-assistant doctor [--editor NAME]               check the editor's set-up, print its snippet
 
@@ -681,7 +685,10 @@ def _add_tui_parser(sub) -> None:
 def cmd_tui(args) -> int:
     from assistant.tui.app import MtpApp, TuiSettings
 
-    app = MtpApp(TuiSettings(repo=args.repo, start_mode=args.screen))
+    repo = args.repo
+    if repo == "." and Path.cwd().resolve() == Path(__file__).resolve().parents[1]:
+        repo = ""  # started from this project's own checkout (`make run`): ask for the repository to learn
+    app = MtpApp(TuiSettings(repo=repo, start_mode=args.screen))
     app.run()
     return app.return_code or 0
 

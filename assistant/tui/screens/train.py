@@ -40,6 +40,7 @@ from models.tokenizer import TokenizerError, load_tokenizer
 
 SCRATCH = "__scratch__"
 PREVIEW_DELAY_S = 0.5  # after the last keystroke in the repo field
+NO_REPO = "type the path of the repository to learn"
 
 
 def _duration(seconds: float | None) -> str:
@@ -121,7 +122,7 @@ class TrainScreen(TuiScreen):
             with Vertical(id="train-form"):
                 with Horizontal(classes="field"):
                     yield Label("repo", classes="field-label")
-                    yield Input(settings.repo, id="repo", compact=True)
+                    yield Input(settings.repo, id="repo", compact=True, placeholder="path of the repository to learn")
                 yield Static("", id="corpus-preview")
                 with Horizontal(classes="field"):
                     yield Label("base", classes="field-label")
@@ -177,8 +178,12 @@ class TrainScreen(TuiScreen):
         return None if value in (SCRATCH, Select.BLANK) else str(value)
 
     def action_preview(self) -> None:
+        repo = self.query_one("#repo", Input).value.strip()
+        if not repo:
+            self.query_one("#corpus-preview", Static).update(NO_REPO)
+            return
         self.query_one("#corpus-preview", Static).update("reading the repository...")
-        self._preview(self.query_one("#repo", Input).value.strip() or ".", self._base_model())
+        self._preview(repo, self._base_model())
 
     @on(Input.Submitted, "#repo")
     def _repo_submitted(self) -> None:
@@ -332,7 +337,9 @@ class TrainScreen(TuiScreen):
             except ValueError:
                 raise ValueError(f"{id}: not a number: {text!r}") from None
 
-        repo = self.query_one("#repo", Input).value.strip() or "."
+        repo = self.query_one("#repo", Input).value.strip()
+        if not repo:
+            raise ValueError(NO_REPO)
         return runs.train_config(
             runs.new_run_dir(self.app.runs_dir, repo),
             repo=repo,

@@ -191,3 +191,14 @@ async def test_the_loss_plot_legend_is_a_row_under_the_curves(home, tmp_path):
         assert len(rows) == plot.size.height
         assert all(f"h{h}" in rows[-1] for h in range(1, 5))
         assert not any("h1" in row for row in rows[:-1])  # nothing drawn over the canvas
+
+
+async def test_no_repository_typed_asks_for_one(home):
+    """Started from this project's own checkout the repo field is empty: nothing is read or started."""
+    app = make_app(home, repo="", start_mode="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        preview = app.screen.query_one("#corpus-preview")
+        await wait_for(pilot, lambda: "path of the repository" in preview.render().plain, what="the prompt")
+        await pilot.click("#start")
+        await wait_for(pilot, lambda: any("path of the repository" in m for m in notifications(app)), what="refusal")
+        assert runs.list_runs(app.runs_dir) == [] and app.is_running
