@@ -268,7 +268,7 @@ class BenchResult:
         lines = [
             "| engine | k | time (median) | tokens/forward (median) | implied by head accuracy | tokens/s (median) "
             "| decode-only tokens/s (median) | speedup vs k=1 (median) | decode step cost vs k=1 (median) "
-            f"| acceptance per draft head | time outside the model{base} |",
+            f"| acceptance per draft position | time outside the model{base} |",
             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
         ]
         for r in self.rows:

@@ -554,7 +554,7 @@ def cmd_complete(args) -> int:
     print(
         f"{s.new_tokens} tokens in {s.forward_passes} forwards ({s.tokens_per_forward:.2f} per forward), "
         f"prefill {s.prefill_s * 1e3:.1f} ms ({s.prompt_tokens} prompt tokens), decode {s.decode_s * 1e3:.1f} ms, "
-        f"acceptance per draft head {acceptance}, stopped by {result.stop_reason}; engine {engine.label}, "
+        f"acceptance per draft position {acceptance}, stopped by {result.stop_reason}; engine {engine.label}, "
         f"model {model_dir}",
         file=sys.stderr,
     )

@@ -195,7 +195,7 @@ class PlaygroundScreen(TuiScreen):
             [
                 ("tokens", f"{s.new_tokens} in {s.forward_passes} forwards: {s.tokens_per_forward:.2f} per forward"),
                 ("time", f"{s.wall_s * 1e3:.0f} ms on {message.engine} (prefill {s.prefill_s * 1e3:.0f} ms, {prompt})"),
-                ("accepted", f"per draft head {acceptance}; {lines}, stopped by {c.stop_reason}"),
+                ("accepted", f"per draft position {acceptance}; {lines}, stopped by {c.stop_reason}"),
             ]
         )
 
