@@ -41,6 +41,7 @@ import torch
 
 from models.checkpoint import ModelFileError, check_tensor, save_model, write_atomic
 from models.config import ConfigError, ModelConfig
+from models.gguf_export import open_gguf
 from models.tokenizer import (
     TOKENIZER_FILE,
     GGUFTokenizer,
@@ -156,22 +157,6 @@ def _config(path: Path, fields: dict[str, Any], ffn: int, max_seq_len: int) -> M
 
 
 # --- GGUF ---------------------------------------------------------------------------------
-
-
-def _gguf_reader(path: Path):
-    import gguf
-
-    if not path.is_file():
-        raise ModelFileError(path, "missing")
-    try:
-        reader = gguf.GGUFReader(str(path))
-        size = path.stat().st_size
-        for t in reader.tensors:
-            if t.data_offset + t.n_bytes > size:
-                raise ValueError(f"tensor {t.name} runs past the end of the file")
-    except (ValueError, KeyError, IndexError, OSError, EOFError) as e:
-        raise ModelFileError(path, f"not a readable GGUF file, corrupt or truncated ({e})") from None
-    return reader
 
 
 def _field(reader, key: str, default: Any = ...) -> Any:
@@ -291,7 +276,7 @@ def kept_base_path(arch: str, quant: str) -> str:
 
 
 def read_gguf_base(path: Path, max_seq_len: int | None = None, tokenizer_from: Path | None = None) -> Base:
-    reader = _gguf_reader(path)
+    reader = open_gguf(path)
     config, context = _gguf_config(path, reader, max_seq_len)
     tokenizer, tokenizer_dir = base_tokenizer(path, reader, tokenizer_from)
     quant = gguf_quant(path, reader)
@@ -466,7 +451,7 @@ def describe_base(path: Path | str) -> dict[str, Any]:
         return info
     if not path.is_file():
         raise ModelFileError(path, "does not exist (expected a .gguf file or a Hugging Face model directory)")
-    reader = _gguf_reader(path)
+    reader = open_gguf(path)
     config, context = _gguf_config(path, reader, None)
     return {"kind": "gguf", "architecture": str(_field(reader, "general.architecture")),
             "quant": gguf_quant(path, reader), "dim": config.dim, "blocks": config.n_layers,
@@ -628,7 +613,7 @@ def check_base_unchanged(model_dir: Path | str, main: Path) -> dict[str, Any] | 
 
 def read_base_gguf_info(path: Path) -> dict[str, Any]:
     """The shape of a base main.gguf, for checking it against config.json."""
-    reader = _gguf_reader(path)
+    reader = open_gguf(path)
     config, context = _gguf_config(path, reader, 1)
     return {"dim": config.dim, "blocks": config.n_layers, "n_heads": config.n_heads, "n_kv_heads": config.kv_heads,
             "vocab": config.vocab_size, "context_length": context}

@@ -313,21 +313,31 @@ class GGUFInfo:
     norm_eps: float
 
 
-def read_info(path: Path) -> GGUFInfo:
-    """A GGUF file's shape and mtp.* keys; ModelFileError naming the file if it is missing,
-    truncated, corrupt or not one of our exports. (llama.cpp aborts the whole process on
-    some malformed files, so they are checked here first.)"""
+def open_gguf(path: Path, missing: str = "missing", what: str = "GGUF file"):
+    """A GGUFReader over `path` whose every tensor lies inside the file (a truncated one would
+    read past its end); a ModelFileError naming the file otherwise."""
     import gguf
 
-    path = Path(path)
     if not path.is_file():
-        raise ModelFileError(path, "missing (run `mtp-assistant models export MODEL --quant Q` to write it)")
+        raise ModelFileError(path, missing)
     try:
         reader = gguf.GGUFReader(str(path))
         size = path.stat().st_size
         for t in reader.tensors:
             if t.data_offset + t.n_bytes > size:
                 raise ValueError(f"tensor {t.name} runs past the end of the file")
+    except (ValueError, KeyError, IndexError, OSError, EOFError) as e:
+        raise ModelFileError(path, f"not a readable {what}, corrupt or truncated ({e})") from None
+    return reader
+
+
+def read_info(path: Path) -> GGUFInfo:
+    """A GGUF file's shape and mtp.* keys; ModelFileError naming the file if it is missing,
+    truncated, corrupt or not one of our exports. (llama.cpp aborts the whole process on
+    some malformed files, so they are checked here first.)"""
+    path = Path(path)
+    reader = open_gguf(path, "missing (run `mtp-assistant models export MODEL --quant Q` to write it)", "GGUF export")
+    try:
 
         def field(key: str):
             if key not in reader.fields:
