@@ -32,6 +32,7 @@ from assistant.engine.base import (
     GenerationConfig,
     GenerationResult,
 )
+from assistant.errors import UserError
 from assistant.training.corpus import CorpusConfig, build_corpus
 
 
@@ -313,7 +314,7 @@ def run_bench(
     # Prompts keep their end, and leave room in the context for the continuation.
     max_prompt = min(config.max_prompt_tokens, first.max_seq_len - config.max_new_tokens - n)
     if max_prompt < 1:
-        raise ValueError(f"{config.max_new_tokens} new tokens do not fit the model's context of {first.max_seq_len}")
+        raise UserError(f"{config.max_new_tokens} new tokens do not fit the model's context of {first.max_seq_len}")
     encoded = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id] for p in prompts]
 
     def generate(eng, prompt, k):

@@ -29,6 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from assistant.errors import UserError
 from assistant.evals.sandbox import SandboxUnavailable
 from assistant.store import NAME_PATTERN, ModelStore, StoreError
 from assistant.training.config import TrainError, add_train_arguments, config_from_args, given_settings
@@ -44,10 +45,9 @@ class CliError(Exception):
     pass
 
 
-# Errors the user can fix (bad paths, settings, model files): one line, no traceback.
-# ValueError is included because settings are validated with it (GenerationConfig,
-# PromptBudget, a cursor outside the file).
-USER_ERRORS = (CliError, StoreError, ModelFileError, CorpusError, TrainError, SandboxUnavailable, ValueError)
+# Errors the user can fix (bad paths, settings, model files): one line, no traceback. Any
+# other exception is a bug and keeps its traceback.
+USER_ERRORS = (CliError, UserError, StoreError, ModelFileError, CorpusError, TrainError, SandboxUnavailable)
 
 
 def _add_train_parser(sub) -> None:

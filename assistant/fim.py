@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
+from assistant.errors import UserError
+
 
 class FimTokenizer(Protocol):
     """What this module needs from models.tokenizer (kept structural to avoid an import cycle)."""
@@ -40,7 +42,7 @@ class FimConfig:
             value = getattr(self, name)
             # `not 0 <= value <= 1` is also true for NaN, which must be refused too.
             if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"FimConfig.{name} must be in [0, 1], got {value!r}")
+                raise UserError(f"FimConfig.{name} must be in [0, 1], got {value!r}")
 
 
 def format_psm(tok: FimTokenizer, prefix: list[int], suffix: list[int]) -> list[int]:

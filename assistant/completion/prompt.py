@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from assistant.engine.base import GenerationConfig
+from assistant.errors import UserError
 from assistant.fim import format_spm
 
 
@@ -39,14 +40,14 @@ class PromptBudget:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
-            raise ValueError(f"max_tokens must be at least 8, got {self.max_tokens}")
+            raise UserError(f"max_tokens must be at least 8, got {self.max_tokens}")
         for name in ("suffix_share", "snippet_share"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.suffix_share + self.snippet_share >= 1:
-            raise ValueError("suffix_share + snippet_share must leave room for the prefix")
+            raise UserError("suffix_share + snippet_share must leave room for the prefix")
         if self.prefix_step < 1:
-            raise ValueError(f"prefix_step must be >= 1, got {self.prefix_step}")
+            raise UserError(f"prefix_step must be >= 1, got {self.prefix_step}")
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,8 @@ def split_at(text: str, line: int, column: int) -> tuple[str, str]:
     """
     lines = text.split("\n")
     if not 0 <= line < len(lines):
-        raise ValueError(f"line {line + 1} is outside the text ({len(lines)} lines)")
+        raise UserError(f"line {line + 1} is outside the text ({len(lines)} lines)")
     if column < 0:
-        raise ValueError(f"column must be >= 0, got {column}")
+        raise UserError(f"column must be >= 0, got {column}")
     offset = sum(len(l) + 1 for l in lines[:line]) + min(column, len(lines[line]))
     return text[:offset], text[offset:]

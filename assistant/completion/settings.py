@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from assistant.errors import UserError
+
 MULTILINE_MODES = ("auto", "always", "never")
 ENGINES = ("auto", "torch", "llama")  # as assistant.engine.load_engine names them
 SECTION = "mtpAssistant"
@@ -37,7 +39,7 @@ class CompletionSettings:
     def __post_init__(self) -> None:
         problems = validate(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UserError("; ".join(problems))
 
 
 def _positive_int(name: str, value: Any, maximum: int) -> str | None:

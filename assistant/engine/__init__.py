@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from assistant.errors import UserError
+
 ENGINES = ("auto", "torch", "llama")
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def load_engine(
     exactness checks).
     """
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        raise UserError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if engine == "torch":
         return _torch_engine(model_dir, device, dtype, threads)
     if engine == "llama":

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from assistant.errors import UserError
+
 
 DRAFTERS = ("heads", "lookup", "both", "auto")  # GenerationConfig.drafter
 
@@ -42,15 +44,15 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.drafter not in DRAFTERS:
-            raise ValueError(f"drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
+            raise UserError(f"drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
         if self.draft_len < 1:
-            raise ValueError(f"draft_len must be >= 1, got {self.draft_len}")
+            raise UserError(f"draft_len must be >= 1, got {self.draft_len}")
         if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.k is not None and self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+            raise UserError(f"k must be >= 1, got {self.k}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
 
 
 @dataclass
@@ -135,11 +137,11 @@ def checked_prompt(prompt: Sequence[int], max_seq_len: int, vocab_size: int) -> 
     holds an id the model has no embedding for (checked before any cache is touched)."""
     prompt = list(prompt)
     if not prompt:
-        raise ValueError("the prompt must hold at least one token")
+        raise UserError("the prompt must hold at least one token")
     if len(prompt) >= max_seq_len:
-        raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context of {max_seq_len}")
+        raise UserError(f"prompt of {len(prompt)} tokens leaves no room in the context of {max_seq_len}")
     if any(not 0 <= t < vocab_size for t in prompt):
-        raise ValueError(f"prompt holds a token id outside the vocabulary of {vocab_size}")
+        raise UserError(f"prompt holds a token id outside the vocabulary of {vocab_size}")
     return prompt
 
 

@@ -22,6 +22,7 @@ from assistant.engine.base import (
 )
 from assistant.engine.drafting import CostCurve, DraftPlanner, probe_costs
 from assistant.engine.speculative import decode, forward_heads
+from assistant.errors import UserError
 from models.transformer import KVCache, MTPTransformer, compute_dtype
 
 
@@ -65,7 +66,7 @@ class TorchEngine:
 
     def __init__(self, model: MTPTransformer, tokenizer: Any, device: str | torch.device = "cpu", dtype=torch.float32):
         if model.config.max_seq_len < MIN_CONTEXT:
-            raise ValueError(
+            raise UserError(
                 f"max_seq_len {model.config.max_seq_len} is too small to serve completions (at least {MIN_CONTEXT})"
             )
         self.device = torch.device(device)

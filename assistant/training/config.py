@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from assistant.errors import UserError
 from models.checkpoint import write_atomic
 from models.config import PRESETS
 
@@ -49,10 +50,10 @@ MODEL_OVERRIDE_FLAGS: dict[str, tuple[str, str | None]] = {
 }
 
 
-class TrainError(ValueError):
+class TrainError(UserError):
     """A run that cannot start or continue; the message is one line for the user.
 
-    A ValueError: to a form or a command line it is an invalid value like any other."""
+    A UserError (a ValueError): to a form or a command line it is an invalid value like any other."""
 
 
 def _setting(default: Any = dataclasses.MISSING, help: str | None = None, group: str = OPTIMISATION, **meta: Any):

@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 
 import pathspec
 
+from assistant.errors import UserError
+
 # Source code only. Data and configuration formats (JSON, YAML, TOML, INI,
 # lockfiles, CSV) are left out: they are mostly values rather than code, are
 # often large, and would teach the model to complete data instead of programs.
@@ -100,11 +102,11 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.max_file_bytes <= 0:
-            raise ValueError(f"max_file_bytes must be positive, got {self.max_file_bytes}")
+            raise UserError(f"max_file_bytes must be positive, got {self.max_file_bytes}")
         if self.max_line_chars <= 0 or self.max_mean_line_chars <= 0:
-            raise ValueError("max_line_chars and max_mean_line_chars must be positive")
+            raise UserError("max_line_chars and max_mean_line_chars must be positive")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
+from assistant.errors import UserError
 from assistant.fim import FimConfig, document_tokens
 
 
@@ -48,9 +49,9 @@ class WindowStream:
         workers: int = 0,
     ):
         if not texts:
-            raise ValueError("no training documents")
+            raise UserError("no training documents")
         if lanes < 1:
-            raise ValueError(f"lanes must be at least 1, got {lanes}")
+            raise UserError(f"lanes must be at least 1, got {lanes}")
         self.texts = list(texts)
         self.tokenizer = tokenizer
         self.seq_len = seq_len
@@ -178,7 +179,7 @@ def evaluation_windows(
         if len(tokens) >= max_windows * seq_len + n_future:
             break
     if len(tokens) <= n_future:
-        raise ValueError(f"validation texts give only {len(tokens)} tokens, need more than {n_future}")
+        raise UserError(f"validation texts give only {len(tokens)} tokens, need more than {n_future}")
     seq_len = min(seq_len, len(tokens) - n_future)
     window = seq_len + n_future
     count = min(max_windows, (len(tokens) - n_future) // seq_len)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from assistant.errors import UserError
 from assistant.training.corpus import CorpusConfig, build_corpus
 from assistant.training.data import evaluation_windows
 from models.checkpoint import load_model
@@ -60,7 +61,7 @@ def evaluate_on_repo(
     corpus = build_corpus(repo, CorpusConfig(val_fraction=val_fraction))
     files = {"val": corpus.val, "train": corpus.train, "all": corpus.train + corpus.val}[split]
     if not files:
-        raise ValueError(f"the {split} split of {repo} is empty (try --split all)")
+        raise UserError(f"the {split} split of {repo} is empty (try --split all)")
     seq_len = min(seq_len, loaded.config.max_seq_len)
     windows = evaluation_windows([f.text for f in files], loaded.tokenizer, seq_len, loaded.model.n_future, max_windows)
     stats = evaluate(loaded.model, windows)
