@@ -267,7 +267,7 @@ def base_tokenizer(path: Path, reader, tokenizer_from: Path | None = None):
     return None, None
 
 
-def kept_base_path(arch: str, quant: str) -> str:
+def kept_base_path(quant: str) -> str:
     """Where the model directory keeps a GGUF base, relative to it: the llama.cpp engine's
     main model, beside the head files. (Directories made before qwen heads had GGUFs keep
     a qwen base in base/<quant>/, out of that engine's way; they still load, in torch.)"""
@@ -279,10 +279,9 @@ def read_gguf_base(path: Path, max_seq_len: int | None = None, tokenizer_from: P
     config, context = _gguf_config(path, reader, max_seq_len)
     tokenizer, tokenizer_dir = base_tokenizer(path, reader, tokenizer_from)
     quant = gguf_quant(path, reader)
-    arch = str(_field(reader, "general.architecture"))
     if tokenizer is None:  # llama.cpp's own; in the model directory it reads the kept base
         try:
-            tokenizer = GGUFTokenizer(path, kept_base_path(arch, quant))
+            tokenizer = GGUFTokenizer(path, kept_base_path(quant))
         except TokenizerError as e:
             raise ModelFileError(path, str(e).removeprefix(f"{path}: ")) from None
     state = _gguf_state(path, reader, config)
@@ -534,7 +533,7 @@ def write_model_dir(base: Base, model: MTPTransformer, out_dir: Path | str, prov
         tokenizer = base.tokenizer
         quant = base.quant
         if base.kind == "gguf":
-            main = tmp / kept_base_path(base.metadata["architecture"], quant)
+            main = tmp / kept_base_path(quant)
             how = _place(base.path, main)
             stat = main.stat()
             marker = {"base": str(base.path.resolve()), "sha256": fingerprint, "size": stat.st_size,
