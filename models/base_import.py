@@ -1,10 +1,11 @@
-"""Plain Llama-architecture bases, read as MTP models with new heads.
+"""Plain llama, qwen2 and qwen3 bases, read as MTP models with new heads.
 
-A base is a GGUF file of architecture llama (any quantization: the `gguf` package
-dequantizes every type) or a Hugging Face directory of a LlamaForCausalLM (config.json,
+A base is a GGUF file of one of those architectures (any quantization: the `gguf` package
+dequantizes every type) or a Hugging Face directory of their *ForCausalLM (config.json,
 *.safetensors, tokenizer.json). Either becomes an MTPTransformer whose `layers`, norm and
 output are the base's own and whose `extra_heads` are new blocks, each a copy of the
-base's last block: they read z (the input of that block) exactly where head 1 does, and
+base's last block: they read z (the input of that block) exactly where head 1 does, or
+for qwen2 (gguf_export.FINAL_HIDDEN_ARCHS) the base's final normed hidden state, and
 are unembedded with the base's norm and output matrix.
 
 The model directory written for it (write_model_dir):
@@ -13,7 +14,8 @@ The model directory written for it (write_model_dir):
     model.safetensors       the base's weights (dequantized) + the heads
     tokenizer               the base's own (see base_tokenizer)
     gguf/<quant>/main.gguf  the base GGUF itself, hard-linked or copied, never re-quantized
-    gguf/<quant>/head-i.gguf  the heads, at the base's quantization (or f16)
+    gguf/<quant>/head-i.gguf  the heads, at the base's quantization (or f16), each a one-block
+                            model of the base's architecture (models.gguf_export)
     gguf/<quant>/base.json  the base file's sha256, size and mtime
 
 A base GGUF that changed after its heads were trained (the engine would pair them with
@@ -41,7 +43,7 @@ import torch
 
 from models.checkpoint import ModelFileError, check_tensor, save_model, write_atomic
 from models.config import ConfigError, ModelConfig
-from models.gguf_export import open_gguf
+from models.gguf_export import FINAL_HIDDEN_ARCHS, open_gguf
 from models.tokenizer import (
     TOKENIZER_FILE,
     GGUFTokenizer,
@@ -58,9 +60,6 @@ _ARCH_FLAGS = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": Tr
 # llama.cpp rotates these as halves (NEOX RoPE; their GGUFs keep Hugging Face's q/k row
 # order), llama as adjacent pairs, like our blocks: their q/k rows are permuted on reading.
 _HALVES_ROPE = ("qwen2", "qwen3")
-# Architectures whose llama.cpp graph does not fill the block-input capture the llama
-# engine reads z from: new heads read the final hidden state there (heads_read_final).
-FINAL_HIDDEN_ARCHS = ("qwen2",)
 BASE_MARKER = "base.json"
 # Context length when the base declares none, and the most a new model gets by default
 # (every engine allocates its KV cache for all of max_seq_len).
@@ -268,11 +267,11 @@ def base_tokenizer(path: Path, reader, tokenizer_from: Path | None = None):
     return None, None
 
 
-def kept_base_path(arch: str, quant: str) -> str:
+def kept_base_path(quant: str) -> str:
     """Where the model directory keeps a GGUF base, relative to it: the llama.cpp engine's
-    main model for llama; for the others (whose heads the llama engine cannot run yet) a
-    folder of its own, so that the torch engine serves the model."""
-    return f"gguf/{quant}/main.gguf" if arch == "llama" else f"base/{quant}/main.gguf"
+    main model, beside the head files. (Directories made before qwen heads had GGUFs keep
+    a qwen base in base/<quant>/, out of that engine's way; they still load, in torch.)"""
+    return f"gguf/{quant}/main.gguf"
 
 
 def read_gguf_base(path: Path, max_seq_len: int | None = None, tokenizer_from: Path | None = None) -> Base:
@@ -280,10 +279,9 @@ def read_gguf_base(path: Path, max_seq_len: int | None = None, tokenizer_from: P
     config, context = _gguf_config(path, reader, max_seq_len)
     tokenizer, tokenizer_dir = base_tokenizer(path, reader, tokenizer_from)
     quant = gguf_quant(path, reader)
-    arch = str(_field(reader, "general.architecture"))
     if tokenizer is None:  # llama.cpp's own; in the model directory it reads the kept base
         try:
-            tokenizer = GGUFTokenizer(path, kept_base_path(arch, quant))
+            tokenizer = GGUFTokenizer(path, kept_base_path(quant))
         except TokenizerError as e:
             raise ModelFileError(path, str(e).removeprefix(f"{path}: ")) from None
     state = _gguf_state(path, reader, config)
@@ -535,7 +533,7 @@ def write_model_dir(base: Base, model: MTPTransformer, out_dir: Path | str, prov
         tokenizer = base.tokenizer
         quant = base.quant
         if base.kind == "gguf":
-            main = tmp / kept_base_path(base.metadata["architecture"], quant)
+            main = tmp / kept_base_path(quant)
             how = _place(base.path, main)
             stat = main.stat()
             marker = {"base": str(base.path.resolve()), "sha256": fingerprint, "size": stat.st_size,
@@ -543,7 +541,7 @@ def write_model_dir(base: Base, model: MTPTransformer, out_dir: Path | str, prov
             write_atomic(main.parent / BASE_MARKER, (json.dumps(marker, indent=2) + "\n").encode())
         dtype = torch.bfloat16 if model.num_parameters() > 1_000_000_000 else torch.float32
         save_model(tmp, model, tokenizer, {**provenance, "base": base_provenance(base, fingerprint)}, dtype=dtype)
-        if base.kind == "gguf" and base.metadata["architecture"] == "llama":
+        if base.kind == "gguf":
             write_head_ggufs(tmp, model, tokenizer, quant, fingerprint)
         os.replace(tmp, out_dir)
     except BaseException:
@@ -562,7 +560,7 @@ def heads_quant(quant: str) -> str:
 def write_head_ggufs(model_dir: Path, model: MTPTransformer, tokenizer, quant: str, fingerprint: str) -> list[Path]:
     """head-2.gguf .. head-n.gguf beside the base's main.gguf, with gguf_export's head writer;
     their mtp.weights_sha256 is the base's sha256, which ties them to it."""
-    from models.gguf_export import _block_tensors, _write_gguf, head_file, quantize_file, quiet_llama_logs
+    from models.gguf_export import _write_gguf, head_file, head_tensors, quantize_file, quiet_llama_logs
 
     folder = Path(model_dir) / "gguf" / quant
     config = model.config
@@ -570,9 +568,7 @@ def write_head_ggufs(model_dir: Path, model: MTPTransformer, tokenizer, quant: s
     files = []
     with tempfile.TemporaryDirectory(dir=folder) as work:
         for h in range(2, config.n_future_tokens + 1):
-            tensors = {"token_embd.weight": state["output.weight"]}
-            tensors.update(_block_tensors(f"extra_heads.{h - 2}", state, 0))
-            tensors["output_norm.weight"] = state["norm.weight"]
+            tensors = head_tensors(state, config, h)
             f32 = Path(work) / head_file(h)
             _write_gguf(f32, config, tokenizer, tensors, 1, h, fingerprint, f"{model_dir.name} head {h}")
             target = folder / head_file(h)
@@ -615,18 +611,19 @@ def read_base_gguf_info(path: Path) -> dict[str, Any]:
     """The shape of a base main.gguf, for checking it against config.json."""
     reader = open_gguf(path)
     config, context = _gguf_config(path, reader, 1)
-    return {"dim": config.dim, "blocks": config.n_layers, "n_heads": config.n_heads, "n_kv_heads": config.kv_heads,
-            "vocab": config.vocab_size, "context_length": context}
+    return {"arch": str(_field(reader, "general.architecture")), "dim": config.dim, "blocks": config.n_layers,
+            "n_heads": config.n_heads, "n_kv_heads": config.kv_heads, "vocab": config.vocab_size,
+            "context_length": context}
 
 
 def check_base_export(model_dir: Path | str, files: list[Path], config: ModelConfig) -> list[Path]:
     """check_export for an export whose main.gguf is a base: the base unchanged and of the
     shape config.json says, each head file of this model and trained for this base."""
-    from models.gguf_export import read_info
+    from models.gguf_export import gguf_arch, read_info
 
     marker = check_base_unchanged(model_dir, files[0])
     main = read_base_gguf_info(files[0])
-    expected = {"dim": config.dim, "blocks": config.n_trunk_layers + 1, "n_heads": config.n_heads,
+    expected = {"arch": gguf_arch(config), "dim": config.dim, "blocks": config.n_trunk_layers + 1, "n_heads": config.n_heads,
                 "n_kv_heads": config.kv_heads, "vocab": config.vocab_size}
     for key, value in expected.items():
         if main[key] != value:
@@ -636,7 +633,7 @@ def check_base_export(model_dir: Path | str, files: list[Path], config: ModelCon
                                        f"{config.max_seq_len}")
     for h, path in enumerate(files[1:], start=2):
         info = read_info(path)
-        checks = {"head": h, "dim": config.dim, "blocks": 1, "n_future": config.n_future_tokens,
+        checks = {"arch": main["arch"], "head": h, "dim": config.dim, "blocks": 1, "n_future": config.n_future_tokens,
                   "fingerprint": marker["sha256"], "n_heads": config.n_heads, "n_kv_heads": config.kv_heads}
         for key, value in checks.items():
             if getattr(info, key) != value:

@@ -2,10 +2,14 @@
 
 Layout, inside the model directory:
 
-    gguf/<quant>/main.gguf      layers + norm + output: a plain llama-arch model
-    gguf/<quant>/head-2.gguf    head 2: one llama block, fed z as input embeddings,
-    ...                         with the shared final norm and output (tied as token_embd)
-    gguf/<quant>/head-n.gguf
+    gguf/<quant>/main.gguf      layers + norm + output: a plain model of the architecture
+    gguf/<quant>/head-2.gguf    head 2: one block of the same architecture, fed what the
+    ...                         heads read (z) as input embeddings, with the shared final
+    gguf/<quant>/head-n.gguf    norm and output (tied as token_embd)
+
+The architecture (gguf_arch) follows the config: llama; qwen2 where the blocks have q/k/v
+biases; qwen3 where they have per-head q/k norms. A head file declares the same one, so
+llama.cpp builds for it exactly the block it builds for the main model.
 
 quant is one of f32, f16, q8_0, q4_k_m. The f32 files are written directly from the
 safetensors weights; the others come from them through llama.cpp's own quantizer
@@ -15,7 +19,8 @@ tensor to a block format that fits where a row is not a multiple of 256 (k-quant
 RoPE: our blocks rotate adjacent pairs (x[2i], x[2i+1]), Meta's convention, which is what
 llama.cpp's LLAMA architecture does (GGML_ROPE_TYPE_NORM), so wq and wk are written as
 they are. (convert_hf_to_gguf.py permutes them only because Hugging Face checkpoints
-rotate halves.)
+rotate halves.) llama.cpp's qwen2 and qwen3 rotate halves (GGML_ROPE_TYPE_NEOX), so for
+those the q/k rows (weights, biases, per-head norms) are written in rotate-halves order.
 
 Tokenizer: the engine tokenizes in Python and feeds ids, so the GGUF vocabulary only has
 to be one llama.cpp accepts, with the model's vocab size. A SentencePiece model (Meta's)
@@ -132,20 +137,75 @@ def _vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], list[i
     return texts, [0.0] * len(texts), types
 
 
-def _block_tensors(prefix: str, state: dict[str, torch.Tensor], block: int) -> dict[str, torch.Tensor]:
-    """Our block `prefix` (e.g. "layers.3") as llama.cpp's blk.<block>.* tensors."""
-    names = {
-        "attention_norm.weight": "attn_norm.weight",
-        "attention.wq.weight": "attn_q.weight",
-        "attention.wk.weight": "attn_k.weight",
-        "attention.wv.weight": "attn_v.weight",
-        "attention.wo.weight": "attn_output.weight",
-        "ffn_norm.weight": "ffn_norm.weight",
-        "feed_forward.w1.weight": "ffn_gate.weight",
-        "feed_forward.w2.weight": "ffn_down.weight",
-        "feed_forward.w3.weight": "ffn_up.weight",
-    }
-    return {f"blk.{block}.{ours_to}": state[f"{prefix}.{ours}"] for ours, ours_to in names.items()}
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# Architectures whose llama.cpp graph does not fill the block-input capture
+# (llama_set_embeddings_layer_inp aborts the process on them): the heads of such a model
+# read the final normed hidden state instead (ModelConfig.heads_read_final), which
+# llama.cpp gives as its embeddings (t_embd, "result_norm") with pooling none.
+FINAL_HIDDEN_ARCHS = ("qwen2",)
+# llama.cpp rotates these as halves (NEOX RoPE): their q/k rows are written in that order.
+HALVES_ROPE_ARCHS = ("qwen2", "qwen3")
+
+
+def gguf_arch(config: ModelConfig) -> str:
+    """The llama.cpp architecture whose block is ours for this config."""
+    if config.qkv_bias and config.qk_norm:
+        raise ValueError("no llama.cpp architecture has both q/k/v biases and q/k norms")
+    return "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
+
+
+_BLOCK_NAMES = {
+    "attention_norm.weight": "attn_norm.weight",
+    "attention.wq.weight": "attn_q.weight",
+    "attention.wk.weight": "attn_k.weight",
+    "attention.wv.weight": "attn_v.weight",
+    "attention.wo.weight": "attn_output.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "feed_forward.w1.weight": "ffn_gate.weight",
+    "feed_forward.w2.weight": "ffn_down.weight",
+    "feed_forward.w3.weight": "ffn_up.weight",
+    "attention.wq.bias": "attn_q.bias",
+    "attention.wk.bias": "attn_k.bias",
+    "attention.wv.bias": "attn_v.bias",
+    "attention.q_norm.weight": "attn_q_norm.weight",
+    "attention.k_norm.weight": "attn_k_norm.weight",
+}
+
+
+def to_rotate_halves(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows (per head) from adjacent-pair order to rotate-halves order: weights (rows, cols),
+    biases (rows,) and per-head norms (head_dim,) with n_heads 1."""
+    rows = tensor.shape[0]
+    flat = tensor.reshape(rows, -1)
+    return flat.view(n_heads, rows // n_heads // 2, 2, -1).transpose(1, 2).reshape(tensor.shape)
+
+
+def _block_tensors(prefix: str, state: dict[str, torch.Tensor], block: int,
+                   config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our block `prefix` (e.g. "layers.3") as llama.cpp's blk.<block>.* tensors of
+    gguf_arch(config), q/k rows in that architecture's RoPE order."""
+    halves = gguf_arch(config) in HALVES_ROPE_ARCHS
+    heads = {"wq": config.n_heads, "wk": config.kv_heads, "q_norm": 1, "k_norm": 1}
+    tensors = {}
+    for ours, theirs in _BLOCK_NAMES.items():
+        name = f"{prefix}.{ours}"
+        if name not in state:
+            continue  # a bias or norm this architecture has not
+        tensor, key = state[name], ours.split(".")[-2]
+        if halves and key in heads:
+            tensor = to_rotate_halves(tensor, heads[key])
+        tensors[f"blk.{block}.{theirs}"] = tensor
+    return tensors
+
+
+def head_tensors(state: dict[str, torch.Tensor], config: ModelConfig, head: int) -> dict[str, torch.Tensor]:
+    """Head `head` (2..n) as a one-block model's tensors."""
+    # z goes in as input embeddings, so token_embd is never looked up: it stands in as the
+    # tied output matrix (llama, qwen2 and qwen3 use token_embd where output.weight is absent).
+    tensors = {"token_embd.weight": state["output.weight"]}
+    tensors.update(_block_tensors(f"extra_heads.{head - 2}", state, 0, config))
+    tensors["output_norm.weight"] = state["norm.weight"]
+    return tensors
 
 
 def _write_gguf(
@@ -160,7 +220,7 @@ def _write_gguf(
 ) -> None:
     import gguf
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), gguf_arch(config))
     writer.add_name(name)
     writer.add_context_length(config.max_seq_len)
     writer.add_embedding_length(config.dim)
@@ -171,6 +231,9 @@ def _write_gguf(
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_rope_dimension_count(config.head_dim)
+    if config.head_dim != config.dim // config.n_heads:  # Qwen3's: llama.cpp's default is dim / n_heads
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(0)  # all f32
     texts, scores, types = _vocab(tokenizer, config.vocab_size)
@@ -206,17 +269,13 @@ def write_f32(model_dir: Path | str, out_dir: Path) -> list[Path]:
     n_main = config.n_trunk_layers + 1
     main = {"token_embd.weight": state["tok_embeddings.weight"]}
     for i in range(n_main):
-        main.update(_block_tensors(f"layers.{i}", state, i))
+        main.update(_block_tensors(f"layers.{i}", state, i, config))
     main["output_norm.weight"] = state["norm.weight"]
     main["output.weight"] = state["output.weight"]
     files = [out_dir / MAIN_FILE]
     _write_gguf(files[0], config, tokenizer, main, n_main, 1, fingerprint, f"{model_dir.name} main")
     for h in range(2, config.n_future_tokens + 1):
-        # z goes in as input embeddings, so token_embd is never looked up: it stands in as
-        # the tied output matrix (llama.cpp uses token_embd when output.weight is absent).
-        tensors = {"token_embd.weight": state["output.weight"]}
-        tensors.update(_block_tensors(f"extra_heads.{h - 2}", state, 0))
-        tensors["output_norm.weight"] = state["norm.weight"]
+        tensors = head_tensors(state, config, h)
         files.append(out_dir / head_file(h))
         _write_gguf(files[-1], config, tokenizer, tensors, 1, h, fingerprint, f"{model_dir.name} head {h}")
     return files
@@ -300,6 +359,7 @@ def quiet_llama_logs() -> None:
 @dataclass(frozen=True)
 class GGUFInfo:
     path: Path
+    arch: str  # general.architecture: one of ARCHITECTURES
     dim: int
     vocab: int
     blocks: int
@@ -344,22 +404,24 @@ def read_info(path: Path) -> GGUFInfo:
                 raise ValueError(f"no {key!r} key")
             return reader.fields[key].contents()
 
-        if field("general.architecture") != "llama":
-            raise ValueError(f"architecture {field('general.architecture')!r}, expected 'llama'")
+        arch = str(field("general.architecture"))
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"architecture {arch!r}, expected one of {', '.join(ARCHITECTURES)}")
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else -1
         info = GGUFInfo(
             path=path,
-            dim=int(field("llama.embedding_length")),
+            arch=arch,
+            dim=int(field(f"{arch}.embedding_length")),
             vocab=vocab,
-            blocks=int(field("llama.block_count")),
+            blocks=int(field(f"{arch}.block_count")),
             head=int(field("mtp.head")),
             n_future=int(field("mtp.n_future")),
             fingerprint=str(field("mtp.weights_sha256")),
-            context_length=int(field("llama.context_length")),
-            n_heads=int(field("llama.attention.head_count")),
-            n_kv_heads=int(field("llama.attention.head_count_kv")),
-            rope_theta=float(field("llama.rope.freq_base")),
-            norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+            context_length=int(field(f"{arch}.context_length")),
+            n_heads=int(field(f"{arch}.attention.head_count")),
+            n_kv_heads=int(field(f"{arch}.attention.head_count_kv")),
+            rope_theta=float(field(f"{arch}.rope.freq_base")),
+            norm_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
         )
         _check_finite(reader)
         return info
@@ -386,7 +448,8 @@ def check_export(model_dir: Path | str, quant: str, config: ModelConfig) -> list
 
         return check_base_export(model_dir, files, config)
     main = read_info(files[0])
-    expected = {"dim": config.dim, "vocab": config.vocab_size, "blocks": config.n_trunk_layers + 1, "head": 1,
+    expected = {"arch": gguf_arch(config), "dim": config.dim, "vocab": config.vocab_size,
+                "blocks": config.n_trunk_layers + 1, "head": 1,
                 "n_future": config.n_future_tokens, "n_heads": config.n_heads, "n_kv_heads": config.kv_heads,
                 "rope_theta": _f32(config.rope_theta), "norm_eps": _f32(config.norm_eps)}
     for key, value in expected.items():
@@ -400,7 +463,8 @@ def check_export(model_dir: Path | str, quant: str, config: ModelConfig) -> list
         )
     for h, path in enumerate(files[1:], start=2):
         info = read_info(path)
-        expected = {"dim": main.dim, "vocab": main.vocab, "blocks": 1, "head": h, "n_future": main.n_future,
+        expected = {"arch": main.arch, "dim": main.dim, "vocab": main.vocab, "blocks": 1, "head": h,
+                    "n_future": main.n_future,
                     "fingerprint": main.fingerprint, "context_length": main.context_length, "n_heads": main.n_heads,
                     "n_kv_heads": main.n_kv_heads, "rope_theta": main.rope_theta, "norm_eps": main.norm_eps}
         for key, value in expected.items():

@@ -60,6 +60,23 @@ class GreedyAgreement:
                 f"{_margin(row):.4f} > {self.tolerance} ({what})"
             )
 
+    def check_predictions(self, tokens: Sequence[int], predictions: Sequence[int], what: object = None) -> None:
+        """predictions[p], another engine's argmax at position p of `tokens` teacher-forced (a
+        head's prediction), is the reference's argmax at p, or p is a near-tie."""
+        logits = self.reference(list(tokens))
+        assert len(predictions) == len(logits), f"{len(predictions)} predictions for {len(logits)} positions ({what})"
+        for p, token in enumerate(predictions):
+            row = logits[p]
+            if _margin(row) <= self.tolerance:
+                self.skipped += 1
+                continue
+            self.checked += 1
+            best = int(row.argmax())
+            assert best == token, (
+                f"position {p} predicts {token}, the reference's argmax is {best} by a margin of "
+                f"{_margin(row):.4f} > {self.tolerance} ({what})"
+            )
+
     def check_same_until_a_near_tie(self, prompt: Sequence[int], a: Sequence[int], b: Sequence[int],
                                     what: object = None) -> None:
         """Two engines' greedy sequences (no stop strings) agree, or part at a token that is a

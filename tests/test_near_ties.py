@@ -41,3 +41,14 @@ def test_sequences_may_part_only_at_a_near_tie():
         agreement.check_same_until_a_near_tie([1, 2], [3, 4], [3, 4, 0])  # stopped where 0 was clear
     with pytest.raises(AssertionError, match="nothing was compared"):
         agreement.assert_few_skipped()
+
+
+def test_teacher_forced_predictions_must_be_the_argmax_or_a_near_tie():
+    agreement = GreedyAgreement(reference, tolerance=0.05)
+    agreement.check_predictions([1, 2, 3], [2, 3, 4])
+    agreement.check_predictions([1, 2, 3], [2, 3, 0])  # after 3: either side of the tie
+    assert (agreement.checked, agreement.skipped) == (4, 2)
+    with pytest.raises(AssertionError, match="position 1 predicts 4, the reference's argmax is 3"):
+        agreement.check_predictions([1, 2], [2, 4])
+    with pytest.raises(AssertionError, match="1 predictions for 2 positions"):
+        agreement.check_predictions([1, 2], [2])

@@ -1,11 +1,14 @@
 """The llama.cpp decoding backend: quantized GGUF weights on CPU or GPU.
 
 Files (models/gguf_export.py): gguf/<quant>/main.gguf is the main path (trunk + head 1 +
-norm + output) as a plain llama model; gguf/<quant>/head-<i>.gguf is head i as a
-one-block llama model with the shared norm and output.
+norm + output) as a plain llama, qwen2 or qwen3 model; gguf/<quant>/head-<i>.gguf is head
+i as a one-block model of the same architecture with the shared norm and output.
 
-    main context   tokens -> logits of head 1 at every fed position, and z (the input
-                   of the last block, captured with llama_set_embeddings_layer_inp)
+    main context   tokens -> logits of head 1 at every fed position, and z, what the heads
+                   read: the input of the last block (llama_set_embeddings_layer_inp), or
+                   with heads_read_final the final normed hidden state (llama.cpp's
+                   embeddings with pooling none, t_embd; qwen2's graph fills no block
+                   input), which llama.cpp keeps only for rows whose logits it computes
     head contexts  z rows as input embeddings (batch.embd) -> logits of head i
 
 Each context has its own KV cache; rejected drafts are rolled back with
@@ -48,7 +51,7 @@ from assistant.engine.base import (
 from assistant.engine.drafting import CostCurve, DraftPlanner, cached_probe, probe_costs, probe_key
 from assistant.engine.speculative import decode, forward_heads
 from models.checkpoint import ModelFileError, check_context_memory, check_weights_header, read_config
-from models.gguf_export import available_quants, check_export, quiet_llama_logs
+from models.gguf_export import FINAL_HIDDEN_ARCHS, available_quants, check_export, gguf_arch, quiet_llama_logs
 from models.tokenizer import TokenizerError, load_tokenizer
 
 # Which export "auto" picks when several exist: q8_0 is within rounding of f16 in
@@ -57,6 +60,7 @@ PREFERRED_QUANTS = ("q8_0", "q4_k_m", "f16", "f32")
 
 _GGML_TYPE_F32, _GGML_TYPE_F16 = 0, 1
 _FLASH_ATTN_DISABLED, _FLASH_ATTN_AUTO = 0, -1
+_POOLING_NONE = 0  # llama_pooling_type: embeddings per token, not pooled
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class _Context:
         if exact:
             params.type_k = params.type_v = _GGML_TYPE_F32
             params.flash_attn_type = _FLASH_ATTN_DISABLED
+        params.pooling_type = _POOLING_NONE  # embeddings, where turned on, are every row's hidden state
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -179,6 +184,16 @@ class _Context:
             raise RuntimeError(f"{self.path.name}: llama.cpp kept no input of block {layer}")
         return np.ctypeslib.as_array(pointer, shape=(n_tokens * self.dim,)).reshape(n_tokens, self.dim)
 
+    def final_hidden(self, n_rows: int) -> np.ndarray:
+        """The final normed hidden state of the last decode's first n_rows output rows (those
+        whose logits were asked for), with embeddings on: (n_rows, D)."""
+        import llama_cpp
+
+        pointer = llama_cpp.llama_get_embeddings(self.ctx)
+        if not pointer:
+            raise RuntimeError(f"{self.path.name}: llama.cpp kept no embeddings")
+        return np.ctypeslib.as_array(pointer, shape=(n_rows * self.dim,)).reshape(n_rows, self.dim)
+
     def close(self) -> None:
         import llama_cpp
 
@@ -209,8 +224,11 @@ class _LlamaStepOutput:
 class _LlamaStepModel:
     """The StepModel of speculative.decode over the main and head contexts."""
 
-    def __init__(self, main: _Context, heads: list[_Context], trunk_layers: int, max_len: int, pad_single_rows: bool):
+    def __init__(self, main: _Context, heads: list[_Context], trunk_layers: int, max_len: int, pad_single_rows: bool,
+                 reads_final: bool = False):
         self.main, self.heads, self.trunk_layers = main, heads, trunk_layers
+        # z is the final normed hidden state (llama.cpp's embeddings), not the last block's input
+        self.reads_final = reads_final
         # llama.cpp's CPU kernels round a 1-row batch differently from a batch of 2 or more
         # rows (those all agree with each other and with a prefill, bit for bit). Quantized
         # activations turn that into logit differences (up to 0.05 at q8_0) that flip near-ties
@@ -221,7 +239,18 @@ class _LlamaStepModel:
         self.z = np.zeros((max_len, main.dim), dtype=np.float32)  # z of cached positions
         self.z_len = 0  # z[:z_len] is that of the cached positions 0..z_len-1
         self.head_fed = [0] * len(heads)  # positions whose z each head's cache holds
-        self.capturing = True  # whether the main context keeps z (set on at load)
+        self.capturing = False  # whether the main context keeps z
+        self._set_capture(True)
+
+    def _set_capture(self, capture: bool) -> None:
+        if capture != self.capturing:
+            if self.reads_final:
+                import llama_cpp
+
+                llama_cpp.llama_set_embeddings(self.main.ctx, capture)
+            else:
+                llama_ext.set_embeddings_layer_inp(self.main.ctx, self.trunk_layers, capture)
+            self.capturing = capture
 
     def forward(self, tokens: Sequence[int], start_pos: int, k: int, all_rows: bool = True) -> _LlamaStepOutput:
         # z is kept where heads will draft from it (k > 1) and for prefills, so that a later
@@ -240,14 +269,15 @@ class _LlamaStepModel:
         padded = self.pad_single_rows and T == 1
         if padded:
             rows = np.append(rows, rows[0])
-        if capture != self.capturing:
-            llama_ext.set_embeddings_layer_inp(self.main.ctx, self.trunk_layers, capture)
-            self.capturing = capture
+        self._set_capture(capture)
         self.z_len = min(self.z_len, start_pos)  # from start_pos on, the cache is rewritten
-        # A padded batch's last row is the throwaway one: ask for every row's logits then.
-        logits = self.main.decode(start_pos, rows, all_logits=all_rows or T <= k or padded)[:T]  # (T or 1, V)
+        # A padded batch's last row is the throwaway one: ask for every row's logits then. The
+        # final hidden state is kept only for rows with logits: every row's, when it is z.
+        every_row = all_rows or T <= k or padded or (capture and self.reads_final)
+        logits = self.main.decode(start_pos, rows, all_logits=every_row)[:T]  # (T or 1, V)
         if capture:
-            self.z[start_pos : start_pos + T] = self.main.layer_input(self.trunk_layers, T)
+            z = self.main.final_hidden(T) if self.reads_final else self.main.layer_input(self.trunk_layers, T)
+            self.z[start_pos : start_pos + T] = z
             if self.z_len == start_pos:
                 self.z_len = start_pos + T
         if self.heads:
@@ -268,6 +298,22 @@ class _LlamaStepModel:
     def reset(self) -> None:
         self.head_fed = [0] * len(self.heads)
         self.z_len = 0
+
+
+def _reads_final(main: Path, config) -> bool:
+    """Whether z is the final hidden state rather than the last block's input. llama.cpp's
+    graph of a FINAL_HIDDEN_ARCHS architecture fills no block input (asking for one aborts
+    the process), so heads that read one cannot run on it: ModelFileError, and the auto
+    engine serves the model with torch."""
+    arch = gguf_arch(config)  # check_export made sure main.gguf declares it
+    if arch not in FINAL_HIDDEN_ARCHS:
+        return config.heads_read_final
+    if config.n_future_tokens > 1 and not config.heads_read_final:
+        raise ModelFileError(
+            main, f"llama.cpp's {arch} graph keeps no block input, which these heads read "
+                  f"(heads_read_final is off): only the torch engine runs them"
+        )
+    return True
 
 
 class LlamaEngine:
@@ -309,17 +355,18 @@ class LlamaEngine:
         self.max_seq_len = config.max_seq_len
         self.warnings: list[str] = []  # see base.Engine
         self.label = f"llama.cpp {quant}"
+        reads_final = _reads_final(files[0], config)
         contexts: list[_Context] = []
         try:
             contexts.append(_Context(files[0], settings, main_ctx, exact))
-            llama_ext.set_embeddings_layer_inp(contexts[0].ctx, config.n_trunk_layers, True)
             for path in files[1:]:
                 contexts.append(_Context(path, settings, config.max_seq_len, exact, embd_dim=config.dim))
+            self._step = _LlamaStepModel(contexts[0], contexts[1:], config.n_trunk_layers, config.max_seq_len, exact,
+                                         reads_final)
         except BaseException:
             for c in contexts:
                 c.close()
             raise
-        self._step = _LlamaStepModel(contexts[0], contexts[1:], config.n_trunk_layers, config.max_seq_len, exact)
         self._cached: list[int] = []  # tokens whose KV (and z) is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared caches
         # The "auto" drafter's: acceptance learned across calls, a probed cost curve per k.
@@ -417,7 +464,8 @@ class LlamaEngine:
             return predictions
 
     def capture_z(self, tokens: Sequence[int]) -> np.ndarray:
-        """z (the trunk output) of a fresh prefill of `tokens`: (T, D). For checks against torch."""
+        """z (the trunk output, or with heads_read_final the final normed hidden state) of a
+        fresh prefill of `tokens`: (T, D). For checks against torch."""
         with self._lock:
             self._cached = []
             self._step.run(list(tokens), 0, 1, capture=True, all_rows=False)

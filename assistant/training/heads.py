@@ -69,7 +69,7 @@ class HeadsConfig:
     seed: int = 0
     device: str = "auto"
     # New heads read the base's final hidden state (None: as the base's architecture needs
-    # for the llama.cpp engine, base_import.FINAL_HIDDEN_ARCHS).
+    # for the llama.cpp engine, gguf_export.FINAL_HIDDEN_ARCHS).
     heads_read_final: bool | None = None
 
     def __post_init__(self) -> None:

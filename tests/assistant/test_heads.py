@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from assistant.cli import main
+from assistant.engine import load_engine
 from assistant.engine.base import GenerationConfig
 from assistant.engine.torch_engine import TorchEngine
 from assistant.training.heads import CHECKPOINT_FILE, HeadsConfig, HeadsError, add_heads, head_targets, train_heads
@@ -123,7 +124,11 @@ def test_heads_that_read_the_final_hidden_state_train_and_decode_exactly(setup, 
     loaded = load_model(out)
     assert loaded.config.heads_read_final
     engine = TorchEngine(loaded.model, loaded.tokenizer)
+    # The llama.cpp engine serves it too: qwen2 heads, fed llama.cpp's final hidden state.
+    llama = load_engine(out, engine="llama", threads=1, exact=True)
     for start in (0, 500):
         prompt = loaded.tokenizer.encode(CODE[start : start + 50])
         plain = engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=1))
         assert engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=3)).tokens == plain.tokens
+        llama_plain = llama.generate(prompt, GenerationConfig(max_new_tokens=32, k=1)).tokens
+        assert llama.generate(prompt, GenerationConfig(max_new_tokens=32, k=3)).tokens == llama_plain

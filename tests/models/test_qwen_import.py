@@ -232,10 +232,11 @@ def test_qwen_heads_read_the_final_hidden_state_where_llama_cpp_captures_no_bloc
         cache = mtp.new_cache(max_len=128)
         cached = mtp.forward_cached(tokens, 0, cache, heads=(0, 1, 2))
         torch.testing.assert_close(cached, logits, atol=1e-4, rtol=1e-4)
-    # The model directory keeps the base GGUF unchanged, out of the llama.cpp engine's way.
+    # The model directory keeps the base GGUF unchanged as the llama.cpp engine's main model,
+    # beside the heads (tests/assistant/engine/test_llama_qwen_heads.py runs them).
     out = write_model_dir(base, mtp, tmp_path / "mtp", {})
-    assert (out / "base" / "f32" / "main.gguf").read_bytes() == path.read_bytes()
-    assert not (out / "gguf").exists()
+    assert (out / "gguf" / "f32" / "main.gguf").read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in (out / "gguf" / "f32").glob("head-*.gguf")) == ["head-2.gguf", "head-3.gguf"]
     loaded = load_model(out)
     assert loaded.config.heads_read_final == mtp.config.heads_read_final
     assert loaded.tokenizer.encode("def f") == base.tokenizer.encode("def f")  # llama.cpp on the kept base
