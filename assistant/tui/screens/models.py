@@ -371,7 +371,7 @@ class ModelsScreen(TuiScreen):
         except ValueError as e:
             self.notify(str(e), title="add-heads", severity="error", timeout=10)
             return
-        if self._start(f"add-heads {name}: reading the base and the corpus", total=1.0):
+        if self._start("add-heads: reading the base and the corpus", total=1.0):
             self._add_heads(config, name, self._cancel)
 
     def _heads_request(self, answer: dict[str, str]):
@@ -409,12 +409,12 @@ class ModelsScreen(TuiScreen):
             nonlocal last_post
             seconds = float(record["seconds"])
             if seconds >= budget:
-                self.post_message(self.OperationProgress(f"add-heads {name}: evaluating, writing the model", 1.0))
+                self.post_message(self.OperationProgress("add-heads: evaluating, writing the model", 1.0))
             elif time.monotonic() - last_post >= 0.25:  # a tiny base makes many steps a second
                 last_post = time.monotonic()
                 left = budget - seconds
                 self.post_message(self.OperationProgress(
-                    f"add-heads {name}: step {step}, {int(left // 60)}:{int(left % 60):02d} left", seconds / budget))
+                    f"add-heads: step {step}, {int(left // 60)}:{int(left % 60):02d} left", seconds / budget))
 
         try:
             entry, result = add_heads_to_store(self.store, config, name, show_progress=False, on_step=on_step,

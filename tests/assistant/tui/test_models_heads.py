@@ -83,7 +83,7 @@ async def test_esc_stops_add_heads_and_the_same_settings_resume_it(home, base_an
     async with app.run_test(size=(80, 24)) as pilot:
         await add_heads(pilot, minutes="5", **settings)
         await wait_for(pilot, lambda: "left" in op_label(app), timeout=60, what="step progress")
-        assert op_label(app).startswith("add-heads tiny-mtp: step ")
+        assert op_label(app).startswith("add-heads: step ")
         assert 0 < app.screen.query_one(ProgressBar).progress < 1  # the share of the time box spent
         await pilot.press("escape")
         await wait_for(pilot, lambda: not app.screen._busy, timeout=60, what="the stop")
@@ -134,3 +134,22 @@ async def test_an_unsupported_architecture_is_the_clis_one_line_message(home, ba
         await add_heads(pilot, base=str(path), corpus=str(corpus), minutes="soon")
         await wait_for(pilot, lambda: any("minutes must be a number" in m for m in notifications(app)), what="form")
         assert app.is_running and stored(home) == []
+
+
+async def test_quitting_stops_add_heads_with_a_checkpoint(home, base_and_corpus):
+    """The run is a thread of the UI's process: quitting must stop it (at its next step, with
+    a checkpoint to resume from), not keep the process alive until its time box ends."""
+    import asyncio
+    import time
+
+    base, corpus = base_and_corpus
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await add_heads(pilot, base=str(base), corpus=str(corpus), minutes="5", heads="2")
+        await wait_for(pilot, lambda: "left" in op_label(app), timeout=60, what="step progress")
+        await pilot.press("ctrl+q")
+    checkpoint = home / "runs" / "add-heads-main-mtp" / CHECKPOINT_FILE
+    deadline = time.monotonic() + 30
+    while not checkpoint.is_file() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert checkpoint.is_file()
