@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from textual import work
@@ -33,6 +34,9 @@ from assistant.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog, FormDialo
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.operation import OperationBar
 from models.checkpoint import ModelFileError
+
+if TYPE_CHECKING:  # imported when used: torch and the importers load only for add-heads
+    from assistant.training.heads import HeadsConfig
 
 QUANTIZATIONS = [
     ("Q8_0 (8-bit)", "q8_0"),
@@ -374,7 +378,7 @@ class ModelsScreen(TuiScreen):
         if self._start("add-heads: reading the base and the corpus", total=1.0):
             self._add_heads(config, name, self._cancel)
 
-    def _heads_request(self, answer: dict[str, str]):
+    def _heads_request(self, answer: dict[str, str]) -> tuple[HeadsConfig, str]:
         """The HeadsConfig and store name the form's answer asks for (the CLI's defaults)."""
         from assistant.training.heads import HeadsConfig, HeadsError
         from assistant.training.heads_store import check_name, default_name, run_dir_for
@@ -399,7 +403,7 @@ class ModelsScreen(TuiScreen):
         return config, name
 
     @work(thread=True, exit_on_error=False, group="operation")
-    def _add_heads(self, config, name: str, cancel: threading.Event) -> None:
+    def _add_heads(self, config: HeadsConfig, name: str, cancel: threading.Event) -> None:
         from assistant.training.heads import HeadsError, HeadsStopped
         from assistant.training.heads_store import add_heads_to_store
 
