@@ -22,6 +22,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,14 @@ METRICS_FILE = "metrics.jsonl"
 
 class HeadsError(Exception):
     """A heads run that cannot start or continue; one line for the user."""
+
+
+class HeadsStopped(Exception):
+    """The run stopped when asked to, with a checkpoint: running it again resumes it."""
+
+    def __init__(self, run_dir: Path, step: int, seconds: float):
+        super().__init__(f"stopped at step {step} ({seconds / 60:.1f} min); the run in {run_dir} resumes from there")
+        self.run_dir, self.step, self.seconds = run_dir, step, seconds
 
 
 @dataclass(frozen=True)
@@ -258,9 +267,12 @@ def train_heads(
     show_progress: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
     base: Base | None = None,
+    stop: threading.Event | None = None,
 ) -> HeadsResult:
     """Read the base, add config.new_heads heads, train them until the time (or step)
-    budget is spent; resumes from run_dir's checkpoint when there is one."""
+    budget is spent; resumes from run_dir's checkpoint when there is one. on_step gets each
+    train record (its "seconds" against config.minutes is the progress). When `stop` is set
+    the run ends after the step in progress, saves its checkpoint and raises HeadsStopped."""
     run_dir = Path(config.run_dir)
     checkpoint = _read_run(run_dir, config)
     try:
@@ -316,6 +328,8 @@ def train_heads(
     try:
         with _Progress(budget, seconds, show_progress) as progress:
             while seconds < budget and (config.max_steps is None or step < config.max_steps):
+                if stop is not None and stop.is_set():
+                    break
                 t0 = time.perf_counter()
                 lr = _learning_rate(seconds / budget, step, config)
                 for group in optimizer.param_groups:
@@ -344,6 +358,9 @@ def train_heads(
     finally:
         stream.close()
     _save(run_dir, model, optimizer, stream, step, seconds, fingerprint, first_eval)
+    if stop is not None and stop.is_set():
+        metrics.close()
+        raise HeadsStopped(run_dir, step, seconds)
     model.eval()
     final_eval = evaluate_heads(model, val)
     metrics.write({"step": step, "split": "val", **final_eval, "time": time.time()})
@@ -369,10 +386,11 @@ def heads_provenance(config: HeadsConfig, result: HeadsResult) -> dict[str, Any]
 
 
 def add_heads(config: HeadsConfig, out_dir: Path | str, show_progress: bool = True,
-              on_step: Callable[[int, dict], None] | None = None) -> tuple[Path, HeadsResult]:
+              on_step: Callable[[int, dict], None] | None = None,
+              stop: threading.Event | None = None) -> tuple[Path, HeadsResult]:
     """train_heads, then the model directory at out_dir (models.base_import.write_model_dir)."""
     from models.base_import import write_model_dir
 
-    result = train_heads(config, show_progress, on_step)
+    result = train_heads(config, show_progress, on_step, stop=stop)
     path = write_model_dir(result.base, result.model, out_dir, heads_provenance(config, result), result.fingerprint)
     return path, result

@@ -27,6 +27,7 @@ class ModelInfo:
     gguf_files: tuple[str, ...] = ()  # relative to the model directory
     provenance: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when config.json cannot be read
+    serves: tuple[str, ...] = ()  # the repository roots bound to this model (store.bind)
 
 
 def count_parameters(weights: Path) -> int | None:
@@ -50,8 +51,10 @@ def directory_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def describe_model(name: str, path: Path, is_default: bool = False, shipped: bool = False) -> ModelInfo:
-    base = dict(name=name, path=path, is_default=is_default, shipped=shipped)
+def describe_model(
+    name: str, path: Path, is_default: bool = False, shipped: bool = False, serves: tuple[str, ...] = ()
+) -> ModelInfo:
+    base = dict(name=name, path=path, is_default=is_default, shipped=shipped, serves=serves)
     try:
         config, tokenizer, provenance = read_config(path)
     except ModelFileError as e:
@@ -83,7 +86,12 @@ def quantizations(model_dir: Path) -> tuple[str, ...]:
 
 def list_models(store: ModelStore) -> list[ModelInfo]:
     """Every model the store lists: its own, then the shipped one."""
-    return [describe_model(e.name, e.path, e.is_default, e.shipped) for e in store.list()]
+    bindings = store.bindings()
+
+    def serves(name: str) -> tuple[str, ...]:
+        return tuple(sorted(root for root, bound in bindings.items() if bound == name))
+
+    return [describe_model(e.name, e.path, e.is_default, e.shipped, serves(e.name)) for e in store.list()]
 
 
 def scores(provenance: dict[str, Any]) -> dict[str, Any]:

@@ -132,3 +132,22 @@ def test_heads_that_read_the_final_hidden_state_train_and_decode_exactly(setup, 
         assert engine.generate(prompt, GenerationConfig(max_new_tokens=32, k=3)).tokens == plain.tokens
         llama_plain = llama.generate(prompt, GenerationConfig(max_new_tokens=32, k=1)).tokens
         assert llama.generate(prompt, GenerationConfig(max_new_tokens=32, k=3)).tokens == llama_plain
+
+
+def test_a_stop_request_ends_the_run_with_a_checkpoint_it_resumes_from(setup):
+    import threading
+
+    from assistant.training.heads import HeadsStopped
+
+    stop = threading.Event()
+
+    def on_step(step, record):
+        if step == 3:
+            stop.set()
+
+    with pytest.raises(HeadsStopped, match="stopped at step 3") as e:
+        train_heads(config_for(setup, "run-stop", max_steps=6), show_progress=False, on_step=on_step, stop=stop)
+    assert e.value.step == 3
+    assert torch.load(setup[2] / "run-stop" / CHECKPOINT_FILE, weights_only=True)["step"] == 3
+    resumed = train_heads(config_for(setup, "run-stop", max_steps=6), show_progress=False)
+    assert resumed.steps == 6

@@ -1,11 +1,16 @@
-"""Models: what is in the store; import, export/quantize, set default, remove."""
+"""Models: what is in the store and which repositories each serves; import, add heads to a
+plain base, export/quantize, set default, unbind a repository, remove."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,7 +18,9 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Static
 
+from assistant.errors import UserError
 from assistant.store import ModelStore, StoreError
+from assistant.training.corpus import CorpusError
 from assistant.tui.jobs import JobResult, run_cli
 from assistant.tui.models_info import (
     ModelInfo,
@@ -23,9 +30,13 @@ from assistant.tui.models_info import (
     scores,
 )
 from assistant.tui.screens.base import TuiScreen
-from assistant.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog, InputDialog
+from assistant.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog, FormDialog, FormField, InputDialog
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.operation import OperationBar
+from models.checkpoint import ModelFileError
+
+if TYPE_CHECKING:  # imported when used: torch and the importers load only for add-heads
+    from assistant.training.heads import HeadsConfig
 
 QUANTIZATIONS = [
     ("Q8_0 (8-bit)", "q8_0"),
@@ -41,6 +52,8 @@ class ModelsScreen(TuiScreen):
         Binding("e", "export_model", "Export"),
         Binding("d", "set_default", "Default"),
         Binding("x,delete", "remove_model", "Remove"),
+        Binding("h", "add_heads", "Add heads"),
+        Binding("u", "unbind", "Unbind"),
         Binding("r", "refresh", "Refresh"),
         Binding("escape", "cancel_operation", "Cancel", show=False),
     ]
@@ -51,9 +64,9 @@ class ModelsScreen(TuiScreen):
             self.models = models
 
     class OperationProgress(Message):
-        def __init__(self, text: str):
+        def __init__(self, text: str, completed: float | None = None):
             super().__init__()
-            self.text = text
+            self.text, self.completed = text, completed
 
     class OperationDone(Message):
         def __init__(self, what: str, ok: bool, detail: str):
@@ -77,7 +90,7 @@ class ModelsScreen(TuiScreen):
     def on_mount(self) -> None:
         self.sub_title = "Models"
         table = self.query_one(DataTable)
-        table.add_columns("", "name", "params", "size", "heads", "tokens", "quantized")
+        table.add_columns("", "name", "params", "size", "heads", "tokens", "quantized", "serves")
 
     def on_screen_resume(self) -> None:
         self.action_refresh()  # models may have come from the Train screen or the CLI meanwhile
@@ -105,7 +118,9 @@ class ModelsScreen(TuiScreen):
         for m in self.models:
             quant = ",".join(m.quantizations) or "-"
             if m.error:
-                table.add_row("!", m.name, "?", human_size(m.size_bytes), "?", "?", m.error[:20], key=str(m.path))
+                table.add_row(
+                    "!", m.name, "?", human_size(m.size_bytes), "?", "?", m.error[:20], serves_cell(m), key=str(m.path)
+                )
             else:
                 table.add_row(
                     "*" if m.is_default else "",
@@ -115,6 +130,7 @@ class ModelsScreen(TuiScreen):
                     str(m.n_future),
                     f"{m.tokenizer} {m.vocab_size}",
                     quant,
+                    serves_cell(m),
                     key=str(m.path),
                 )
         if self.models:
@@ -137,11 +153,13 @@ class ModelsScreen(TuiScreen):
             detail.update("No models yet. Press [b]i[/b] to import one, or train one on the Train screen (F2).")
             return
         if m.error:
-            detail.update(f"[b]{m.name}[/b]: cannot be read: {m.error}")
+            detail.update(f"[b]{m.name}[/b]: cannot be read: {m.error}\n{serves_line(m)}".rstrip())
             return
         lines = [
             f"[b]{m.name}[/b]{' (default)' if m.is_default else ''}: dim {m.dim}, {m.n_layers} blocks, {m.n_future} heads"
         ]
+        if serves_line(m):
+            lines.append(serves_line(m))
         p = m.provenance
         made = p.get("trained_by") or p.get("source") or p.get("imported_from")
         if made:
@@ -169,21 +187,26 @@ class ModelsScreen(TuiScreen):
 
     # --- actions ---
 
-    def _start(self, label: str) -> bool:
+    def _start(self, label: str, total: float | None = None) -> bool:
         if self._busy:
             self.notify("another operation is running (Esc cancels it)", severity="warning")
             return False
         self._busy = True
         self._cancel = threading.Event()
-        self.query_one(OperationBar).begin(label)
+        self.query_one(OperationBar).begin(label, total)
         return True
 
     def action_cancel_operation(self) -> None:
         if self._busy:
             self._cancel.set()
 
+    def on_unmount(self) -> None:
+        # Quitting stops an add-heads run at its next step (with a checkpoint): its thread
+        # would otherwise keep the process alive until the time box ran out.
+        self._cancel.set()
+
     def on_models_screen_operation_progress(self, message: OperationProgress) -> None:
-        self.query_one(OperationBar).advance(message.text)
+        self.query_one(OperationBar).advance(message.text, message.completed)
 
     def on_models_screen_operation_done(self, message: OperationDone) -> None:
         self._busy = False
@@ -291,3 +314,138 @@ class ModelsScreen(TuiScreen):
             self.action_refresh()
 
         self.app.push_screen(ConfirmDialog(f"Remove {m.name} and delete its files?", yes="Remove"), confirmed)
+
+    # --- repositories ---
+
+    def action_unbind(self) -> None:
+        """`mtp-assistant models unbind REPO` for one of the selected model's repositories."""
+        m = self.selected()
+        if m is None or not m.serves:
+            self.notify("the selected model serves no repository of its own (tune binds one)", severity="warning")
+            return
+
+        def unbind(root: str | None) -> None:
+            if root is None:
+                return
+
+            def confirmed(yes: bool | None) -> None:
+                if not yes:
+                    return
+                try:
+                    name = self.store.unbind(root)
+                except StoreError as e:
+                    self.notify(str(e), severity="error")
+                else:
+                    self.notify(f"{root} no longer uses {name}: the default model serves it")
+                self.action_refresh()
+
+            self.app.push_screen(
+                ConfirmDialog(f"Serve {root} with the default model instead of {m.name}?", yes="Unbind"), confirmed
+            )
+
+        if len(m.serves) == 1:
+            unbind(m.serves[0])
+        else:
+            self.app.push_screen(
+                ChoiceDialog(f"Which repository should stop using {m.name}?", [(r, r) for r in m.serves]), unbind
+            )
+
+    # --- add heads ---
+
+    def action_add_heads(self) -> None:
+        """`mtp-assistant models add-heads`: a plain base becomes an MTP model in the store."""
+        from assistant.training.heads import HeadsConfig
+
+        defaults = {f.name: f.default for f in dataclasses.fields(HeadsConfig)}
+        fields = [
+            FormField("base", "base", placeholder="a .gguf file or a Hugging Face directory"),
+            FormField("corpus", "corpus", placeholder="a repository or a directory of code"),
+            FormField("minutes", "minutes", f"{defaults['minutes']:g}"),
+            FormField("heads", "heads", str(defaults["new_heads"])),
+            FormField("name", "name", placeholder="(the base's name + -mtp)"),
+        ]
+        question = "Add heads to a plain llama/qwen base (a run stopped early resumes with the same settings):"
+        self.app.push_screen(FormDialog(question, fields), self._add_heads_answered)
+
+    def _add_heads_answered(self, answer: dict[str, str] | None) -> None:
+        if answer is None:
+            return
+        try:
+            config, name = self._heads_request(answer)
+        except ValueError as e:
+            self.notify(str(e), title="add-heads", severity="error", timeout=10)
+            return
+        if self._start("add-heads: reading the base and the corpus", total=1.0):
+            self._add_heads(config, name, self._cancel)
+
+    def _heads_request(self, answer: dict[str, str]) -> tuple[HeadsConfig, str]:
+        """The HeadsConfig and store name the form's answer asks for (the CLI's defaults)."""
+        from assistant.training.heads import HeadsConfig, HeadsError
+        from assistant.training.heads_store import check_name, default_name, run_dir_for
+
+        if not answer["base"] or not answer["corpus"]:
+            raise ValueError("add-heads needs a base (a .gguf file or a Hugging Face directory) and a corpus")
+        # Absolute paths: a run's settings must read the same to resume it, wherever the UI started.
+        base = str(Path(answer["base"]).expanduser().resolve())
+        corpus = str(Path(answer["corpus"]).expanduser().resolve())
+        try:
+            minutes, heads = float(answer["minutes"]), int(answer["heads"])
+        except ValueError:
+            raise ValueError(f"minutes must be a number and heads a whole number, got {answer['minutes']!r}, "
+                             f"{answer['heads']!r}") from None
+        name = answer["name"] or default_name(base)
+        try:
+            check_name(self.store, name)
+            config = HeadsConfig(base=base, corpus=corpus, run_dir=str(run_dir_for(self.store, name)), new_heads=heads,
+                                 minutes=minutes, device=self.app.settings.train_device)
+        except HeadsError as e:
+            raise ValueError(str(e)) from None
+        return config, name
+
+    @work(thread=True, exit_on_error=False, group="operation")
+    def _add_heads(self, config: HeadsConfig, name: str, cancel: threading.Event) -> None:
+        from assistant.training.heads import HeadsError, HeadsStopped
+        from assistant.training.heads_store import add_heads_to_store
+
+        budget, last_post = config.minutes * 60, 0.0
+
+        def on_step(step: int, record: dict) -> None:
+            nonlocal last_post
+            seconds = float(record["seconds"])
+            if seconds >= budget:
+                self.post_message(self.OperationProgress("add-heads: evaluating, writing the model", 1.0))
+            elif time.monotonic() - last_post >= 0.25:  # a tiny base makes many steps a second
+                last_post = time.monotonic()
+                left = budget - seconds
+                self.post_message(self.OperationProgress(
+                    f"add-heads: step {step}, {int(left // 60)}:{int(left % 60):02d} left", seconds / budget))
+
+        try:
+            entry, result = add_heads_to_store(self.store, config, name, show_progress=False, on_step=on_step,
+                                               stop=cancel)
+        except HeadsStopped as e:
+            self.post_message(self.OperationDone("add-heads stopped", True, str(e)))
+        except (HeadsError, ModelFileError, StoreError, CorpusError, UserError) as e:
+            self.post_message(self.OperationDone("add-heads", False, str(e)))
+        except Exception as e:  # the operation must end (and say why) whatever happens
+            self.post_message(self.OperationDone("add-heads", False, f"{type(e).__name__}: {e}"))
+        else:
+            after = " ".join(f"{a:.2f}" for a in result.final_eval["agreement_per_head"])
+            self.post_message(self.OperationDone(
+                "add-heads", True, f"added {entry.name}: {result.steps} steps, agreement per new head {after}"))
+
+
+def serves_cell(m: ModelInfo) -> str:
+    """The table's "serves" column: the bound repositories' folder names, shortened."""
+    if not m.serves:
+        return "-"
+    first = Path(m.serves[0]).name or m.serves[0]
+    return first[:14] + (f" +{len(m.serves) - 1}" if len(m.serves) > 1 else "")
+
+
+def serves_line(m: ModelInfo) -> str:
+    if m.serves:
+        return f"serves: {escape(', '.join(m.serves))} ([b]u[/b] unbinds)"
+    if m.is_default:
+        return "serves: every repository without a model of its own"
+    return ""

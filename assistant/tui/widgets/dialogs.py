@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -61,6 +63,50 @@ class InputDialog(_Dialog):
     def _answer(self) -> None:
         text = self.query_one("#answer", Input).value.strip()
         self.dismiss(text or None)
+
+
+@dataclass(frozen=True)
+class FormField:
+    key: str  # the answer's key; the Input's id is f"field-{key}"
+    label: str
+    value: str = ""
+    placeholder: str = ""
+
+
+class FormDialog(_Dialog):
+    """A few labelled lines of text; dismisses with {key: text} or None. Enter in a field
+    moves to the next one, and in the last one answers."""
+
+    def __init__(self, question: str, fields: list[FormField]):
+        super().__init__()
+        self.question, self.fields = question, fields
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="question")
+            for f in self.fields:
+                with Horizontal(classes="field"):
+                    yield Label(f.label, classes="field-label")
+                    yield Input(f.value, placeholder=f.placeholder, id=f"field-{f.key}", compact=True)
+            with Horizontal(classes="buttons"):
+                yield Button("OK", variant="primary", id="ok")
+                yield Button("Cancel", id="no")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        ids = [f"field-{f.key}" for f in self.fields]
+        if event.input.id == ids[-1]:
+            self._answer()
+        else:
+            self.query_one(f"#{ids[ids.index(event.input.id) + 1]}", Input).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "ok":
+            self._answer()
+        else:
+            self.dismiss(None)
+
+    def _answer(self) -> None:
+        self.dismiss({f.key: self.query_one(f"#field-{f.key}", Input).value.strip() for f in self.fields})
 
 
 class ChoiceDialog(_Dialog):

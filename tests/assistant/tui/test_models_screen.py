@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, Select, Static
 
 from assistant.store import ModelStore
 
@@ -135,3 +135,56 @@ async def test_export_runs_the_cli_and_lists_the_quantization(home, tmp_path):
                        what=f"export {notifications(app)}")
         assert app.screen.models[0].quantizations == ("q8_0",)
         assert "exported m64 (q8_0)" in notifications(app)
+
+
+async def test_bound_repositories_show_and_unbind_asks_first(home, tmp_path):
+    store = ModelStore(home)
+    store.add(save_tiny(tmp_path / "tiny-a"))
+    store.add(save_tiny(tmp_path / "tiny-b", seed=1), make_default=True)
+    one, two = tmp_path / "alpha", tmp_path / "beta"
+    one.mkdir(), two.mkdir()
+    store.bind(one, "tiny-a")
+    store.bind(two, "tiny-a")
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: table_names(app) == ["tiny-a", "tiny-b"], what="listing")
+        table = app.screen.query_one(DataTable)
+        assert table.get_row_at(0)[-1] == "alpha +1" and table.get_row_at(1)[-1] == "-"
+        detail = lambda: app.screen.query_one("#model-detail", Static).render().plain  # noqa: E731
+        assert f"serves: {one.resolve()}, {two.resolve()}" in detail()
+
+        # Two repositories: which one first, then a confirmation; Esc there keeps the binding.
+        await pilot.press("u")
+        await wait_for(pilot, lambda: app.screen.query("#choice"), what="repository choice")
+        app.screen.query_one("#choice", Select).value = str(two.resolve())
+        await pilot.click("#ok")
+        await wait_for(pilot, lambda: app.screen.query("#yes"), what="confirmation")
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert store.bindings() == {str(one.resolve()): "tiny-a", str(two.resolve()): "tiny-a"}
+
+        await pilot.press("u")
+        await wait_for(pilot, lambda: app.screen.query("#choice"), what="repository choice")
+        app.screen.query_one("#choice", Select).value = str(two.resolve())
+        await pilot.click("#ok")
+        await wait_for(pilot, lambda: app.screen.query("#yes"), what="confirmation")
+        await pilot.click("#yes")
+        await wait_for(pilot, lambda: app.screen.models[0].serves == (str(one.resolve()),), what="unbound")
+        assert store.bindings() == {str(one.resolve()): "tiny-a"}
+        assert store.model_for(two) == store.models_dir / "tiny-b"  # the default serves it now
+        assert f"{two.resolve()} no longer uses tiny-a: the default model serves it" in notifications(app)
+        assert table.get_row_at(0)[-1] == "alpha"
+
+        # One repository: straight to the confirmation.
+        await pilot.press("u")
+        await wait_for(pilot, lambda: app.screen.query("#yes"), what="confirmation")
+        await pilot.click("#yes")
+        await wait_for(pilot, lambda: app.screen.models[0].serves == (), what="unbound")
+        assert store.bindings() == {}
+
+        # The default model serves every other repository; it has none to unbind.
+        table.move_cursor(row=1)
+        await pilot.pause(0.1)
+        assert "serves: every repository without a model of its own" in detail()
+        await pilot.press("u")
+        await wait_for(pilot, lambda: any("serves no repository" in m for m in notifications(app)), what="refusal")

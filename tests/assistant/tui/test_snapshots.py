@@ -75,10 +75,24 @@ def fake_records(steps=40, heads=4):
 
 
 def test_models_screen(snap_compare, store_home):
+    ModelStore(store_home).bind("/srv/project", "tiny-b")  # not a temporary path: the same on every machine
     app = make_app(store_home)
 
     async def ready(pilot):
         await wait_for(pilot, lambda: len(app.screen.models) == 2, what="listing")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=ready)
+
+
+def test_models_add_heads_form(snap_compare, store_home):
+    app = make_app(store_home)
+
+    async def ready(pilot):
+        await wait_for(pilot, lambda: len(app.screen.models) == 2, what="listing")
+        await pilot.press("h")
+        await wait_for(pilot, lambda: app.screen.query("#field-base"), what="add-heads form")
+        app.screen.query_one("#field-base").value = "~/bases/qwen2.5-coder-0.5b-q8_0.gguf"
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)
