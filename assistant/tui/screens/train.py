@@ -229,7 +229,7 @@ class TrainScreen(TuiScreen):
 
     def on_mount(self) -> None:
         self.sub_title = "Train"
-        self.query_one("#runs-table", DataTable).add_columns("run", "state")
+        self.query_one("#runs-table", DataTable).add_columns("run", "state")  # sized as rows come
         self.query_one("#train-stats", StatsPanel).show([("run", "none yet: press Start")])
         self.query_one("#tune-report", BeforeAfter).display = False
         self.action_preview()
@@ -331,12 +331,19 @@ class TrainScreen(TuiScreen):
         self.run_infos = message.infos
         table = self.query_one("#runs-table", DataTable)
         row = table.cursor_row
-        table.clear()
+        rows = []
         for info in message.infos:
             mark = ">" if info.path == self.attached else " "
             done = f" {info.step / info.steps:.0%}" if info.steps and info.state in (runs.RUNNING, runs.STOPPED) else ""
             kind = "tune " if info.kind == runs.TUNE else ""
-            table.add_row(f"{mark}{info.name}", f"{kind}{info.state}{done}", key=str(info.path))
+            rows.append((f"{mark}{info.name}", f"{kind}{info.state}{done}", str(info.path)))
+        # Columns as wide as their widest cell, set here: DataTable's own sizing of columns
+        # renders rows added after a clear() at the width they had before.
+        table.clear(columns=True)
+        table.add_column("run", width=max([3, *(len(r[0]) for r in rows)]))
+        table.add_column("state", width=max([5, *(len(r[1]) for r in rows)]))
+        for name, state, key in rows:
+            table.add_row(name, state, key=key)
         if message.infos:
             table.move_cursor(row=min(max(row, 0), len(message.infos) - 1))
 
@@ -400,10 +407,12 @@ class TrainScreen(TuiScreen):
         p = runs.summarize(self.records, info.steps, since=info.started)
         kind = "tune " if info.kind == runs.TUNE else ""
         rows = [("run", f"{info.name} ({kind}{info.state})")]
+        if message.report is not None:  # the table below says the rest
+            rows.append(("result", report_outcome(message.report)))
+            self._show_progress(rows, p, message.report)
+            return
         if message.settings:
             rows.append(("settings", message.settings))
-        if message.report is not None:
-            rows.append(("result", report_outcome(message.report)))
         elif message.phase and info.state == runs.RUNNING:
             rows.append(("now", message.phase))
         if p.loss is not None:
@@ -415,14 +424,18 @@ class TrainScreen(TuiScreen):
             rows.append(("val acc", " ".join(f"h{i + 1} {a:.0%}" for i, a in enumerate(p.val_accuracy))))
         if info.state == runs.FAILED or (kind and info.state == runs.STOPPED):
             rows.append(("log", runs.log_tail(info.path, 2) or "(empty)"))
+        self._show_progress(rows, p, None)
+
+    def _show_progress(self, rows: list[tuple[str, str]], p: runs.Progress, report: dict[str, Any] | None) -> None:
+        """The stats, and a progress bar while there is no tune report to show instead."""
         self.query_one("#train-stats", StatsPanel).show(rows)
         bar = self.query_one("#train-progress", ProgressBar)
         bar.update(total=max(1, p.steps), progress=p.step)
         table = self.query_one("#tune-report", BeforeAfter)
-        if message.report is not None:
-            table.show(report_rows(message.report))
-        bar.display = message.report is None
-        table.display = message.report is not None
+        if report is not None:
+            table.show(report_rows(report))
+        bar.display = report is None
+        table.display = report is not None
 
     # --- start / stop / resume ---
 
