@@ -9,6 +9,7 @@ import time
 import pytest
 
 from assistant.store import ModelStore
+from assistant.training.metrics import read_metrics
 from assistant.training.tune import TUNE_DIR, TuneConfig, model_name
 from assistant.tui import runs
 from assistant.tui.screens.train import report_rows
@@ -46,7 +47,7 @@ async def test_the_tune_key_tunes_the_repository_and_shows_before_and_after(home
         screen = app.screen
         preview = screen.query_one("#tune-preview")
         await wait_for(pilot, lambda: "first tune of repo, from tiny" in text(preview), what="the tune preview")
-        assert "^n" in text(screen.query_one("Footer")) or "ctrl+n" in [b.key for b in screen.BINDINGS]
+        assert app.active_bindings["ctrl+n"].binding.description == "Tune repo"  # in the footer
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: screen.attached is not None, what="the tune run")
         run_dir = screen.attached
@@ -71,7 +72,8 @@ async def test_the_tune_key_tunes_the_repository_and_shows_before_and_after(home
         assert f"{name} now serves repo" in stats and "(tune finished)" in stats
         settings = runs.describe_settings(run_dir)  # from the report, once tune's working directory is gone
         assert settings == "tune of repo from tiny (base model): 12 steps, lr 0.003, seq 64, batch 4"
-        assert screen.query_one("#runs-table").get_row_at(0) == [f">{run_dir.name}", "tune finished"]
+        runs_table = screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: runs_table.get_row_at(0) == [f">{run_dir.name}", "tune finished"], what="listed")
         # The loss plot holds the tune's training, every step once.
         await wait_for(pilot, lambda: len(screen.query_one(LossPlot)._records) > 0, what="the plot")
         steps = [r["step"] for r in screen.records if r["split"] == "train"]
@@ -144,3 +146,37 @@ async def test_a_re_attached_resumed_tune_shows_the_eta_of_its_current_pace(home
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slow
+async def test_a_stopped_tune_resumes_from_its_checkpoint(home, tmp_path, tiny_default):
+    from models.checkpoint import read_config
+
+    repo = make_repo(tmp_path / "repo")
+    app = tune_app(home, repo, dataclasses.replace(TINY, steps=60))
+    tune_dir = home / TUNE_DIR / model_name(repo.resolve())
+
+    def checkpoint_step() -> int:
+        try:
+            return read_config(tune_dir / "checkpoint")[2]["steps"]
+        except Exception:
+            return 0
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: "first tune" in text(screen.query_one("#tune-preview")), what="the plan")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: screen.attached is not None, what="the tune run")
+        run_dir = screen.attached
+        await wait_for(pilot, lambda: checkpoint_step() >= 6, timeout=600, what="a checkpoint")
+        await pilot.click("#stop")  # Ctrl+C for the process
+        await wait_for(pilot, lambda: runs.run_state(run_dir) == runs.STOPPED, timeout=120, what="the stop")
+        assert "tune interrupted: the checkpoint at step" in (run_dir / runs.LOG_FILE).read_text()
+        await wait_for(pilot, lambda: "(tune stopped)" in screen.query_one("#train-stats").plain, what="shown")
+        await pilot.click("#resume")
+        table = screen.query_one("#tune-report", BeforeAfter)
+        await wait_for(pilot, lambda: table.display and table.rows, timeout=600, what="the report")
+    model_dir = home / "models" / tune_dir.name
+    train_steps = [r["step"] for r in read_metrics(model_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert train_steps == list(range(1, train_steps[-1] + 1)), "every step once across the stop"
+    assert "resuming the interrupted tune" in (run_dir / runs.LOG_FILE).read_text()
