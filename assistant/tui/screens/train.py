@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -296,13 +297,14 @@ class TrainScreen(TuiScreen):
         try:
             plan = describe_plan(plan_tune(tune, self.app.store), tune, self.app.store)
         except (TuneError, CorpusError, ModelFileError, StoreError, OSError) as e:
-            plan = f"[red]{e}[/]"
+            plan = f"[red]{escape(str(e))}[/]"
         # tune starts from a model: "from scratch" is the train button's alone.
         scratch_note = " (tune starts from a model, not from scratch)" if scratch else ""
         self.post_message(self.Preview(text, True, f"[b]tune[/b] {plan}{scratch_note}"))
 
     def on_train_screen_preview(self, message: Preview) -> None:
-        self.query_one("#corpus-preview", Static).update(message.text if message.ok else f"[red]{message.text}[/]")
+        text = escape(message.text)
+        self.query_one("#corpus-preview", Static).update(text if message.ok else f"[red]{text}[/]")
         self.query_one("#tune-preview", Static).update(message.tune)
         if not message.ok:
             self.notify(message.text, title="corpus", severity="error", timeout=8)
@@ -413,14 +415,14 @@ class TrainScreen(TuiScreen):
             return
         if message.settings:
             rows.append(("settings", message.settings))
-        elif message.phase and info.state == runs.RUNNING:
-            rows.append(("now", message.phase))
+        if message.phase and info.state == runs.RUNNING:
+            rows.append(("log", message.phase))  # what it is doing besides training steps
         if p.loss is not None:
             eta = _duration(p.eta_s) if info.state == runs.RUNNING else "-"
             rows.append(("step", f"{p.step}/{p.steps}   {p.tokens_per_s or 0:,.0f} tok/s   ETA {eta}"))
             val = f"   val {p.val_loss:.3f}" if p.val_loss is not None else ""
             rows.append(("loss", f"train {p.loss:.3f}{val}  (sum of heads)"))
-        if p.val_accuracy and message.report is None:
+        if p.val_accuracy:
             rows.append(("val acc", " ".join(f"h{i + 1} {a:.0%}" for i, a in enumerate(p.val_accuracy))))
         if info.state == runs.FAILED or (kind and info.state == runs.STOPPED):
             rows.append(("log", runs.log_tail(info.path, 2) or "(empty)"))
