@@ -136,14 +136,19 @@ def model_name(root: Path) -> str:
     return f"{slug}-{hashlib.sha256(str(root).encode()).hexdigest()[:6]}"
 
 
-def tune(config: TuneConfig, store: ModelStore | None = None, log: Log = _stderr) -> TuneResult | None:
-    """Tune (or resume tuning) config.repo; None when there was nothing to do."""
-    store = store or ModelStore()
+def _target(config: TuneConfig, store: ModelStore) -> tuple[Path, str, Path]:
+    """(repository root, store name of its tuned model, the run's working directory)."""
     root = Path(root_key(config.repo))
     name = config.name or model_name(root)
     if not NAME_PATTERN.match(name) or name in RESERVED_NAMES:
         raise TuneError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-' only, not {RESERVED_NAMES}")
-    run_dir = store.root / TUNE_DIR / name
+    return root, name, store.root / TUNE_DIR / name
+
+
+def tune(config: TuneConfig, store: ModelStore | None = None, log: Log = _stderr) -> TuneResult | None:
+    """Tune (or resume tuning) config.repo; None when there was nothing to do."""
+    store = store or ModelStore()
+    root, name, run_dir = _target(config, store)
     state = _read_state(run_dir)
     if state is not None and state["repo"] == str(root):
         log(f"resuming the interrupted tune of {root} ({run_dir})")
@@ -165,10 +170,53 @@ def tune(config: TuneConfig, store: ModelStore | None = None, log: Log = _stderr
 # --- starting a run ---
 
 
+@dataclass(frozen=True)
+class TunePlan:
+    """What `tune` would do with a config now, found without loading any weights: what a
+    user sees before starting it."""
+
+    repo: Path
+    name: str  # the tuned model's store name
+    run_dir: Path  # where the run works until its model is in the store
+    base: Path  # the model it starts from
+    started_from: str  # "last tune" (the repository's tuned model) or "base model"
+    changes: dict[str, Any] | None  # since the last tune (see describe_changes); None: a first tune
+    resuming: bool  # an interrupted tune of the repository goes on as it was started
+
+
+def plan_tune(config: TuneConfig, store: ModelStore | None = None) -> TunePlan:
+    """The plan of `tune(config, store)`; raises what it would raise before training
+    (CorpusError, TuneError for too little code, StoreError, ModelFileError)."""
+    store = store or ModelStore()
+    root, name, run_dir = _target(config, store)
+    state = _read_state(run_dir)
+    if state is not None and state["repo"] == str(root):
+        return TunePlan(root, name, run_dir, Path(state["base"]), state.get("started_from", "base model"),
+                        state.get("changes"), resuming=True)
+    corpus = build_corpus(root, CorpusConfig(val_fraction=config.val_fraction))
+    previous, base_dir = _starting_point(config, store, name, root)
+    from models.checkpoint import ModelFileError
+    from models.tokenizer import TokenizerError, load_tokenizer
+
+    model_config, tokenizer_config, _ = read_config(base_dir)
+    try:
+        tokenizer = load_tokenizer(base_dir, tokenizer_config)
+    except TokenizerError as e:
+        raise ModelFileError(base_dir, str(e)) from None
+    _check_enough_code(corpus, tokenizer, config.batch_size, min(config.seq_len, model_config.max_seq_len))
+    changes = _changes(previous["files"], file_hashes(corpus), corpus) if previous else None
+    return TunePlan(root, name, run_dir, base_dir, "last tune" if previous else "base model", changes, resuming=False)
+
+
+def _starting_point(config: TuneConfig, store: ModelStore, name: str, root: Path) -> tuple[dict | None, Path]:
+    """(the report of the repository's last tune, or None; the model to start from)."""
+    previous = _previous_tune(store, name, root) if config.base is None else None
+    return previous, store.models_dir / name if previous else store.resolve(config.base)
+
+
 def _start(config: TuneConfig, store: ModelStore, root: Path, name: str, run_dir: Path, log: Log) -> dict | None:
     corpus = build_corpus(root, CorpusConfig(val_fraction=config.val_fraction))
-    previous = _previous_tune(store, name, root) if config.base is None else None
-    base_dir = store.models_dir / name if previous else store.resolve(config.base)
+    previous, base_dir = _starting_point(config, store, name, root)
     from models.checkpoint import load_model
 
     loaded = load_model(base_dir)

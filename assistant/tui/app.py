@@ -10,6 +10,7 @@ from textual.binding import Binding
 
 from assistant.completion.settings import CompletionSettings
 from assistant.store import ModelStore
+from assistant.training.tune import TuneConfig
 from assistant.tui import runs
 from assistant.tui.screens import SCREENS
 from assistant.tui.widgets.dialogs import QuitDialog
@@ -39,6 +40,9 @@ class TuiSettings:
     train_seq_len: int = 256
     train_batch_size: int = 8
     train_device: str = "auto"
+    # The Train screen's tune key: `mtp-assistant tune` with these settings (its recipe and
+    # time box unless set; only those it has options for), on the screen's repository and base.
+    tune: TuneConfig = TuneConfig()
     playground_text: str = PLAYGROUND_TEXT
     auto_complete: bool = True  # complete after a pause in typing
     complete_delay_s: float = 0.3

@@ -7,10 +7,17 @@ UI writes: `start_config.json` (the TrainConfig the UI started it with, given to
 and `train.log` (its stdout and stderr). The process runs in its own session, so closing
 the UI leaves it running; the UI re-attaches by listing run directories and checking the
 pid it recorded.
+
+A tune (`mtp-assistant tune REPO --json`) is a run too, of another kind: its run directory
+holds `tune_job.json` (the repository, and where tune works: `<store home>/tune/NAME/`,
+whose trainer layout is the one above until the tuned model moves into the store), plus
+process.json and train.log; the report is the JSON line the command prints at its end.
+Resuming one runs the same command again: tune goes on from its own checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -30,10 +37,17 @@ from assistant.training.config import (
     TrainConfig,
     start_command,
 )
+from assistant.training.tune import STATE_FILE, TuneConfig, TunePlan
+from assistant.tui.jobs import cli_command
 from models.checkpoint import write_atomic
 
 PROCESS_FILE = "process.json"
 LOG_FILE = "train.log"
+TUNE_JOB_FILE = "tune_job.json"
+
+# Run kinds.
+TRAIN = "train"
+TUNE = "tune"
 
 # Run states.
 RUNNING = "running"
@@ -63,7 +77,9 @@ def new_run_dir(runs_dir: Path, repo: str) -> Path:
     return path
 
 
-def _spawn(command: list[str], run_dir: Path) -> subprocess.Popen:
+def _spawn(command: list[str], run_dir: Path, mention: str | None = None) -> subprocess.Popen:
+    """mention: text the process's command line contains, that tells it from a recycled
+    pid (default: the run directory, which a train command names)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOG_FILE, "ab") as log:
         # Its own session: closing the UI (or Ctrl+C in its terminal) does not stop it.
@@ -75,7 +91,7 @@ def _spawn(command: list[str], run_dir: Path) -> subprocess.Popen:
             start_new_session=True,
             env=os.environ.copy(),
         )
-    record = {"pid": proc.pid, "command": command, "started": time.time()}
+    record = {"pid": proc.pid, "command": command, "started": time.time(), "mention": mention or str(run_dir)}
     write_atomic(run_dir / PROCESS_FILE, (json.dumps(record, indent=2) + "\n").encode())
     return proc
 
@@ -90,6 +106,8 @@ def start_run(config: TrainConfig) -> subprocess.Popen:
 def resume_run(run_dir: Path) -> subprocess.Popen:
     if is_running(run_dir):
         raise ValueError(f"{run_dir.name} is already running")
+    if is_tune(run_dir):
+        return _resume_tune(run_dir)
     if not (run_dir / CHECKPOINT_DIR).is_dir() and not (run_dir / f"{CHECKPOINT_DIR}.old").is_dir():
         raise ValueError(f"{run_dir.name} has no checkpoint to resume from")
     command = [sys.executable, "-m", "assistant.cli", "train", "--resume", str(run_dir), "--quiet"]
@@ -111,6 +129,15 @@ def recorded_pid(run_dir: Path) -> int | None:
         return pid if isinstance(pid, int) and pid > 0 else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def recorded_mention(run_dir: Path) -> str:
+    """What the run's process's command line contains (see _spawn)."""
+    try:
+        mention = json.loads((run_dir / PROCESS_FILE).read_text()).get("mention")
+    except (OSError, ValueError, AttributeError):
+        mention = None
+    return mention if isinstance(mention, str) and mention else str(run_dir)
 
 
 def pid_alive(pid: int, must_mention: str | None = None) -> bool:
@@ -137,16 +164,15 @@ def pid_alive(pid: int, must_mention: str | None = None) -> bool:
 
 def is_running(run_dir: Path) -> bool:
     pid = recorded_pid(run_dir)
-    return pid is not None and pid_alive(pid, str(run_dir))
+    return pid is not None and pid_alive(pid, recorded_mention(run_dir))
 
 
 def stop_run(run_dir: Path) -> bool:
     """Interrupt the run (like Ctrl+C: it stops at once; resume repeats the steps since
     its last checkpoint, exactly). False when it was not running."""
-    pid = recorded_pid(run_dir)
-    if pid is None or not pid_alive(pid, str(run_dir)):
+    if not is_running(run_dir):
         return False
-    os.kill(pid, signal.SIGINT)
+    os.kill(recorded_pid(run_dir), signal.SIGINT)
     return True
 
 
@@ -158,6 +184,7 @@ class RunInfo:
     steps: int
     repo: str
     started: float | None = None  # when its current process started (see recorded_start)
+    kind: str = TRAIN
 
     @property
     def name(self) -> str:
@@ -167,6 +194,8 @@ class RunInfo:
 def run_state(run_dir: Path) -> str:
     if is_running(run_dir):
         return RUNNING
+    if is_tune(run_dir):
+        return _tune_state(run_dir)
     if (run_dir / FINAL_MODEL_DIR).is_dir():
         return FINISHED
     if (run_dir / CHECKPOINT_DIR).is_dir() or (run_dir / f"{CHECKPOINT_DIR}.old").is_dir():
@@ -174,9 +203,20 @@ def run_state(run_dir: Path) -> str:
     return FAILED
 
 
+def metrics_path(run_dir: Path) -> Path:
+    """The run's metrics.jsonl: a tune's is where tune works, then in its tuned model."""
+    if not is_tune(run_dir):
+        return run_dir / METRICS_FILE
+    job = read_tune_job(run_dir)
+    working = Path(job["tune_dir"]) / METRICS_FILE
+    if working.exists() or tune_report(run_dir) is None:
+        return working
+    return Path(job["model_dir"]) / METRICS_FILE
+
+
 def last_step(run_dir: Path) -> int:
     """The step of the last complete record in metrics.jsonl (reads only its tail)."""
-    path = run_dir / METRICS_FILE
+    path = metrics_path(run_dir)
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -193,6 +233,8 @@ def last_step(run_dir: Path) -> int:
 
 
 def describe_run(run_dir: Path) -> RunInfo:
+    if is_tune(run_dir):
+        return _describe_tune(run_dir)
     try:
         config = json.loads((run_dir / TRAIN_CONFIG_FILE).read_text())
         steps, repo = int(config["steps"]), str(config["repo"])
@@ -208,6 +250,8 @@ def describe_run(run_dir: Path) -> RunInfo:
 def describe_settings(run_dir: Path) -> str | None:
     """The run's settings in a line, from the trainer's train_config.json (None before it
     is written): what a re-attached run was started with."""
+    if is_tune(run_dir):
+        return _describe_tune_settings(run_dir)
     try:
         c = json.loads((run_dir / TRAIN_CONFIG_FILE).read_text())
         base = Path(c["base_model"]).name if c.get("base_model") else f"{c.get('preset', '?')} from scratch"
@@ -323,3 +367,144 @@ def summarize(records: list[dict[str, Any]], steps: int, window: int = 20, since
     if val:
         p.val_loss, p.val_accuracy = val[-1].get("loss"), val[-1].get("accuracy_per_head")
     return p
+
+
+# --- tunes ---
+
+# TuneConfig fields and the `mtp-assistant tune` flags that set them.
+TUNE_FLAGS = {
+    "minutes": "--minutes", "base": "--base", "steps": "--steps", "name": "--name", "finetune": "--finetune",
+    "lr": "--lr", "batch_size": "--batch-size", "seq_len": "--seq-len", "next_line_cases": "--next-line-cases",
+    "speed_prompts": "--speed-prompts", "device": "--device",
+}
+REPORT_LOG_BYTES = 4 << 20  # the end of train.log searched for the report line
+
+
+def is_tune(run_dir: Path) -> bool:
+    return (run_dir / TUNE_JOB_FILE).is_file()
+
+
+def tune_command(config: TuneConfig) -> list[str]:
+    """`mtp-assistant tune` for config: a flag for each setting that is not tune's default;
+    the report as a JSON line at the end, no progress bar."""
+    defaults = TuneConfig()
+    args = ["tune", str(config.repo)]
+    for field in dataclasses.fields(TuneConfig):
+        value = getattr(config, field.name)
+        if field.name in ("repo", "show_progress") or value == getattr(defaults, field.name):
+            continue
+        if field.name not in TUNE_FLAGS:
+            raise ValueError(f"tune setting {field.name}={value!r} has no `mtp-assistant tune` option")
+        args += [TUNE_FLAGS[field.name], str(value)]
+    return cli_command(*args, "--json", "--quiet")
+
+
+def start_tune(runs_dir: Path, config: TuneConfig, plan: TunePlan, model_dir: Path) -> tuple[Path, subprocess.Popen]:
+    """Start tuning plan.repo in the background, in a new run directory; model_dir: where the
+    store puts the tuned model (plan.name in its models directory)."""
+    command = tune_command(dataclasses.replace(config, repo=str(plan.repo)))
+    run_dir = new_run_dir(runs_dir, str(plan.repo))
+    run_dir.mkdir(parents=True)
+    job = {"repo": str(plan.repo), "name": plan.name, "tune_dir": str(plan.run_dir), "model_dir": str(model_dir),
+           "command": command}
+    write_atomic(run_dir / TUNE_JOB_FILE, (json.dumps(job, indent=2) + "\n").encode())
+    return run_dir, _spawn(command, run_dir, _tune_mention(plan.repo))
+
+
+def _tune_mention(repo: Path | str) -> str:
+    return f"assistant.cli tune {repo}"
+
+
+def read_tune_job(run_dir: Path) -> dict[str, Any]:
+    try:
+        job = json.loads((run_dir / TUNE_JOB_FILE).read_text())
+        if isinstance(job, dict) and all(isinstance(job.get(k), str) for k in ("repo", "tune_dir", "model_dir")):
+            return job
+    except (OSError, ValueError):
+        pass
+    raise ValueError(f"{run_dir / TUNE_JOB_FILE}: not a tune job the UI wrote")
+
+
+def running_tune_of(runs_dir: Path, tune_dir: Path) -> Path | None:
+    """The running tune job that works in tune_dir (two at once would share its files)."""
+    for info in list_runs(runs_dir):
+        if info.kind == TUNE and info.state == RUNNING and read_tune_job(info.path)["tune_dir"] == str(tune_dir):
+            return info.path
+    return None
+
+
+def _resume_tune(run_dir: Path) -> subprocess.Popen:
+    job = read_tune_job(run_dir)
+    if tune_report(run_dir) is not None:
+        raise ValueError(f"{run_dir.name} has finished")
+    other = running_tune_of(run_dir.parent, Path(job["tune_dir"]))
+    if other is not None:
+        raise ValueError(f"{other.name} is tuning {Path(job['repo']).name} already")
+    # The same command: tune goes on from its checkpoint (or starts again where it had none).
+    return _spawn(list(job["command"]), run_dir, _tune_mention(job["repo"]))
+
+
+def tune_report(run_dir: Path) -> dict[str, Any] | None:
+    """The report the tune printed when it finished (the tuned model's tune_report.json
+    less its file hashes); None before. Read from the log rather than the model directory:
+    a tune that did not beat its starting model leaves an earlier tune's report there."""
+    try:
+        with open(run_dir / LOG_FILE, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - REPORT_LOG_BYTES))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith(b"{"):
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(report, dict) and "before" in report:
+                return report
+    return None
+
+
+def _tune_state(run_dir: Path) -> str:
+    if tune_report(run_dir) is not None:
+        return FINISHED
+    try:
+        tune_dir = Path(read_tune_job(run_dir)["tune_dir"])
+    except ValueError:
+        return FAILED
+    return STOPPED if (tune_dir / STATE_FILE).is_file() else FAILED
+
+
+def _tune_state_file(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((Path(read_tune_job(run_dir)["tune_dir"]) / STATE_FILE).read_text())
+        return state if isinstance(state, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_tune(run_dir: Path) -> RunInfo:
+    try:
+        repo = read_tune_job(run_dir)["repo"]
+    except ValueError:
+        repo = "?"
+    state, report, steps = _tune_state_file(run_dir), tune_report(run_dir), 0
+    try:
+        steps = int((state or {}).get("train", {}).get("steps") or (report or {}).get("run", {})["schedule_steps"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    return RunInfo(run_dir, run_state(run_dir), last_step(run_dir), steps, repo, recorded_start(run_dir), TUNE)
+
+
+def _describe_tune_settings(run_dir: Path) -> str | None:
+    """From tune's own record of the run (tune.json while it works, the report after)."""
+    c = _tune_state_file(run_dir) or tune_report(run_dir)
+    try:
+        t = c["train"]
+        return (
+            f"tune of {Path(c['repo']).name} from {Path(c['base']).name} ({c['started_from']}): {t['steps']} steps, "
+            f"lr {t['lr']:g}, seq {t['seq_len']}, batch {t['batch_size']}"
+        )
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -262,3 +262,23 @@ def test_tune_errors_are_one_line(tmp_path, base_dir, store):
         tune(TuneConfig(repo=str(tmp_path / "missing"), **TINY), store)
     with pytest.raises(TuneError, match="invalid model name 'shipped'"):
         tune(TuneConfig(repo=str(tmp_path / "one"), name="shipped", **TINY), store)
+
+
+def test_the_plan_says_where_a_tune_starts_and_refuses_what_tune_refuses(tmp_path, store, base_dir):
+    from assistant.training.tune import STATE_FILE, plan_tune
+
+    repo = make_repo(tmp_path / "repo")
+    plan = plan_tune(TuneConfig(repo=str(repo), **TINY), store)
+    assert (plan.repo, plan.base, plan.started_from, plan.changes, plan.resuming) == \
+        (repo.resolve(), base_dir, "base model", None, False)
+    assert plan.run_dir == store.root / TUNE_DIR / model_name(repo.resolve()) and not plan.run_dir.exists()
+    # An interrupted run of the repository is what a tune would resume, as it was started.
+    plan.run_dir.mkdir(parents=True)
+    (plan.run_dir / STATE_FILE).write_text(json.dumps({"repo": str(repo.resolve()), "train": {}, "before": {},
+                                                       "base": str(base_dir), "started_from": "base model"}))
+    assert plan_tune(TuneConfig(repo=str(repo), **TINY), store).resuming
+    one_file = tmp_path / "one"
+    one_file.mkdir()
+    (one_file / "a.py").write_text(repetitive_code(20))
+    with pytest.raises(TuneError, match=r"too little code to tune on \(1 code file"):
+        plan_tune(TuneConfig(repo=str(one_file), **TINY), store)

@@ -23,6 +23,7 @@ from assistant.completion.positions import UTF32
 from assistant.completion.service import Completion, CompletionService
 from assistant.store import StoreError
 from assistant.engine import load_engine
+from assistant.engine.base import DecodeStats
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.completion_view import CompletionView
 from assistant.tui.widgets.ghost_editor import GhostTextArea
@@ -32,6 +33,19 @@ from assistant.tui.widgets.stats_panel import StatsPanel
 from models.checkpoint import ModelFileError
 
 URI = "untitled:playground"  # no file: like an unsaved buffer in an editor
+
+
+def acceptance_per_position(stats: DecodeStats) -> str:
+    """Drafts accepted of those proposed, at each draft position (1: the token after head
+    1's), where any was proposed: with the auto drafter a position may be the context
+    lookup's rather than a head's, and positions past the longest draft of this completion
+    say nothing (not a rate of 0)."""
+    cells = [f"{a}/{p}" for a, p in zip(stats.draft_accepted, stats.draft_proposed) if p]
+    if not cells:
+        return "none drafted"
+    lookup = sum(stats.lookup_proposed)
+    by_lookup = f" (lookup drafted {lookup} of {sum(stats.draft_proposed)})" if lookup else ""
+    return " ".join(cells) + by_lookup
 
 
 class PlaygroundScreen(TuiScreen):
@@ -189,7 +203,7 @@ class PlaygroundScreen(TuiScreen):
                 [("time", f"{c.latency_s * 1e3:.0f} ms, no model call ({c.stop_reason}); {lines}")]
             )
             return
-        acceptance = " ".join(f"{a:.2f}" for a in s.acceptance) or "-"
+        acceptance = acceptance_per_position(s)
         prompt = f"{s.prompt_tokens} prompt tokens, {s.reused_tokens} cached"
         self.query_one("#pg-stats", StatsPanel).show(
             [

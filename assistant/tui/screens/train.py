@@ -1,13 +1,19 @@
 """Train: fine-tune (or train from scratch) on a repository, as a background process,
-with a live plot of the loss per head. Runs survive the UI: it re-attaches to them."""
+with a live plot of the loss per head. Runs survive the UI: it re-attaches to them.
+
+One key tunes the repository instead (`mtp-assistant tune`: its recipe and time box, the
+model bound to the repository at the end): a run like the others, whose before/after
+report is shown when it ends."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -26,13 +32,16 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 
-from assistant.store import StoreError
+from assistant.store import ModelStore, StoreError
 from assistant.training.corpus import CorpusError, build_corpus
-from assistant.training.config import METRICS_FILE, TrainConfig
+from assistant.training.config import TrainConfig
+from assistant.training.tune import TuneConfig, TuneError, TunePlan, describe_changes, plan_tune
 from assistant.tui import runs
-from assistant.tui.models_info import human_count, list_models
+from assistant.tui.models_info import human_count
 from assistant.tui.screens.base import TuiScreen
+from assistant.tui.widgets.before_after import BeforeAfter
 from assistant.tui.widgets.loss_plot import LossPlot
+from assistant.tui.widgets.model_picker import ModelPicker
 from assistant.tui.widgets.nav import NavBar
 from assistant.tui.widgets.stats_panel import StatsPanel
 from models.checkpoint import ModelFileError, read_config
@@ -72,30 +81,89 @@ def corpus_preview(repo: str, base_model: str | None) -> str:
     )
 
 
+def _model_label(path: Path, store: ModelStore) -> str:
+    shipped = store.shipped_dir is not None and path.resolve() == store.shipped_dir.resolve()
+    return "the shipped model" if shipped else path.name
+
+
+def nothing_changed(plan: TunePlan, config: TuneConfig) -> bool:
+    """Where tune would do nothing: a re-tune with no file changed and no time box asked for."""
+    return (not plan.resuming and plan.changes is not None and not plan.changes["changed_files"]
+            and config.minutes is None and config.steps is None)
+
+
+def describe_plan(plan: TunePlan, config: TuneConfig, store: ModelStore) -> str:
+    """What the tune key would do, in a line or two."""
+    base = _model_label(plan.base, store)
+    if plan.resuming:
+        return f"resumes its interrupted tune (from {base})"
+    if plan.changes is None:
+        return f"first tune of {plan.repo.name}, from {base}"
+    if nothing_changed(plan, config):
+        return f"nothing changed since its last tune ({base}): nothing to do"
+    return f"from its last tune ({base}); since then {describe_changes(plan.changes)}"
+
+
+def report_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """tune's before/after report (tune.report_table) in rows that fit beside the plot."""
+    before, after = report["before"], report.get("after")
+
+    def row(label: str, fmt) -> tuple[str, str, str]:
+        return label, fmt(before), fmt(after) if after else "-"
+
+    def latency(m: dict) -> str:
+        lat = m["latency_ms"]
+        return f"{lat['p50']:.0f}/{lat['p95']:.0f} ms" if lat["p50"] is not None else "-"
+
+    def tpf(m: dict) -> str:
+        value = m["tokens_per_forward"]["value"]
+        return f"{value:.2f}" if value is not None else "-"
+
+    rows = [row(f"top-1 head {i + 1}", lambda m, i=i: f"{100 * m['accuracy_per_head'][i]:.1f}%")
+            for i in range(len(before["accuracy_per_head"]))]
+    return rows + [
+        row("val loss", lambda m: f"{m['val_loss']:.3f}"),
+        row(f"next line ({before['next_line']['cases']})", lambda m: f"{100 * m['next_line']['exact_match']:.1f}%"),
+        row(f"tok/forward k={before['tokens_per_forward']['k']}", tpf),
+        row("latency p50/p95", latency),
+    ]
+
+
+def report_outcome(report: dict[str, Any]) -> str:
+    run = report["run"]
+    kept = f"kept step {run['best_step']} of {run['steps']} ({run['stopped']})"
+    if report.get("after") is None:
+        return f"no checkpoint beat {Path(report['base']).name}: the model stays as it was"
+    return f"{report['name']} now serves {Path(report['repo']).name}; {kept}"
+
+
 class TrainScreen(TuiScreen):
     BINDINGS = [
         Binding("ctrl+s", "start", "Start"),
         Binding("ctrl+t", "stop", "Stop"),
         Binding("ctrl+r", "resume", "Resume"),
         Binding("ctrl+o", "preview", "Preview corpus"),
+        Binding("ctrl+n", "tune", "Tune repo"),
     ]
 
     class Preview(Message):
-        def __init__(self, text: str, ok: bool):
+        def __init__(self, text: str, ok: bool, tune: str):
             super().__init__()
-            self.text, self.ok = text, ok
+            self.text, self.ok, self.tune = text, ok, tune
 
     class RunsListed(Message):
-        def __init__(self, infos: list[runs.RunInfo], models: list[tuple[str, str]] | None, default: str | None):
+        def __init__(self, infos: list[runs.RunInfo]):
             super().__init__()
-            self.infos, self.models, self.default = infos, models, default
+            self.infos = infos
 
     class MetricsUpdate(Message):
         def __init__(
-            self, run_dir: Path, records: list[dict[str, Any]], reset: bool, info: runs.RunInfo, settings: str | None
+            self, run_dir: Path, records: list[dict[str, Any]], reset: bool, info: runs.RunInfo, settings: str | None,
+            report: dict[str, Any] | None = None, phase: str = "",
         ):
             super().__init__()
             self.run_dir, self.records, self.reset, self.info, self.settings = run_dir, records, reset, info, settings
+            self.report, self.phase = report, phase  # a tune's: its report when it ended, its latest log line
 
     class StartRefused(Message):
         def __init__(self, error: str):
@@ -108,10 +176,6 @@ class TrainScreen(TuiScreen):
         self.attached: Path | None = None  # the run whose metrics are shown
         self.records: list[dict[str, Any]] = []
         self._procs: dict[Path, subprocess.Popen] = {}  # runs started by this UI: reaped when they end
-        self._models_known: list[tuple[str, str]] = []
-        self._base_value = SCRATCH
-        self._base_auto: str | None = None  # the base this screen chose (the default model)
-        self._base_picked = False  # the user chose a base: refreshes keep it
         self._preview_timer: Timer | None = None
         self._runs_shown: tuple | None = None  # (run infos, attached run) the table shows
 
@@ -124,10 +188,11 @@ class TrainScreen(TuiScreen):
                     yield Label("repo", classes="field-label")
                     yield Input(settings.repo, id="repo", compact=True, placeholder="path of the repository to learn")
                 yield Static("", id="corpus-preview")
+                yield Static("", id="tune-preview")
                 with Horizontal(classes="field"):
                     yield Label("base", classes="field-label")
-                    yield Select(
-                        [("from scratch (tiny)", SCRATCH)], value=SCRATCH, allow_blank=False, id="base", compact=True,
+                    yield ModelPicker(
+                        extra=("from scratch (tiny)", SCRATCH), id="base",
                         tooltip="the model to fine-tune (the default model unless chosen), or a tiny one from scratch",
                     )
                 with Horizontal(classes="field"):
@@ -153,37 +218,58 @@ class TrainScreen(TuiScreen):
                     yield Button("Start", id="start", variant="success", compact=True)
                     yield Button("Stop", id="stop", variant="error", compact=True)
                     yield Button("Resume", id="resume", variant="primary", compact=True)
+                    yield Button("Tune", id="tune", variant="warning", compact=True,
+                                 tooltip="tune this repository: tune's recipe in its time box, then serve it here")
                 yield DataTable(id="runs-table", cursor_type="row")
             with Vertical(id="train-live"):
                 yield LossPlot(id="loss-plot")
                 yield StatsPanel(id="train-stats")
+                yield BeforeAfter(id="tune-report")
                 yield ProgressBar(total=1, show_eta=False, id="train-progress")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.sub_title = "Train"
-        self.query_one("#runs-table", DataTable).add_columns("run", "state")
+        self.query_one("#runs-table", DataTable).add_columns("run", "state")  # sized as rows come
         self.query_one("#train-stats", StatsPanel).show([("run", "none yet: press Start")])
+        self.query_one("#tune-report", BeforeAfter).display = False
         self.action_preview()
         self._list_runs(first=True)
         self.set_interval(self.app.settings.refresh_s * 4, self._list_runs)
 
     def on_screen_resume(self) -> None:
-        self._list_runs(with_models=True)  # the store may have changed on another screen
+        # The store may have changed on another screen.
+        self.query_one("#base", ModelPicker).refresh_models()
+        self._list_runs()
 
     # --- corpus preview ---
 
     def _base_model(self) -> str | None:
-        value = self.query_one("#base", Select).value
-        return None if value in (SCRATCH, Select.BLANK) else str(value)
+        """The base to train from: a model directory, None from scratch (raises StoreError
+        for the default model where the store has none)."""
+        picker = self.query_one("#base", ModelPicker)
+        if picker.extra_chosen:
+            return None
+        return picker.model or str(self.app.store.resolve(None))
+
+    def _tune_config(self) -> TuneConfig:
+        """The tune the key starts: the app's tune settings on the repository typed, from the
+        model chosen (else tune's choice: the repository's last tuned model or the default)."""
+        repo = self.query_one("#repo", Input).value.strip()
+        if not repo:
+            raise ValueError(NO_REPO)
+        tune = self.app.settings.tune
+        device = self.app.settings.train_device if tune.device == TuneConfig.device else tune.device
+        return dataclasses.replace(tune, repo=repo, base=self.query_one("#base", ModelPicker).model, device=device)
 
     def action_preview(self) -> None:
         repo = self.query_one("#repo", Input).value.strip()
         if not repo:
             self.query_one("#corpus-preview", Static).update(NO_REPO)
+            self.query_one("#tune-preview", Static).update("")
             return
         self.query_one("#corpus-preview", Static).update("reading the repository...")
-        self._preview(repo, self._base_model())
+        self._preview(repo, self.query_one("#base", ModelPicker).extra_chosen, self._tune_config())
 
     @on(Input.Submitted, "#repo")
     def _repo_submitted(self) -> None:
@@ -197,47 +283,49 @@ class TrainScreen(TuiScreen):
         self._preview_timer = self.set_timer(PREVIEW_DELAY_S, self.action_preview)
 
     @on(Select.Changed, "#base")
-    def _base_changed(self, event: Select.Changed) -> None:
-        if event.value != self._base_value:  # not when the options are refreshed
-            self._base_value = event.value
-            self._base_picked = self._base_picked or event.value != self._base_auto
-            self.action_preview()
+    def _base_changed(self) -> None:
+        self.action_preview()  # the picker says only real changes, not a refresh of its options
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="preview")
-    def _preview(self, repo: str, base: str | None) -> None:
+    def _preview(self, repo: str, scratch: bool, tune: TuneConfig) -> None:
         try:
-            self.post_message(self.Preview(corpus_preview(repo, base), True))
-        except (CorpusError, ModelFileError, OSError) as e:
-            self.post_message(self.Preview(str(e), False))
+            base = None if scratch else tune.base or str(self.app.store.resolve(None))
+            text = corpus_preview(repo, base)
+        except (CorpusError, ModelFileError, StoreError, OSError) as e:
+            self.post_message(self.Preview(str(e), False, ""))
+            return
+        try:
+            plan = describe_plan(plan_tune(tune, self.app.store), tune, self.app.store)
+        except (TuneError, CorpusError, ModelFileError, StoreError, OSError) as e:
+            plan = f"[red]{escape(str(e))}[/]"
+        # tune starts from a model: "from scratch" is the train button's alone.
+        scratch_note = " (tune starts from a model, not from scratch)" if scratch else ""
+        self.post_message(self.Preview(text, True, f"[b]tune[/b] {plan}{scratch_note}"))
 
     def on_train_screen_preview(self, message: Preview) -> None:
-        self.query_one("#corpus-preview", Static).update(message.text if message.ok else f"[red]{message.text}[/]")
+        text = escape(message.text)
+        self.query_one("#corpus-preview", Static).update(text if message.ok else f"[red]{text}[/]")
+        self.query_one("#tune-preview", Static).update(message.tune)
         if not message.ok:
             self.notify(message.text, title="corpus", severity="error", timeout=8)
 
     # --- runs ---
 
-    def _list_runs(self, first: bool = False, with_models: bool = False) -> None:
+    def _list_runs(self, first: bool = False) -> None:
         for path, proc in list(self._procs.items()):
             if proc.poll() is not None:  # reap it: a zombie would look alive
                 del self._procs[path]
-        self._list_runs_worker(first, with_models or first)
+        self._list_runs_worker(first)
 
     @work(thread=True, exit_on_error=False, group="runs")
-    def _list_runs_worker(self, first: bool, with_models: bool) -> None:
+    def _list_runs_worker(self, first: bool) -> None:
         infos = runs.list_runs(self.app.runs_dir)
-        models, default = None, None
-        if with_models:
-            listed = [m for m in list_models(self.app.store) if not m.error]
-            models = [(m.name, str(m.path)) for m in listed]
-            default = next((str(m.path) for m in listed if m.is_default), None)
-        self.post_message(self.RunsListed(infos, models, default))
+        self.post_message(self.RunsListed(infos))
         if first and infos and self.attached is None:
             running = [i for i in infos if i.state == runs.RUNNING]
             self.app.call_from_thread(self.attach, (running or infos)[0].path)
 
     def on_train_screen_runs_listed(self, message: RunsListed) -> None:
-        self._update_models(message.models, message.default)
         shown = (message.infos, self.attached)
         if shown == self._runs_shown:
             return  # unchanged: keep the table (and its cursor) as it is
@@ -245,26 +333,21 @@ class TrainScreen(TuiScreen):
         self.run_infos = message.infos
         table = self.query_one("#runs-table", DataTable)
         row = table.cursor_row
-        table.clear()
+        rows = []
         for info in message.infos:
             mark = ">" if info.path == self.attached else " "
             done = f" {info.step / info.steps:.0%}" if info.steps and info.state in (runs.RUNNING, runs.STOPPED) else ""
-            table.add_row(f"{mark}{info.name}", f"{info.state}{done}", key=str(info.path))
+            kind = "tune " if info.kind == runs.TUNE else ""
+            rows.append((f"{mark}{info.name}", f"{kind}{info.state}{done}", str(info.path)))
+        # Columns as wide as their widest cell, set here: DataTable's own sizing of columns
+        # renders rows added after a clear() at the width they had before.
+        table.clear(columns=True)
+        table.add_column("run", width=max([3, *(len(r[0]) for r in rows)]))
+        table.add_column("state", width=max([5, *(len(r[1]) for r in rows)]))
+        for name, state, key in rows:
+            table.add_row(name, state, key=key)
         if message.infos:
             table.move_cursor(row=min(max(row, 0), len(message.infos) - 1))
-
-    def _update_models(self, models: list[tuple[str, str]] | None, default: str | None) -> None:
-        """New base options; until the user picks one, the base is the default model
-        (fine-tuning it is what makes a useful model; from scratch is a toy)."""
-        if models is not None and models != self._models_known:
-            self._models_known = models
-            base = self.query_one("#base", Select)
-            value = base.value
-            options = models + [("from scratch (tiny)", SCRATCH)]
-            base.set_options(options)
-            if not self._base_picked and default is not None:
-                value = self._base_auto = default
-            base.value = value if any(v == value for _, v in options) else (default or SCRATCH)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "runs-table" and event.row_key.value:
@@ -281,24 +364,37 @@ class TrainScreen(TuiScreen):
         self.attached = run_dir
         self.records = []
         self.query_one(LossPlot).show([])
+        self.query_one("#tune-report", BeforeAfter).display = False
         self._tail(run_dir)
         self._list_runs()
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="tail")
     def _tail(self, run_dir: Path) -> None:
         worker = get_current_worker()
-        tail = runs.MetricsTail(run_dir / METRICS_FILE)
+        tail = runs.MetricsTail(runs.metrics_path(run_dir))
         settings = None
+
+        def read() -> tuple[list[dict[str, Any]], bool]:
+            nonlocal tail
+            path = runs.metrics_path(run_dir)  # a tune's moves into its model at the end
+            if path == tail.path:
+                return tail.read_new()
+            tail = runs.MetricsTail(path)
+            return tail.read_new()[0], True
+
         while not worker.is_cancelled:
-            records, reset = tail.read_new()
+            records, reset = read()
             info = runs.describe_run(run_dir)
-            settings = settings or runs.describe_settings(run_dir)  # written once the trainer starts
-            self.post_message(self.MetricsUpdate(run_dir, records, reset, info, settings))
+            settings = runs.describe_settings(run_dir) or settings  # written once the trainer starts
+            tune = info.kind == runs.TUNE
+            phase = runs.log_tail(run_dir, 1) if tune else ""
             if info.state != runs.RUNNING:
-                records, reset = tail.read_new()  # whatever it wrote before it ended
-                if records or reset:
-                    self.post_message(self.MetricsUpdate(run_dir, records, reset, info, settings))
+                more, again = read()  # whatever it wrote before it ended
+                records, reset = (more, True) if again else (records + more, reset)
+                report = runs.tune_report(run_dir) if tune else None
+                self.post_message(self.MetricsUpdate(run_dir, records, reset, info, settings, report, phase))
                 return
+            self.post_message(self.MetricsUpdate(run_dir, records, reset, info, settings, None, phase))
             time.sleep(self.app.settings.refresh_s)
 
     def on_train_screen_metrics_update(self, message: MetricsUpdate) -> None:
@@ -311,9 +407,16 @@ class TrainScreen(TuiScreen):
             self.query_one(LossPlot).show(self.records)
         info = message.info
         p = runs.summarize(self.records, info.steps, since=info.started)
-        rows = [("run", f"{info.name} ({info.state})")]
+        kind = "tune " if info.kind == runs.TUNE else ""
+        rows = [("run", f"{info.name} ({kind}{info.state})")]
+        if message.report is not None:  # the table below says the rest
+            rows.append(("result", report_outcome(message.report)))
+            self._show_progress(rows, p, message.report)
+            return
         if message.settings:
             rows.append(("settings", message.settings))
+        if message.phase and info.state == runs.RUNNING:
+            rows.append(("log", message.phase))  # what it is doing besides training steps
         if p.loss is not None:
             eta = _duration(p.eta_s) if info.state == runs.RUNNING else "-"
             rows.append(("step", f"{p.step}/{p.steps}   {p.tokens_per_s or 0:,.0f} tok/s   ETA {eta}"))
@@ -321,11 +424,20 @@ class TrainScreen(TuiScreen):
             rows.append(("loss", f"train {p.loss:.3f}{val}  (sum of heads)"))
         if p.val_accuracy:
             rows.append(("val acc", " ".join(f"h{i + 1} {a:.0%}" for i, a in enumerate(p.val_accuracy))))
-        if info.state == runs.FAILED:
+        if info.state == runs.FAILED or (kind and info.state == runs.STOPPED):
             rows.append(("log", runs.log_tail(info.path, 2) or "(empty)"))
+        self._show_progress(rows, p, None)
+
+    def _show_progress(self, rows: list[tuple[str, str]], p: runs.Progress, report: dict[str, Any] | None) -> None:
+        """The stats, and a progress bar while there is no tune report to show instead."""
         self.query_one("#train-stats", StatsPanel).show(rows)
         bar = self.query_one("#train-progress", ProgressBar)
         bar.update(total=max(1, p.steps), progress=p.step)
+        table = self.query_one("#tune-report", BeforeAfter)
+        if report is not None:
+            table.show(report_rows(report))
+        bar.display = report is None
+        table.display = report is not None
 
     # --- start / stop / resume ---
 
@@ -358,7 +470,7 @@ class TrainScreen(TuiScreen):
             config = self._config()  # a TrainError is a ValueError: its message is the user's
             if not Path(config.repo).is_dir():
                 raise ValueError(f"not a directory: {config.repo}")
-        except ValueError as e:
+        except (ValueError, StoreError) as e:
             self.notify(str(e), title="cannot start", severity="error")
             return
         self._check_and_start(config)
@@ -386,6 +498,46 @@ class TrainScreen(TuiScreen):
             return
         self._procs[run_dir] = proc
         self.notify(f"training in the background: {run_dir.name} (pid {proc.pid})", title="started")
+        self.attach(run_dir)
+
+    @on(Button.Pressed, "#tune")
+    def action_tune(self) -> None:
+        try:
+            config = self._tune_config()
+            runs.tune_command(config)  # a setting the command cannot take fails here, not in the process
+        except ValueError as e:
+            self.notify(str(e), title="cannot tune", severity="error")
+            return
+        self._plan_and_tune(config)
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="start")
+    def _plan_and_tune(self, config: TuneConfig) -> None:
+        """What tune refuses (too little code, nothing changed), refused before a process
+        is started, in tune's words."""
+        store = self.app.store
+        try:
+            plan = plan_tune(config, store)
+        except (TuneError, CorpusError, ModelFileError, StoreError, OSError) as e:
+            self.post_message(self.StartRefused(str(e)))
+            return
+        other = runs.running_tune_of(self.app.runs_dir, plan.run_dir)
+        if other is not None:
+            self.post_message(self.StartRefused(f"{other.name} is tuning {plan.repo.name} already"))
+        elif nothing_changed(plan, config):
+            self.post_message(self.StartRefused(f"{plan.repo}: {describe_plan(plan, config, store)}"))
+        else:
+            self.app.call_from_thread(self._start_tune, config, plan)
+
+    def _start_tune(self, config: TuneConfig, plan: TunePlan) -> None:
+        store = self.app.store
+        try:
+            run_dir, proc = runs.start_tune(self.app.runs_dir, config, plan, store.models_dir / plan.name)
+        except (ValueError, OSError) as e:
+            self.notify(str(e), title="cannot tune", severity="error")
+            return
+        self._procs[run_dir] = proc
+        self.notify(f"{plan.repo.name}: {describe_plan(plan, config, store)}; {run_dir.name} (pid {proc.pid})",
+                    title="tuning in the background", timeout=8)
         self.attach(run_dir)
 
     @on(Button.Pressed, "#stop")

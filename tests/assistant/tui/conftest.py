@@ -27,9 +27,8 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield path
     for info in runs.list_runs(path / "runs"):
-        pid = runs.recorded_pid(info.path)
-        if pid is not None and runs.pid_alive(pid, str(info.path)):
-            os.kill(pid, signal.SIGTERM)
+        if runs.is_running(info.path):
+            os.kill(runs.recorded_pid(info.path), signal.SIGTERM)
 
 
 def save_tiny(path: Path, n_future: int = 4, seed: int = 0, provenance: dict | None = None) -> Path:

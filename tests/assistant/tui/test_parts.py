@@ -155,3 +155,33 @@ def test_model_listing_reads_files_only(home, tmp_path):
     assert a.parameters == sum(p.numel() for p in random_model().parameters())
     assert scores(a.provenance) == {"val_loss_per_head": [1.0, 2.0]}
     assert infos[1].error and "JSON object" in infos[1].error
+
+
+def test_acceptance_is_shown_for_the_draft_positions_that_were_drafted():
+    """A lookup drafter allowed 8 tokens that drafted 3 (the completion ended): three
+    positions, each 1 of 1, not five rates of 0 for positions nothing was drafted at."""
+    from assistant.tui.screens.playground import acceptance_per_position
+    from tests.assistant.engine.test_drafters import PERIODIC, StubModel, run
+
+    out = run(StubModel(agree=False), 1, PERIODIC, max_new=4, drafter="lookup", draft_len=8)
+    assert out.stats.draft_proposed == [1, 1, 1, 0, 0, 0, 0, 0]  # what the stats hold
+    assert acceptance_per_position(out.stats) == "1/1 1/1 1/1 (lookup drafted 3 of 3)"
+    # Heads whose drafts are all wrong: every position proposed, none accepted past the first miss.
+    out = run(StubModel(agree=False), 4, [0, 1, 2], max_new=10, drafter="heads")
+    # (9 forwards after the prefill; the last two have room for 2 and 1 drafts.)
+    assert acceptance_per_position(out.stats) == "0/9 0/8 0/7"
+    assert acceptance_per_position(run(StubModel(agree=True), 1, [0], max_new=3, drafter="heads").stats) == "none drafted"
+
+
+def test_tune_command_has_an_option_for_each_setting_changed():
+    from assistant.training.tune import TuneConfig
+
+    config = TuneConfig(repo="/r", base="/m", steps=12, batch_size=4, seq_len=64, lr=3e-3, next_line_cases=4,
+                        speed_prompts=2, device="cpu")
+    command = runs.tune_command(config)
+    assert command[3:] == ["tune", "/r", "--base", "/m", "--steps", "12", "--lr", "0.003", "--batch-size", "4",
+                           "--seq-len", "64", "--next-line-cases", "4", "--speed-prompts", "2", "--device", "cpu",
+                           "--json", "--quiet"]
+    assert runs.tune_command(TuneConfig(repo="/r"))[3:] == ["tune", "/r", "--json", "--quiet"]  # tune's own recipe
+    with pytest.raises(ValueError, match="patience=5 has no `mtp-assistant tune` option"):
+        runs.tune_command(TuneConfig(patience=5))

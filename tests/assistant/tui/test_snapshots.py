@@ -104,11 +104,56 @@ def test_train_screen(snap_compare, store_home, small_repo, monkeypatch):
 
     async def ready(pilot):
         screen = app.screen
-        await wait_for(pilot, lambda: len(screen._models_known) == 2, what="models")
-        # The default model becomes the base, and the preview is redone for it.
-        await wait_for(pilot, lambda: screen._base_value != "__scratch__", what="the default base")
+        # from scratch, the default model (the base), the two models.
+        await wait_for(pilot, lambda: len(screen.query_one("#base")._options) == 4, what="models")
         await wait_for(pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="preview")
+        await wait_for(pilot, lambda: "first tune" in str(screen.query_one("#tune-preview").render()), what="plan")
         screen.query_one(LossPlot).show(fake_records())  # what a run's metrics look like, fixed
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=ready)
+
+
+def fake_tune_report(repo, base) -> dict:
+    def measured(top1: list[float], loss: float, exact: float, tpf: float, p50: float) -> dict:
+        return {"val_loss": loss, "accuracy_per_head": top1, "next_line": {"cases": 100, "exact_match": exact},
+                "tokens_per_forward": {"k": 4, "value": tpf}, "latency_ms": {"p50": p50, "p95": 2 * p50},
+                "engine": "torch"}
+
+    return {
+        "repo": str(repo), "name": "repo-1a2b3c", "base": str(base), "started_from": "base model",
+        "corpus": {"train": {"files": 5, "bytes": 2500}, "val": {"files": 1, "bytes": 500}},
+        "train": {"steps": 40, "lr": 5e-4, "seq_len": 64, "batch_size": 8},
+        "run": {"steps": 40, "schedule_steps": 40, "best_step": 30, "stopped": "end of the schedule"},
+        "before": measured([0.412, 0.201, 0.113, 0.057], 14.31, 0.12, 1.41, 31),
+        "after": measured([0.583, 0.352, 0.214, 0.126], 10.87, 0.23, 1.86, 30),
+    }
+
+
+def test_train_screen_after_a_tune(snap_compare, store_home, small_repo, monkeypatch):
+    """A tune run, ended: its before/after report beside the loss plot."""
+    monkeypatch.chdir(small_repo)
+    from assistant.tui import runs
+
+    run_dir = store_home / "runs" / "repo-0101-1200"
+    run_dir.mkdir(parents=True)
+    model_dir = store_home / "models" / "repo-1a2b3c"
+    model_dir.mkdir()
+    (model_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_records()))
+    (run_dir / runs.TUNE_JOB_FILE).write_text(json.dumps({
+        "repo": str(small_repo), "name": model_dir.name, "tune_dir": str(store_home / "tune" / model_dir.name),
+        "model_dir": str(model_dir), "command": [],
+    }))
+    (run_dir / runs.PROCESS_FILE).write_text(json.dumps({"pid": None, "command": [], "started": 1.0}))
+    report = fake_tune_report(small_repo, store_home / "models" / "tiny-a")
+    (run_dir / runs.LOG_FILE).write_text("measuring the tuned model on the held-out files\n" + json.dumps(report) + "\n")
+    app = make_app(store_home, start_mode="train", repo=".")
+
+    async def ready(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.query_one("#tune-report").display, what="the report")
+        await wait_for(pilot, lambda: len(screen.query_one(LossPlot)._records) == len(fake_records()), what="plot")
+        await wait_for(pilot, lambda: "first tune" in str(screen.query_one("#tune-preview").render()), what="plan")
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ready)

@@ -90,9 +90,8 @@ async def test_bad_repo_and_settings_are_notifications(home, tmp_path):
 
 
 async def test_the_base_is_the_default_model_and_the_preview_follows_the_repo_typed(home, tmp_path, code_repo):
-    from textual.widgets import Select
-
     from assistant.store import ModelStore
+    from assistant.tui.widgets.model_picker import DEFAULT_MODEL, ModelPicker
 
     from .conftest import save_tiny
 
@@ -106,8 +105,11 @@ async def test_the_base_is_the_default_model_and_the_preview_follows_the_repo_ty
     app = train_app(home, code_repo, steps=5)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
-        base = screen.query_one("#base", Select)
-        await wait_for(pilot, lambda: base.value == str(default.path), what="the default model as the base")
+        base = screen.query_one("#base", ModelPicker)
+        await wait_for(pilot, lambda: len(base._options) == 4, what="the models listed")
+        # "from scratch", "default model" (chosen), the two models.
+        assert [value for _, value in base._options][:2] == ["__scratch__", DEFAULT_MODEL]
+        assert base.value == DEFAULT_MODEL and screen._base_model() == str(default.path)
         preview = screen.query_one("#corpus-preview")
         await wait_for(pilot, lambda: "train +" in str(preview.render()), what="preview")
         before = str(preview.render())
