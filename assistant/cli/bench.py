@@ -43,50 +43,23 @@ def cmd_bench(args) -> int:
 
     import torch
 
-    from assistant.bench import BenchConfig, directory_prompts, engine_scorer, humaneval_prompts, run_bench, torch_scorer
-    from assistant.engine import load_engine
+    from assistant.bench import BenchConfig, BenchEngines, bench_engines, directory_prompts, humaneval_prompts, run_bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model_dir = ModelStore().resolve(args.model)
-    engines, scorer, baseline = {}, None, None
-    if args.engine == "llama":
-        quants = [q.strip() for q in (args.quant or "").split(",") if q.strip()] or [None]
-        for quant in quants:
-            eng = load_engine(model_dir, "llama", args.device, args.dtype, quant, args.threads, exact=args.exact)
-            engines[f"llama {eng.quant}"] = eng
-        # The first export's own heads score head accuracy: no torch weights needed.
-        scorer = engine_scorer(next(iter(engines.values())))
-        if args.with_torch:
-            engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
-            baseline = "torch"
-        if args.peers:
-            from assistant.bench import PEER_PLAIN, llama_cpp_peers
-
-            first = next(iter(engines.values()))
-            engines |= llama_cpp_peers(first.files[0], first.max_seq_len, args.threads,
-                                       n_gpu_layers=0 if args.device == "cpu" else -1)
-            baseline = PEER_PLAIN
-    else:
-        engines["torch"] = load_engine(model_dir, "torch", args.device, args.dtype)
-        scorer = torch_scorer(engines["torch"].model)
-    from assistant.bench import with_drafters
-    from assistant.engine.base import DRAFTERS
-
-    drafters = [d.strip() for d in args.drafter.split(",") if d.strip()]
-    unknown = [d for d in drafters if d not in DRAFTERS]
-    if unknown:
-        print(f"error: unknown drafter {unknown[0]!r}; choose from {', '.join(DRAFTERS)}", file=sys.stderr)
-        return EXIT_ERROR
-    engines = with_drafters(engines, drafters)
-    engine = next(iter(engines.values()))
+    spec = BenchEngines(
+        engine=args.engine, quants=tuple(q.strip() for q in (args.quant or "").split(",") if q.strip()) or (None,),
+        device=args.device, dtype=args.dtype, threads=args.threads, exact=args.exact, with_torch=args.with_torch,
+        peers=args.peers, drafters=tuple(d.strip() for d in args.drafter.split(",") if d.strip()),
+    )
+    setup = bench_engines(model_dir, spec)
+    engines = setup.engines
     prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
     config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit)
     result = run_bench(
-        engines, engine.tokenizer, prompts, config,
+        engines, setup.first.tokenizer, prompts, config,
         progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", file=sys.stderr, flush=True),
-        scorer=scorer, baseline=baseline,
+        scorer=setup.scorer, baseline=setup.baseline,
     )
     print(file=sys.stderr)
     result.meta = {
