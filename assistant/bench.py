@@ -13,6 +13,7 @@ forward the heads allow (if errors were independent: 1 + sum_j prod_{i<=j} acc_i
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.resources
 import json
@@ -213,6 +214,72 @@ def scorer_for(engine) -> Scorer:
     return engine_scorer(engine) if hasattr(engine, "head_predictions") else torch_scorer(engine.model)
 
 
+@dataclass(frozen=True)
+class BenchEngines:
+    """Which engines to benchmark one model on (bench_engines)."""
+
+    engine: str = "auto"  # auto: the one completions use (llama.cpp where exported, else torch); torch; llama
+    quants: tuple[str | None, ...] = (None,)  # llama: exports side by side (None: the preferred one)
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = None  # torch's and llama.cpp's (None: their defaults)
+    exact: bool = False  # llama: exact mode (LlamaSettings.exact)
+    with_torch: bool = False  # llama: also the torch engine, then the baseline
+    peers: bool = False  # llama: also llama-cpp-python on the first export's main GGUF, then the baseline
+    drafters: tuple[str, ...] = ("heads",)  # each but heads adds a row per engine of ours (with_drafters)
+
+
+@dataclass
+class BenchSetup:
+    """run_bench's engines, scorer and baseline."""
+
+    engines: dict[str, Any]
+    scorer: Scorer | None
+    baseline: str | None = None
+
+    @property
+    def first(self):
+        """The engine whose tokenizer encodes the prompts and whose plain decoding is scored."""
+        return next(iter(self.engines.values()))
+
+
+def bench_engines(model_dir: Path | str, spec: BenchEngines = BenchEngines()) -> BenchSetup:
+    """Load the engines `spec` asks for; UserError for an unknown drafter (before any loads)."""
+    from assistant.engine import load_engine
+    from assistant.engine.base import DRAFTERS
+
+    unknown = [d for d in spec.drafters if d not in DRAFTERS]
+    if unknown:
+        raise UserError(f"unknown drafter {unknown[0]!r}; choose from {', '.join(DRAFTERS)}")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    engines: dict[str, Any] = {}
+    baseline = None
+    if spec.engine == "llama":
+        for quant in spec.quants:
+            eng = load_engine(model_dir, "llama", spec.device, spec.dtype, quant, spec.threads, exact=spec.exact)
+            engines[f"llama {eng.quant}"] = eng
+        first = next(iter(engines.values()))
+        # The first export's own heads score head accuracy: no torch weights needed.
+        scorer = engine_scorer(first)
+        if spec.with_torch:
+            engines["torch"] = load_engine(model_dir, "torch", spec.device, spec.dtype)
+            baseline = "torch"
+        if spec.peers:
+            engines |= llama_cpp_peers(first.files[0], first.max_seq_len, spec.threads,
+                                       n_gpu_layers=0 if spec.device == "cpu" else -1)
+            baseline = PEER_PLAIN
+    elif spec.engine == "torch":
+        engines["torch"] = load_engine(model_dir, "torch", spec.device, spec.dtype)
+        scorer = torch_scorer(engines["torch"].model)
+    else:
+        eng = load_engine(model_dir, spec.engine, spec.device, spec.dtype, spec.quants[0], spec.threads,
+                          exact=spec.exact)
+        engines[eng.label] = eng
+        scorer = scorer_for(eng)
+    return BenchSetup(with_drafters(engines, spec.drafters), scorer, baseline)
+
+
 def head_accuracy(model, prompt: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
     """Per head: (hits, scored) of a torch model at predicting the continuation, teacher-forced."""
     return torch_scorer(model)(prompt, continuation)
@@ -227,8 +294,49 @@ def implied_tokens_per_forward(accuracy: list[float], k: int) -> float:
 
 
 @dataclass
+class BenchRow:
+    """One (engine, k) of a benchmark: medians over the prompts. to_dict is the JSON a bench
+    file (and a model card's bench) holds; None means not measured."""
+
+    engine: str
+    k: int
+    tokens_per_forward: float
+    implied_tokens_per_forward: float | None  # from head accuracy; None for llama-cpp-python's peers
+    tokens_per_s: float  # prefill included
+    wall_ms: float | None  # one whole generation, prefill included (None: a file from before it was measured)
+    decode_tokens_per_s: float  # after the prefill
+    speedup: float  # vs the same engine's k=1
+    step_cost: float | None  # one decoding forward's time vs a plain one's
+    acceptance: list[float]  # per draft position
+    loop_overhead: float | None  # share of the time outside the model; None where not measured
+    speedup_vs_baseline: float | None = None  # per token, vs the baseline engine's k=1 (only with a baseline)
+    share_below_0_95: float | None = None  # prompts on which this row is more than 5% slower than the baseline
+
+    # Written only when measured, as before they were fields: older files lack them.
+    _OMITTED_WHEN_NONE = ("wall_ms", "speedup_vs_baseline", "share_below_0_95")
+    _REQUIRED = ("engine", "k", "tokens_per_forward", "tokens_per_s", "decode_tokens_per_s", "speedup", "acceptance")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if value is not None or name not in self._OMITTED_WHEN_NONE}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BenchRow":
+        """A row as to_dict wrote it (a missing optional figure reads as None); ValueError
+        naming what is missing or unknown."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in cls._REQUIRED if name not in data]
+        unknown = sorted(set(data) - set(names))
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + \
+            ([f"unknown {', '.join(unknown)}"] if unknown else [])
+        if problems:
+            raise ValueError(f"not a bench row: {'; '.join(problems)}")
+        return cls(**{name: data.get(name) for name in names})
+
+
+@dataclass
 class BenchResult:
-    rows: list[dict[str, Any]] = field(default_factory=list)  # one per (engine, k)
+    rows: list[BenchRow] = field(default_factory=list)  # one per (engine, k)
     head_accuracy: list[float] = field(default_factory=list)
     prompts: int = 0
     mismatches: int = 0  # runs whose tokens differ from the same engine's plain decoding
@@ -242,7 +350,7 @@ class BenchResult:
         return {"meta": self.meta, "prompts": self.prompts, "mismatches": self.mismatches,
                 "mismatches_by_engine": self.mismatches_by_engine, "runs_by_engine": self.runs_by_engine,
                 "exact_engines": self.exact_engines,
-                "head_accuracy": self.head_accuracy, "baseline": self.baseline, "rows": self.rows}
+                "head_accuracy": self.head_accuracy, "baseline": self.baseline, "rows": [r.to_dict() for r in self.rows]}
 
     def mismatch_report(self) -> list[tuple[str, bool]]:
         """(line, is_error) per engine whose speculative runs were compared with its plain
@@ -273,15 +381,15 @@ class BenchResult:
             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""),
         ]
         for r in self.rows:
-            acceptance = " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-"
-            implied = f"{r['implied_tokens_per_forward']:.2f}" if r["implied_tokens_per_forward"] is not None else "-"
-            step_cost = f"{r['step_cost']:.2f}x" if r.get("step_cost") is not None else "-"
-            overhead = f"{r['loop_overhead']:.1%}" if r.get("loop_overhead") is not None else "-"
+            acceptance = " ".join(f"{a:.2f}" for a in r.acceptance) or "-"
+            implied = f"{r.implied_tokens_per_forward:.2f}" if r.implied_tokens_per_forward is not None else "-"
+            step_cost = f"{r.step_cost:.2f}x" if r.step_cost is not None else "-"
+            overhead = f"{r.loop_overhead:.1%}" if r.loop_overhead is not None else "-"
             lines.append(
-                f"| {r['engine']} | {r['k']} | {r['wall_ms']:.0f} ms | {r['tokens_per_forward']:.2f} | {implied} | "
-                f"{r['tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {step_cost} | "
+                f"| {r.engine} | {r.k} | {r.wall_ms:.0f} ms | {r.tokens_per_forward:.2f} | {implied} | "
+                f"{r.tokens_per_s:.1f} | {r.decode_tokens_per_s:.1f} | {r.speedup:.2f}x | {step_cost} | "
                 f"{acceptance} | {overhead} |"
-                + (f" {r['speedup_vs_baseline']:.2f}x |" if base else "")
+                + (f" {r.speedup_vs_baseline:.2f}x |" if base else "")
             )
         return "\n".join(lines)
 
@@ -385,23 +493,21 @@ def run_bench(
             if not data["tpf"]:
                 continue
             acceptance = [statistics.mean(a[j] for a in data["acc"]) for j in range(k - 1)]
-            row = {
-                "engine": label,
-                "k": k,
-                "tokens_per_forward": statistics.median(data["tpf"]),
-                "implied_tokens_per_forward": implied_tokens_per_forward(result.head_accuracy, k)
+            vs_base = data["vs_base"]
+            result.rows.append(BenchRow(
+                engine=label,
+                k=k,
+                tokens_per_forward=statistics.median(data["tpf"]),
+                implied_tokens_per_forward=implied_tokens_per_forward(result.head_accuracy, k)
                 if result.head_accuracy and not isinstance(engines[label], LlamaCppPeer) else None,
-                "tokens_per_s": statistics.median(data["tps"]),  # prefill included
-                "wall_ms": 1000 * statistics.median(data["wall"]),  # one whole generation, prefill included
-                "decode_tokens_per_s": statistics.median(data["dtps"]),  # after the prefill
-                "speedup": statistics.median(data["speedup"]),
-                "step_cost": statistics.median(data["step_cost"]) if data["step_cost"] else None,
-                "acceptance": acceptance,
-                "loop_overhead": statistics.median(data["overhead"]) if data["overhead"] else None,
-            }
-            if data["vs_base"]:
-                row["speedup_vs_baseline"] = statistics.median(data["vs_base"])
-                # The prompts on which this row is more than 5% slower than the baseline.
-                row["share_below_0_95"] = sum(v < 0.95 for v in data["vs_base"]) / len(data["vs_base"])
-            result.rows.append(row)
+                tokens_per_s=statistics.median(data["tps"]),
+                wall_ms=1000 * statistics.median(data["wall"]),
+                decode_tokens_per_s=statistics.median(data["dtps"]),
+                speedup=statistics.median(data["speedup"]),
+                step_cost=statistics.median(data["step_cost"]) if data["step_cost"] else None,
+                acceptance=acceptance,
+                loop_overhead=statistics.median(data["overhead"]) if data["overhead"] else None,
+                speedup_vs_baseline=statistics.median(vs_base) if vs_base else None,
+                share_below_0_95=sum(v < 0.95 for v in vs_base) / len(vs_base) if vs_base else None,
+            ))
     return result

@@ -12,21 +12,6 @@ ENGINES = ("auto", "torch", "llama")
 log = logging.getLogger(__name__)
 
 
-def has_llama_files(model_dir: Path | str) -> bool:
-    """Whether the model directory holds a complete GGUF export (main + every head) for the
-    llama.cpp engine. Whether the files are sound is checked when the engine loads them."""
-    from models.checkpoint import ModelFileError, read_config
-    from models.gguf_export import available_quants, export_files
-
-    try:
-        config, _, _ = read_config(model_dir)
-    except ModelFileError:
-        return False
-    return any(
-        all(p.is_file() for p in export_files(model_dir, q, config.n_future_tokens)) for q in available_quants(model_dir)
-    )
-
-
 def load_engine(
     model_dir: Path | str,
     engine: str = "auto",

@@ -51,7 +51,7 @@ from assistant.engine.base import (
 from assistant.engine.drafting import CostCurve, DraftPlanner, cached_probe, probe_costs, probe_key
 from assistant.engine.speculative import decode, forward_heads
 from models.checkpoint import ModelFileError, check_context_memory, check_weights_header, read_config
-from models.gguf_export import FINAL_HIDDEN_ARCHS, available_quants, check_export, gguf_arch, quiet_llama_logs
+from models.gguf_export import FINAL_HIDDEN_ARCHS, available_quants, check_export, export_files, gguf_arch, quiet_llama_logs
 from models.tokenizer import TokenizerError, load_tokenizer
 
 # Which export "auto" picks when several exist: q8_0 is within rounding of f16 in
@@ -81,6 +81,29 @@ class LlamaSettings:
     # Where the cost probe of the "auto" drafter is kept (one small JSON file per model file,
     # settings and machine); None: measured at the first "auto" call of each engine.
     probe_dir: Path | None = None
+
+
+# check_export parses every GGUF of an export (about a second for the shipped model, on every
+# load); an export whose files all have the stamp they had when it passed is not parsed again.
+_checked_exports: dict[tuple, list[Path]] = {}
+
+
+def _file_stamp(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (str(path), None)
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def checked_export(model_dir: Path, quant: str, config) -> list[Path]:
+    """check_export(model_dir, quant, config), remembered in this process for as long as the
+    export's files (and a base export's base.json) keep their path, size, mtime and inode."""
+    files = export_files(model_dir, quant, config.n_future_tokens)
+    key = (quant, config, tuple(_file_stamp(p) for p in [*files, files[0].parent / "base.json"]))
+    if key not in _checked_exports:
+        _checked_exports[key] = check_export(model_dir, quant, config)  # raises, remembering nothing, if unsound
+    return list(_checked_exports[key])
 
 
 _backend_ready = False
@@ -335,7 +358,7 @@ class LlamaEngine:
             raise ModelFileError(
                 model_dir / "gguf", f"no GGUF export (run `mtp-assistant models export {model_dir} --quant q8_0`)"
             )
-        files = check_export(model_dir, quant, config)
+        files = checked_export(model_dir, quant, config)
         check_min_context(model_dir, config.max_seq_len)
         # The weights this export was made from: llama.cpp never reads them, but a directory
         # whose model.safetensors is gone or damaged cannot be re-exported or run by torch.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,38 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.checkpoint import write_atomic
+
+
+@dataclass(kw_only=True)
+class MetricsRecord:
+    """One line of a trainer run's metrics.jsonl: a training step (split "train") or an
+    evaluation on the held-out windows ("val"). to_dict is the line as written, fields in
+    this order, the train-only ones absent from a val record. (An add-heads run writes
+    records of its own, read as plain dicts by read_metrics.)"""
+
+    step: int  # steps done
+    split: str  # "train" or "val"
+    lr: float | None = None  # train: the step's learning rate
+    loss: float  # summed over the heads
+    loss_per_head: list[float]
+    accuracy_per_head: list[float]  # top-1
+    grad_norm: float | None = None  # train: before clipping
+    tokens_per_s: float | None = None  # train: scored positions per second of the step
+    time: float  # Unix time when written
+
+    _REQUIRED = ("step", "split", "loss", "loss_per_head", "accuracy_per_head", "time")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MetricsRecord":
+        """A record as to_dict wrote it; keys it does not know are ignored. ValueError naming
+        a missing one."""
+        missing = [k for k in cls._REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"not a training record: no {', '.join(missing)}")
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 class MetricsWriter:
@@ -61,6 +95,18 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_records(path: Path) -> list[MetricsRecord]:
+    """A trainer run's metrics file as records (a torn last line is skipped); ValueError
+    naming the file and line of one that is not a training record."""
+    records = []
+    for i, data in enumerate(read_metrics(path), start=1):
+        try:
+            records.append(MetricsRecord.from_dict(data))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: record {i}: {e}") from None
+    return records
+
+
 class ProgressReporter:
     """A rich progress bar with the latest loss, on stderr (stdout stays clean).
 
@@ -95,15 +141,15 @@ class ProgressReporter:
     def __exit__(self, *exc) -> None:
         self._progress.__exit__(*exc)
 
-    def advance(self, record: dict[str, Any]) -> None:
-        info = f"loss {record['loss']:.3f}  {record['tokens_per_s']:.0f} tok/s{self._last_val}"
+    def advance(self, record: MetricsRecord) -> None:
+        info = f"loss {record.loss:.3f}  {record.tokens_per_s:.0f} tok/s{self._last_val}"
         self._progress.update(self._task, advance=1, info=info)
         self._done += 1
         if self._plain and (self._done % self._log_every == 0 or self._done == self._total):
             self._progress.console.print(f"step {self._done}/{self._total}: {info}", soft_wrap=True)
 
-    def note(self, val_record: dict[str, Any]) -> None:
-        heads = " ".join(f"{a:.2f}" for a in val_record["accuracy_per_head"])
-        self._last_val = f"  val {val_record['loss']:.3f} acc[{heads}]"
+    def note(self, val_record: MetricsRecord) -> None:
+        heads = " ".join(f"{a:.2f}" for a in val_record.accuracy_per_head)
+        self._last_val = f"  val {val_record.loss:.3f} acc[{heads}]"
         if self.enabled:
-            self._progress.console.print(f"step {val_record['step']}: val loss {val_record['loss']:.4f}, accuracy per head {heads}")
+            self._progress.console.print(f"step {val_record.step}: val loss {val_record.loss:.4f}, accuracy per head {heads}")

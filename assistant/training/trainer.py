@@ -36,7 +36,7 @@ from assistant.training.corpus import Corpus, CorpusConfig, CorpusError, build_c
 from assistant.training.data import StepPrefetcher, WindowStream, evaluation_windows
 from assistant.training.evaluation import evaluate
 from assistant.training.distributed import average_gradients, init_world, shutdown, sum_across
-from assistant.training.metrics import MetricsWriter, ProgressReporter
+from assistant.training.metrics import MetricsRecord, MetricsWriter, ProgressReporter
 from models.checkpoint import ModelFileError, load_model, save_model, write_atomic
 from models.config import PRESETS, ConfigError
 from models.loss import mtp_forward_backward, split_window
@@ -166,7 +166,7 @@ def _find_checkpoint(out: Path) -> Path | None:
 def train(
     config: TrainConfig | None = None,
     resume_dir: str | Path | None = None,
-    on_step: Callable[[int, dict], None] | None = None,
+    on_step: Callable[[int, MetricsRecord], None] | None = None,
     show_progress: bool = True,
 ) -> Path:
     """Run (or resume) training; returns the final model directory.
@@ -284,30 +284,30 @@ def train(
 
                 stats_sum = sum_across(stats_sum, world)
                 seconds = time.perf_counter() - t0
-                record = {
-                    "step": step + 1,
-                    "split": "train",
-                    "lr": lr,
-                    "loss": float((stats_sum[0] / stats_sum[2]).sum()),
-                    "loss_per_head": (stats_sum[0] / stats_sum[2]).tolist(),
-                    "accuracy_per_head": (stats_sum[1] / stats_sum[2]).tolist(),
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": float(stats_sum[2, 0]) / seconds,
-                    "time": time.time(),
-                }
-                metrics.write(record)
+                record = MetricsRecord(
+                    step=step + 1,
+                    split="train",
+                    lr=lr,
+                    loss=float((stats_sum[0] / stats_sum[2]).sum()),
+                    loss_per_head=(stats_sum[0] / stats_sum[2]).tolist(),
+                    accuracy_per_head=(stats_sum[1] / stats_sum[2]).tolist(),
+                    grad_norm=float(grad_norm),
+                    tokens_per_s=float(stats_sum[2, 0]) / seconds,
+                    time=time.time(),
+                )
+                metrics.write(record.to_dict())
                 done = step + 1
                 if done % config.eval_every == 0 or done == last_step:
                     val = evaluate(model, val_windows, autocast=autocast)
-                    val_record = {
-                        "step": done,
-                        "split": "val",
-                        "loss": float(val.loss.sum()),
-                        "loss_per_head": val.loss.tolist(),
-                        "accuracy_per_head": val.accuracy.tolist(),
-                        "time": time.time(),
-                    }
-                    metrics.write(val_record)
+                    val_record = MetricsRecord(
+                        step=done,
+                        split="val",
+                        loss=float(val.loss.sum()),
+                        loss_per_head=val.loss.tolist(),
+                        accuracy_per_head=val.accuracy.tolist(),
+                        time=time.time(),
+                    )
+                    metrics.write(val_record.to_dict())
                     progress.note(val_record)
                 if checkpointing:
                     stream_state = prefetch.saved_state if prefetch is not None else stream.state_dict()

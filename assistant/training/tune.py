@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from assistant.store import NAME_PATTERN, RESERVED_NAMES, SHIPPED_NAME, ModelStore, root_key
 from assistant.training.corpus import Corpus, CorpusConfig, SourceFile, build_corpus
-from assistant.training.metrics import read_metrics
+from assistant.training.metrics import MetricsRecord, read_records
 from assistant.training.trainer import (
     CHECKPOINT_DIR, FINAL_MODEL_DIR, METRICS_FILE, TRAIN_CONFIG_FILE, TrainConfig, TrainError, _find_checkpoint, train,
 )
@@ -403,10 +403,10 @@ def _train(run_dir: Path, state: dict, show_progress: bool, log: Log) -> None:
         _mark_stopped(run_dir, state)
 
 
-def _val_records(run_dir: Path, up_to: int) -> list[dict]:
+def _val_records(run_dir: Path, up_to: int) -> list[MetricsRecord]:
     path = run_dir / METRICS_FILE
-    records = read_metrics(path) if path.exists() else []
-    return [r for r in records if r.get("split") == "val" and r["step"] <= up_to]
+    records = read_records(path) if path.exists() else []
+    return [r for r in records if r.split == "val" and r.step <= up_to]
 
 
 def _keep_best(run_dir: Path, before_loss: float, step: int) -> None:
@@ -415,16 +415,16 @@ def _keep_best(run_dir: Path, before_loss: float, step: int) -> None:
     records = _val_records(run_dir, step)
     if not records:
         return
-    best = min(records, key=lambda r: r["loss"])  # the first of equals
+    best = min(records, key=lambda r: r.loss)  # the first of equals
     checkpoint = run_dir / CHECKPOINT_DIR
-    if best["step"] != step or best["loss"] >= before_loss or _checkpoint_step(checkpoint) != step:
+    if best.step != step or best.loss >= before_loss or _checkpoint_step(checkpoint) != step:
         return
     if _best_step(run_dir) == step:
         return
     tmp = run_dir / f"{BEST_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
-    write_atomic(tmp / "best.json", json.dumps({"step": step, "val_loss": best["loss"]}).encode())
+    write_atomic(tmp / "best.json", json.dumps({"step": step, "val_loss": best.loss}).encode())
     _swap_in(tmp, run_dir / BEST_DIR)
 
 
@@ -432,8 +432,8 @@ def _should_stop(run_dir: Path, patience: int) -> bool:
     records = _val_records(run_dir, 1 << 62)
     if not records:
         return False
-    best = min(records, key=lambda r: r["loss"])
-    return sum(1 for r in records if r["step"] > best["step"]) >= patience
+    best = min(records, key=lambda r: r.loss)
+    return sum(1 for r in records if r.step > best.step) >= patience
 
 
 def _mark_stopped(run_dir: Path, state: dict) -> None:
@@ -476,14 +476,14 @@ def _swap_in(tmp: Path, final: Path) -> None:
 def _finish(store: ModelStore, run_dir: Path, state: dict, log: Log) -> TuneResult:
     root, name = Path(state["repo"]), state["name"]
     best = _best_dir(run_dir)
-    records = read_metrics(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
-    train_steps = [r["step"] for r in records if r.get("split") == "train"]
+    records = read_records(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
+    train_steps = [r.step for r in records if r.split == "train"]
     summary = {
         "steps": max(train_steps, default=0),
         "schedule_steps": state["train"]["steps"],
         "stopped": "validation loss stopped improving" if state.get("stopped_early") else "end of the schedule",
         "best_step": json.loads((best / "best.json").read_text())["step"] if best else None,
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records if r.get("split") == "train")
+        "tokens_per_s": statistics.median(r.tokens_per_s for r in records if r.split == "train")
         if train_steps else None,
     }
     report = {k: state[k] for k in ("repo", "name", "base", "started_from", "minutes", "probe", "corpus", "changes",

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from assistant.bench import BenchConfig, directory_prompts, humaneval_prompts, implied_tokens_per_forward, run_bench
+from assistant.bench import (
+    BenchConfig,
+    BenchEngines,
+    BenchRow,
+    bench_engines,
+    directory_prompts,
+    humaneval_prompts,
+    implied_tokens_per_forward,
+    run_bench,
+)
+from assistant.errors import UserError
 from assistant.engine.base import GenerationConfig
 from assistant.engine.torch_engine import TorchEngine
 
@@ -38,12 +48,48 @@ def test_run_bench_on_a_trained_model(trained_model):
     result = run_bench(engine, loaded.tokenizer, prompts, BenchConfig(max_new_tokens=32, warmup=1),
                        accuracy_model=loaded.model)
     assert result.mismatches == 0
-    assert [r["k"] for r in result.rows] == [1, 2, 3, 4]
-    assert result.rows[0]["tokens_per_forward"] == 1.0 and result.rows[0]["speedup"] == 1.0
-    assert result.rows[0]["step_cost"] == 1.0 and all(r["step_cost"] > 0 for r in result.rows)
-    assert result.rows[-1]["tokens_per_forward"] > 1.2
+    assert [r.k for r in result.rows] == [1, 2, 3, 4]
+    assert result.rows[0].tokens_per_forward == 1.0 and result.rows[0].speedup == 1.0
+    assert result.rows[0].step_cost == 1.0 and all(r.step_cost > 0 for r in result.rows)
+    assert result.rows[-1].tokens_per_forward > 1.2
     assert len(result.head_accuracy) == 4 and result.head_accuracy[0] == 1.0  # head 1 made the continuation
     assert "| 4 |" in result.table()
+
+
+def test_bench_json_rows_keep_their_format(trained_model):
+    """A run's rows as JSON: the keys a bench file has always had, only measured optional
+    ones, and from_dict reads them (and an older file's rows) back as they were."""
+    loaded, body = trained_model
+    result = run_bench(TorchEngine(loaded.model, loaded.tokenizer), loaded.tokenizer, [body[:150]],
+                       BenchConfig(max_new_tokens=8, warmup=0), accuracy_model=loaded.model)
+    rows = json.loads(json.dumps(result.to_json()))["rows"]
+    assert list(rows[1]) == ["engine", "k", "tokens_per_forward", "implied_tokens_per_forward", "tokens_per_s",
+                             "wall_ms", "decode_tokens_per_s", "speedup", "step_cost", "acceptance", "loop_overhead"]
+    assert [BenchRow.from_dict(r) for r in rows] == result.rows
+    shipped = json.loads((PROJECT / "models" / "default" / "card.json").read_text())["bench"]["rows"]
+    assert "wall_ms" not in shipped[0] and "speedup_vs_baseline" in shipped[0]  # written before wall_ms existed
+    assert [BenchRow.from_dict(r).to_dict() for r in shipped] == shipped
+    with pytest.raises(ValueError, match="missing speedup; unknown speed"):
+        BenchRow.from_dict({**{k: v for k, v in shipped[0].items() if k != "speedup"}, "speed": 1.0})
+
+
+def test_bench_engines_refuses_an_unknown_drafter_before_loading(tmp_path):
+    with pytest.raises(UserError, match="unknown drafter 'lookahead'; choose from heads, lookup"):
+        bench_engines(tmp_path / "no-model-here", BenchEngines(drafters=("heads", "lookahead")))
+
+
+def test_bench_engines_torch_with_drafters(trained_model, tmp_path):
+    from models.checkpoint import save_model
+
+    loaded, body = trained_model
+    model_dir = save_model(tmp_path / "m", loaded.model, loaded.tokenizer)
+    setup = bench_engines(model_dir, BenchEngines(engine="torch", drafters=("heads", "lookup")))
+    assert list(setup.engines) == ["torch", "torch lookup"] and setup.baseline is None
+    assert setup.engines["torch lookup"].plain_of == "torch"
+    hits, scored = setup.scorer(loaded.tokenizer.encode(body[:100]), loaded.tokenizer.encode(body[100:120]))
+    assert len(hits) == len(scored) == 4 and scored[0] > 0
+    auto = bench_engines(model_dir)  # no GGUF export: the torch engine, under its own label
+    assert list(auto.engines) == [auto.first.label] and auto.first.label.startswith("torch")
 
 
 def test_cli_complete_and_bench(trained_model, tmp_path):
@@ -122,13 +168,13 @@ def test_llama_cpp_python_peers_side_by_side(exported):
 
     result = run_bench({"llama f32": ours, **peers}, loaded.tokenizer, prompts, BenchConfig(max_new_tokens=24, warmup=1),
                        baseline=PEER_PLAIN)
-    rows = {(r["engine"], r["k"]): r for r in result.rows}
+    rows = {(r.engine, r.k): r for r in result.rows}
     assert set(rows) == {("llama f32", k) for k in (1, 2, 3, 4)} | {(PEER_PLAIN, 1), (PEER_LOOKUP, 1)}
-    assert rows[(PEER_PLAIN, 1)]["speedup_vs_baseline"] == 1.0
-    assert rows[(PEER_PLAIN, 1)]["tokens_per_forward"] == 1.0
-    assert rows[(PEER_LOOKUP, 1)]["tokens_per_forward"] > 1.1  # repetitive code: some lookup drafts are accepted
-    assert all(rows[key]["speedup_vs_baseline"] > 0 for key in rows)
-    assert rows[(PEER_PLAIN, 1)]["loop_overhead"] is None  # not measured for the peers
+    assert rows[(PEER_PLAIN, 1)].speedup_vs_baseline == 1.0
+    assert rows[(PEER_PLAIN, 1)].tokens_per_forward == 1.0
+    assert rows[(PEER_LOOKUP, 1)].tokens_per_forward > 1.1  # repetitive code: some lookup drafts are accepted
+    assert all(rows[key].speedup_vs_baseline > 0 for key in rows)
+    assert rows[(PEER_PLAIN, 1)].loop_overhead is None  # not measured for the peers
     table = result.table()
     assert "speedup vs llama-cpp-python k=1" in table and "| llama-cpp-python prompt lookup | 1 |" in table
 

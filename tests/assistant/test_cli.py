@@ -95,8 +95,8 @@ def test_models_commands(tmp_path, home):
 def test_commands_start_without_importing_torch():
     """torch takes seconds to import: --help, --version and the model list must not wait for it."""
     code = (
-        "import sys; from assistant.cli import build_parser, cmd_models_list; build_parser(); "
-        "cmd_models_list(None); assert 'torch' not in sys.modules, 'torch was imported'"
+        "import sys; from assistant.cli import build_parser; from assistant.cli.models import cmd_models_list; "
+        "build_parser(); cmd_models_list(None); assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT, capture_output=True, timeout=60)
     assert cli("--version").stdout.startswith("mtp-assistant ")

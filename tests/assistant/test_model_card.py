@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from assistant.cli import _card_scores
+from assistant.cli.models import _card_scores
 from assistant.training.recipe.card import render_card
 from assistant.training.recipe.model_card import CardError, ModelCard, Sources
 from models import SHIPPED_MODEL_DIR

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from assistant.training.config import METRICS_FILE, TRAIN_CONFIG_FILE
+from assistant.training.metrics import read_records
 from assistant.training.recipe.card import card_examples, render_card
 from assistant.training.recipe.model_card import (
     CARD_FILE, SOURCES_FILE, Bench, HeldoutHeads, HumanEval, ModelCard, NextLine, NextLineExample, Sources,
@@ -26,21 +27,21 @@ def _stage_summary(run_dir: Path) -> StageSummary:
     import statistics
 
     train_config = json.loads((run_dir / TRAIN_CONFIG_FILE).read_text())
-    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
-    train_records = [r for r in records if r["split"] == "train"]
-    steps = train_records[-1]["step"]
+    records = read_records(run_dir / METRICS_FILE)
+    train_records = [r for r in records if r.split == "train"]
+    steps = train_records[-1].step
     return StageSummary(
         run=run_dir.name,
         base_model=train_config.get("base_model"),
         steps=steps,
         schedule_steps=train_config["steps"],  # more than steps: a run stopped early (--stop-after)
         tokens_seen=steps * train_config["batch_size"] * train_config["seq_len"],
-        wall_hours=(train_records[-1]["time"] - train_records[0]["time"]) / 3600,
-        median_tokens_per_s=statistics.median(r["tokens_per_s"] for r in train_records),
+        wall_hours=(train_records[-1].time - train_records[0].time) / 3600,
+        median_tokens_per_s=statistics.median(r.tokens_per_s for r in train_records),
         lr=train_config["lr"],
         seed=train_config["seed"],
         window_lanes=train_config.get("window_lanes", 1),
-        final_val=next((r for r in reversed(records) if r["split"] == "val"), None),
+        final_val=next((r.to_dict() for r in reversed(records) if r.split == "val"), None),
         threads=None,
         hardware=None,
     )

@@ -23,14 +23,13 @@ from textual.widgets import (
 from assistant.bench import (
     BenchConfig,
     BenchResult,
+    bench_engines,
     directory_prompts,
     humaneval_prompts,
     run_bench,
-    scorer_for,
 )
 from assistant.store import StoreError
 from assistant.training.corpus import CorpusError
-from assistant.engine import load_engine
 from assistant.tui.screens.base import TuiScreen
 from assistant.tui.widgets.bar_chart import SpeedupChart
 from assistant.tui.widgets.model_picker import ModelPicker
@@ -139,11 +138,12 @@ class BenchScreen(TuiScreen):
                 raise BenchCancelled()  # run_bench calls back between prompts
 
         try:
-            engine = load_engine(self.app.store.resolve(model or "default"))
+            setup = bench_engines(self.app.store.resolve(model or "default"))  # the engine completions use
+            engine = setup.first
             self.post_message(self.EngineLoaded(engine.label))
             prompts = humaneval_prompts() if prompts_from == "humaneval" else directory_prompts(prompts_from)
             self.post_message(self.Progress(0, min(config.limit or len(prompts), len(prompts))))
-            result = run_bench(engine, engine.tokenizer, prompts, config, progress, scorer=scorer_for(engine))
+            result = run_bench(setup.engines, engine.tokenizer, prompts, config, progress, scorer=setup.scorer)
         except BenchCancelled:
             self.post_message(self.Finished(None, "cancelled"))
         except (StoreError, ModelFileError, CorpusError, ValueError, OSError) as e:
@@ -177,12 +177,12 @@ class BenchScreen(TuiScreen):
         table.clear()
         for r in result.rows:
             table.add_row(
-                str(r["k"]),
-                f"{r['tokens_per_forward']:.2f}",
-                f"{r['implied_tokens_per_forward']:.2f}" if r.get("implied_tokens_per_forward") is not None else "-",
-                f"{r['tokens_per_s']:.1f}",
-                f"{r['speedup']:.2f}x",
-                " ".join(f"{a:.2f}" for a in r["acceptance"]) or "-",
+                str(r.k),
+                f"{r.tokens_per_forward:.2f}",
+                f"{r.implied_tokens_per_forward:.2f}" if r.implied_tokens_per_forward is not None else "-",
+                f"{r.tokens_per_s:.1f}",
+                f"{r.speedup:.2f}x",
+                " ".join(f"{a:.2f}" for a in r.acceptance) or "-",
             )
         # Head accuracy is scored with the torch model; a llama.cpp engine has none to lend.
         accuracy = " ".join(f"{a:.2f}" for a in result.head_accuracy) or f"not measured on {engine}"
@@ -195,4 +195,4 @@ class BenchScreen(TuiScreen):
         self.query_one("#bench-summary", Static).update(
             f"{result.prompts} prompts on {engine}; head accuracy {accuracy}{warn}"
         )
-        self.query_one(SpeedupChart).show([(r["k"], r["speedup"]) for r in result.rows])
+        self.query_one(SpeedupChart).show([(r.k, r.speedup) for r in result.rows])

@@ -1,6 +1,7 @@
 """The llama.cpp engine against the torch engine: same greedy tokens at f32/f16, z equal to
 the torch trunk, speculative == plain at every quantization, prefix reuse, errors."""
 
+import os
 import random
 import shutil
 import threading
@@ -10,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from assistant.engine import has_llama_files, load_engine
+from assistant.engine import load_engine
 from assistant.engine.base import GenerationConfig
-from assistant.engine.llama_engine import LlamaEngine, LlamaSettings
+from assistant.engine.llama_engine import LlamaEngine, LlamaSettings, checked_export
 from assistant.engine.torch_engine import TorchEngine
 from assistant.training.trainer import TrainConfig, train
-from models.checkpoint import ModelFileError, load_model, save_model
+from models.checkpoint import ModelFileError, load_model, read_config, save_model
 from models.gguf_export import export_files, export_model
 from models.tokenizer import ByteTokenizer
 from tests.near_ties import GreedyAgreement, model_logits
@@ -183,7 +184,6 @@ def test_load_errors_name_the_file(model64, tmp_path):
     loaded, _ = model64
     bare = tmp_path / "bare"
     shutil.copytree(loaded.path, bare, ignore=shutil.ignore_patterns("gguf"))
-    assert not has_llama_files(bare)
     with pytest.raises(ModelFileError, match="no GGUF export"):
         LlamaEngine(bare)
     with pytest.raises(ModelFileError, match="f16/main.gguf: missing"):
@@ -192,7 +192,6 @@ def test_load_errors_name_the_file(model64, tmp_path):
     shutil.copytree(loaded.path, broken)
     main, head2, head3, head4 = export_files(broken, "q8_0", 4)
     head4.unlink()
-    assert has_llama_files(broken)  # other exports are complete
     with pytest.raises(ModelFileError, match="head-4.gguf: missing"):
         LlamaEngine(broken, LlamaSettings(quant="q8_0"))
     shutil.copy(export_files(broken, "q4_k_m", 4)[3], head4)  # the right head, from another export
@@ -206,9 +205,32 @@ def test_load_errors_name_the_file(model64, tmp_path):
         LlamaEngine(broken, LlamaSettings(quant="q8_0"))
 
 
+def test_an_export_is_parsed_once_until_a_file_of_it_changes(model64, tmp_path):
+    loaded, _ = model64
+    model_dir = tmp_path / "m"
+    shutil.copytree(loaded.path, model_dir)
+    config, _, _ = read_config(model_dir)
+    files = checked_export(model_dir, "q8_0", config)
+    head2, head4 = files[1], files[3]
+    assert head2.stat().st_size == head4.stat().st_size
+    stamp = head4.stat()
+    head4.write_bytes(head2.read_bytes())  # unsound: head 2 in head 4's place
+    os.utime(head4, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    # The same path, size, mtime and inode: the check that passed stands, nothing is parsed.
+    assert checked_export(model_dir, "q8_0", config) == files
+    os.utime(head4, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))  # touched: checked again
+    with pytest.raises(ModelFileError, match="head-4.gguf: does not match its main model main.gguf: head is 2"):
+        checked_export(model_dir, "q8_0", config)
+    shutil.copy(export_files(model_dir, "q4_k_m", 4)[3], head4)  # a sound head 4 again: accepted
+    assert checked_export(model_dir, "q8_0", config) == files
+    data = head2.read_bytes()
+    head2.write_bytes(data[: len(data) - 1000])  # another size
+    with pytest.raises(ModelFileError, match="head-2.gguf: .*truncated"):
+        checked_export(model_dir, "q8_0", config)
+
+
 def test_load_engine_auto_prefers_llama_where_exported(model64, tmp_path):
     loaded, _ = model64
-    assert has_llama_files(loaded.path)
     engine = load_engine(loaded.path, threads=1)
     assert isinstance(engine, LlamaEngine) and engine.quant == "q8_0"
     assert isinstance(load_engine(loaded.path, "llama", quant="f16", threads=1), LlamaEngine)

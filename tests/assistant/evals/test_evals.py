@@ -10,21 +10,10 @@ from assistant.evals.sandbox import SandboxLimits, run_program
 FAST = SandboxLimits(timeout_s=5, cpu_s=5)
 
 
-@pytest.mark.parametrize(
-    "program, passed, reason",
-    [
-        ("assert 1 + 1 == 2", True, "passed"),
-        ("assert 1 + 1 == 3", False, "failed"),
-        ("raise SystemExit(3)", False, "failed"),
-        ("while True: pass", False, "timeout"),
-        ("import socket; socket.create_connection(('127.0.0.1', 9))", False, "failed"),
-        ("import os; os.system('true')", False, "failed"),
-        ("x = bytearray(4 << 30)", False, "failed"),  # over the address-space limit
-    ],
-)
-def test_sandbox_outcomes(program, passed, reason):
-    result = run_program(program, FAST)
-    assert (result.passed, result.reason) == (passed, reason)
+def test_sandbox_refuses_commands():
+    # Pass, fail, timeout, crash, memory and network outcomes: tests/assistant/evals/test_sandbox.py.
+    result = run_program("import os; os.system('true')", FAST)
+    assert (result.passed, result.reason) == (False, "failed")
 
 
 def test_sandbox_runs_in_another_process_and_directory(tmp_path):

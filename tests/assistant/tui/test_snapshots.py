@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from assistant.bench import BenchResult
+from assistant.bench import BenchResult, BenchRow
 from assistant.store import ModelStore
 from assistant.tui.widgets.loss_plot import LossPlot
 
@@ -173,15 +173,19 @@ def test_playground_screen(snap_compare, store_home):
 def test_bench_screen(snap_compare, store_home):
     app = make_app(store_home, start_mode="bench")
     rows = [
-        {
-            "k": k,
-            "tokens_per_forward": 1 + 0.6 * (k - 1),
-            "implied_tokens_per_forward": 1 + 0.65 * (k - 1),
-            "tokens_per_s": 100.0 * (1 + 0.4 * (k - 1)),
-            "speedup": 1 + 0.4 * (k - 1),
-            "acceptance": [0.7, 0.5, 0.4][: k - 1],
-            "loop_overhead": 0.1,
-        }
+        BenchRow(
+            engine="torch",
+            k=k,
+            tokens_per_forward=1 + 0.6 * (k - 1),
+            implied_tokens_per_forward=1 + 0.65 * (k - 1),
+            tokens_per_s=100.0 * (1 + 0.4 * (k - 1)),
+            wall_ms=100.0,
+            decode_tokens_per_s=100.0 * (1 + 0.4 * (k - 1)),
+            speedup=1 + 0.4 * (k - 1),
+            step_cost=1.0,
+            acceptance=[0.7, 0.5, 0.4][: k - 1],
+            loop_overhead=0.1,
+        )
         for k in range(1, 5)
     ]
 
