@@ -11,6 +11,7 @@
     mtp-assistant models add-heads BASE                a llama/qwen GGUF or HF directory becomes an MTP model
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
+    mtp-assistant bench-cost [--random 150m,1b]        what a forward of R rows costs; the perfect-heads ceiling
     mtp-assistant tui [--repo PATH]                    the terminal UI: models, training, playground
     mtp-assistant --version
     mtp-assistant lsp [--tcp PORT] [--model M]         the language server (stdio by default)
@@ -737,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tui_parser(sub)
     _add_lsp_parser(sub)
     _add_doctor_parser(sub)
+    from assistant import step_cost
+
+    step_cost.register(sub)
     return parser
 
 
