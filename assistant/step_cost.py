@@ -256,10 +256,8 @@ def _effective_threads(threads: int | None) -> int:
     return threads or max(1, (os.cpu_count() or 2) // 2)  # LlamaSettings' default
 
 
-def _check_config(label: str, path: Path, settings: StepCostSettings) -> None:
-    from models.checkpoint import read_config
-
-    config, _, _ = read_config(path)
+def _check_config(label: str, config, settings: StepCostSettings) -> None:
+    """UserError if the settings cannot be run on a model of this config."""
     need = settings.prefix + max(max(settings.rows), max(settings.ks or (config.n_future_tokens,)))
     if settings.ceiling:
         need = max(need, settings.prefix + settings.new_tokens + 1 + max(settings.ks or (config.n_future_tokens,)))
@@ -276,6 +274,7 @@ def _check_config(label: str, path: Path, settings: StepCostSettings) -> None:
 def _targets(settings: StepCostSettings, cache: Path, progress: Callable[[str], None]) -> list[_Target]:
     """The models to time, built (or found in the cache) where asked for."""
     from assistant.store import SHIPPED_NAME, ModelStore
+    from models.checkpoint import read_config
     from models.gguf_export import quant_dir
     from models.synthetic import RANDOM_SIZES, parameter_counts, perfect_copy, random_model
 
@@ -286,20 +285,21 @@ def _targets(settings: StepCostSettings, cache: Path, progress: Callable[[str], 
     for ref in refs:
         path = store.resolve(ref)
         label = ref if ref == SHIPPED_NAME else path.name
-        _check_config(label, path, settings)
+        _check_config(label, read_config(path)[0], settings)
         copy = None
         if settings.ceiling:
             if any((quant_dir(path, q) / "base.json").is_file() for q in settings.quants):
                 raise UserError(f"{label}: its export is a base brought with add-heads, which the perfect-heads copy "
                                 "cannot reproduce (run with --no-ceiling)")
             progress(f"{label}: perfect-heads copy in {cache}")
-            copy, _ = perfect_copy(cache, path, settings.quants, threads)
+            copy, _ = perfect_copy(cache, path, settings.quants, threads, lambda line: progress(f"  {line}"))
         targets.append(_Target(label, path, copy, False))
     for size in settings.random:
+        _check_config(f"random {size}", RANDOM_SIZES[size], settings)  # before minutes of building
         total, _ = parameter_counts(RANDOM_SIZES[size])
         progress(f"random {size} ({_count(total)} parameters) in {cache}")
-        path, built = random_model(cache, size, settings.quants, threads, settings.seed)
-        _check_config(f"random {size}", path, settings)
+        path, built = random_model(cache, size, settings.quants, threads, settings.seed,
+                                   lambda line: progress(f"  {line}"))
         targets.append(_Target(f"random {size}", path, path, built))
     return targets
 
@@ -408,7 +408,8 @@ def register(subparsers) -> None:
     """The `bench-cost` command, on the CLI's subparsers."""
     p = subparsers.add_parser(
         "bench-cost", help="llama.cpp: what a forward of R rows costs, and the speedup perfect heads reach",
-        description=__doc__.split("\n\n")[0],
+        description="What a llama.cpp forward of R rows costs on this machine, and the speedup perfect heads "
+                    "reach against what that cost predicts.",
     )
     p.add_argument("--model", action="append", default=[], metavar="M",
                    help="model directory or store name, repeatable (default, without --random: the shipped model)")

@@ -49,6 +49,13 @@ RANDOM_SIZES: dict[str, ModelConfig] = {
 
 _F32_SOURCE = ".f32-source"  # inside gguf/: the same file system as the exports, for hard links
 
+Progress = Callable[[str], None]
+Maker = Callable[[], "tuple[MTPTransformer, Any, dict]"]
+
+
+def _silent(line: str) -> None:
+    pass
+
 
 def parameter_counts(config: ModelConfig) -> tuple[int, int]:
     """(every parameter, those of the main path: embeddings, trunk, head 1, norm and output)."""
@@ -64,7 +71,8 @@ def parameter_counts(config: ModelConfig) -> tuple[int, int]:
     return total, main
 
 
-def random_model(cache: Path, size: str, quants: Sequence[str], threads: int = 1, seed: int = 0) -> tuple[Path, bool]:
+def random_model(cache: Path, size: str, quants: Sequence[str], threads: int = 1, seed: int = 0,
+                 progress: Progress = _silent) -> tuple[Path, bool]:
     """(directory, whether it was built now) of a random model of size `size` (a RANDOM_SIZES
     key) with its output matrix zero, exported at every quant."""
     config = RANDOM_SIZES[size]
@@ -85,10 +93,11 @@ def random_model(cache: Path, size: str, quants: Sequence[str], threads: int = 1
                       "output": "zero (perfect heads: every head agrees with head 1)"}
         return _zero_output(model), ByteTokenizer(), provenance
 
-    return dest, _ensure(dest, make, quants, threads)
+    return dest, _ensure(dest, make, quants, threads, progress)
 
 
-def perfect_copy(cache: Path, source: Path, quants: Sequence[str], threads: int = 1) -> tuple[Path, bool]:
+def perfect_copy(cache: Path, source: Path, quants: Sequence[str], threads: int = 1,
+                 progress: Progress = _silent) -> tuple[Path, bool]:
     """(directory, whether it was built now) of a copy of the model in `source` whose output
     matrix is zero, exported at every quant. The source directory is only read."""
     source = Path(source)
@@ -101,7 +110,7 @@ def perfect_copy(cache: Path, source: Path, quants: Sequence[str], threads: int 
                       "source_weights_sha256": fingerprint, "output": "zero (perfect heads: every head agrees with head 1)"}
         return _zero_output(loaded.model), loaded.tokenizer, provenance
 
-    return dest, _ensure(dest, make, quants, threads)
+    return dest, _ensure(dest, make, quants, threads, progress)
 
 
 def _zero_output(model: MTPTransformer) -> MTPTransformer:
@@ -112,14 +121,14 @@ def _zero_output(model: MTPTransformer) -> MTPTransformer:
     return model.eval()
 
 
-def _ensure(dest: Path, make: Callable[[], tuple[MTPTransformer, Any, dict]], quants: Sequence[str], threads: int) -> bool:
+def _ensure(dest: Path, make: Maker, quants: Sequence[str], threads: int, progress: Progress) -> bool:
     """Build dest if it is not there; add the exports it lacks. Whether it was built now."""
     built = not (dest / CONFIG_FILE).is_file()
     if built:
         dest.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
         try:
-            _build(work, make, quants, threads)
+            _build(work, make, quants, threads, progress)
             if dest.exists():  # a directory without config.json is no cache entry: left by hand
                 shutil.rmtree(dest)
             os.replace(work, dest)
@@ -127,17 +136,22 @@ def _ensure(dest: Path, make: Callable[[], tuple[MTPTransformer, Any, dict]], qu
             shutil.rmtree(work, ignore_errors=True)
     for quant in quants:
         if quant not in available_quants(dest):  # asked for after it was built: from its weights
+            progress(f"exporting {dest.name} at {quant}")
             export_model(dest, quant, threads)
     return built
 
 
-def _build(model_dir: Path, make: Callable[[], tuple[MTPTransformer, Any, dict]], quants: Sequence[str], threads: int) -> None:
+def _build(model_dir: Path, make: Maker, quants: Sequence[str], threads: int, progress: Progress) -> None:
+    progress("making the weights")
     model, tokenizer, provenance = make()
+    progress("writing model.safetensors")
     save_model(model_dir, model, tokenizer, provenance)
+    progress("writing f32 GGUFs")
     f32_dir = quant_dir(model_dir, "f32").parent / _F32_SOURCE
     files = write_f32(model_dir, f32_dir, LoadedModel(model, tokenizer, model.config, provenance, model_dir))
     del model
     gc.collect()  # the torch weights go before llama.cpp maps and quantizes the f32 files
     for quant in quants:
+        progress(f"quantizing to {quant}")
         export_from_f32(model_dir, quant, files, threads)
     shutil.rmtree(f32_dir)

@@ -51,12 +51,13 @@ def test_perfect_heads_commit_k_tokens_every_forward(tiny):
     assert ceiling[0].speedup == 1.0 and ceiling[0].predicted == 1.0
 
 
-def test_a_built_model_is_reused(tiny):
+def test_a_built_model_is_reused_and_gets_the_exports_it_lacks(tiny):
     work, report = tiny
     weights = next(work.glob("random-tiny-*/model.safetensors"))
     before = weights.stat().st_mtime_ns
-    again = run_step_cost(StepCostSettings(random=("tiny",), work=work, ceiling=False, **FAST))
-    assert not again.models[0].built and again.models[0].path == report.models[0].path
+    again = run_step_cost(StepCostSettings(random=("tiny",), quants=("q8_0", "f16"), work=work, ceiling=False, **FAST))
+    assert [(m.quant, m.built, m.path) for m in again.models] == [(q, False, report.models[0].path) for q in ("q8_0", "f16")]
+    assert (weights.parent / "gguf" / "f16" / "main.gguf").is_file()  # a quantization asked for later: added
     assert again.models[0].ceiling == []
     assert weights.stat().st_mtime_ns == before
     assert [p.name for p in work.iterdir()] == [weights.parent.name]  # no temporary left behind
