@@ -426,6 +426,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-ceiling", action="store_true", help="only the cost curve")
     p.add_argument("--work", type=Path, help="where built models are kept (default: <store home>/bench-cost)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.add_argument("--out", type=Path, help="also write the report as JSON to this file")
     p.set_defaults(func=run_from_args)
 
 
@@ -441,5 +442,8 @@ def settings_from_args(args: argparse.Namespace) -> StepCostSettings:
 def run_from_args(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     report = run_step_cost(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    text = json.dumps(report.to_json(), indent=2)
+    print(text if args.json else format_report(report))
+    if args.out:
+        args.out.write_text(text + "\n")
     return 0

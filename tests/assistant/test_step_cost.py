@@ -81,9 +81,10 @@ def test_a_model_given_by_path_is_timed_as_it_is_and_its_ceiling_runs_on_a_perfe
         plain.close()
     work = tmp_path / "work"
     args = ["bench-cost", "--model", str(source), "--work", str(work), "--prefix", "32", "--rows", "1,2", "--repeats", "1",
-            "--new", "12", "--ceiling-repeats", "1", "--threads", "1", "--json"]
+            "--new", "12", "--ceiling-repeats", "1", "--threads", "1", "--json", "--out", str(tmp_path / "report.json")]
     assert main(args) == 0
     report = StepCostReport.from_json(json.loads(capsys.readouterr().out))
+    assert StepCostReport.from_json(json.loads((tmp_path / "report.json").read_text())) == report
     (model,) = report.models
     assert model.path == str(source) and not model.built
     assert [c.tokens_per_forward for c in model.ceiling] == [1, 2, 3, 4]
