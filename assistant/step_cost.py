@@ -275,7 +275,7 @@ def _targets(settings: StepCostSettings, cache: Path, progress: Callable[[str], 
     """The models to time, built (or found in the cache) where asked for."""
     from assistant.store import SHIPPED_NAME, ModelStore
     from models.checkpoint import read_config
-    from models.gguf_export import quant_dir
+    from models.gguf_export import available_quants, quant_dir
     from models.synthetic import RANDOM_SIZES, parameter_counts, perfect_copy, random_model
 
     targets = []
@@ -286,6 +286,10 @@ def _targets(settings: StepCostSettings, cache: Path, progress: Callable[[str], 
         path = store.resolve(ref)
         label = ref if ref == SHIPPED_NAME else path.name
         _check_config(label, read_config(path)[0], settings)
+        missing = [q for q in settings.quants if q not in available_quants(path)]
+        if missing:
+            raise UserError(f"{label}: no {', '.join(missing)} export in {path} "
+                            f"(run `mtp-assistant models export {path} --quant {','.join(missing)}`)")
         copy = None
         if settings.ceiling:
             if any((quant_dir(path, q) / "base.json").is_file() for q in settings.quants):

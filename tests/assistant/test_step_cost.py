@@ -106,6 +106,15 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, option, value, messa
     assert not any(tmp_path.iterdir())  # refused before anything was built
 
 
+def test_a_model_without_the_export_asked_for_is_refused_before_its_copy_is_built(tmp_path):
+    source = tmp_path / "model"
+    save_model(source, random_model(dim=64), ByteTokenizer())
+    export_model(source, "q8_0")
+    with pytest.raises(UserError, match="no f16 export in .*models export .* --quant f16"):
+        run_step_cost(StepCostSettings(models=(str(source),), quants=("q8_0", "f16"), work=tmp_path / "work", **FAST))
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_prefix_past_the_context_is_refused(tiny):
     work, _ = tiny
     with pytest.raises(UserError, match="context is 512"):
