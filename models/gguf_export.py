@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelFileError, load_model
+from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, LoadedModel, ModelFileError, load_model
 
 if TYPE_CHECKING:  # imported where tensors are written: listing exports must not pay for torch
     import torch
@@ -258,10 +258,11 @@ def _write_gguf(
     writer.close()
 
 
-def write_f32(model_dir: Path | str, out_dir: Path) -> list[Path]:
-    """The main model and every extra head as f32 GGUFs in out_dir."""
+def write_f32(model_dir: Path | str, out_dir: Path, loaded: LoadedModel | None = None) -> list[Path]:
+    """The main model and every extra head as f32 GGUFs in out_dir. loaded: model_dir's model
+    when the caller already holds it (loading a 1B model again would take another 4.4 GB)."""
     model_dir = Path(model_dir)
-    loaded = load_model(model_dir)
+    loaded = loaded or load_model(model_dir)
     config, tokenizer = loaded.config, loaded.tokenizer
     state = {k: v.detach().float() for k, v in loaded.model.state_dict().items()}
     fingerprint = weights_fingerprint(model_dir)
@@ -306,32 +307,56 @@ def tensor_types(path: Path) -> dict[str, str]:
 
 def export_model(model_dir: Path | str, quant: str, threads: int = 1) -> ExportResult:
     """Write gguf/<quant>/ for the model in model_dir; replaces an earlier export atomically."""
-    if quant not in QUANTS:
-        raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANTS)}")
+    _check_quant(quant)
+    model_dir = Path(model_dir)
+    parent = quant_dir(model_dir, quant).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=".f32."))
+    try:
+        return export_from_f32(model_dir, quant, write_f32(model_dir, work / "f32"), threads)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def export_from_f32(model_dir: Path | str, quant: str, f32_files: list[Path], threads: int = 1) -> ExportResult:
+    """Write gguf/<quant>/ from f32 GGUFs of the model in model_dir (write_f32's files, left
+    as they are), replacing an earlier export atomically. Lets one f32 conversion serve
+    several quantizations, with the weights out of memory while llama.cpp quantizes."""
+    _check_quant(quant)
     model_dir = Path(model_dir)
     target = quant_dir(model_dir, quant)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{quant}."))
     try:
-        f32_dir = work / "f32"
-        f32_files = write_f32(model_dir, f32_dir)
-        if quant == "f32":
-            staged = f32_dir
-        else:
-            staged = work / quant
-            staged.mkdir()
-            for src in f32_files:
+        staged = work / quant
+        staged.mkdir()
+        for src in f32_files:
+            if quant == "f32":
+                _link_or_copy(src, staged / src.name)
+            else:
                 quiet_llama_logs()
                 quantize_file(src, staged / src.name, quant, threads)
         types = {p.name: tensor_types(p) for p in sorted(staged.iterdir())}
         (staged / "export.json").write_text(json.dumps({"quant": quant, "tensor_types": types}, indent=2) + "\n")
         if target.exists():
-            old = work / "old"
-            os.replace(target, old)
+            os.replace(target, work / "old")
         os.replace(staged, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ExportResult(quant, export_files(model_dir, quant, len(types)), types)
+
+
+def _check_quant(quant: str) -> None:
+    if quant not in QUANTS:
+        raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANTS)}")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where src and dst share a file system (an f32 export of a 1B model is 4.4 GB)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 _LOG_CALLBACK = None

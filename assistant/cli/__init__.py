@@ -11,6 +11,7 @@
     mtp-assistant models add-heads BASE                a llama/qwen GGUF or HF directory becomes an MTP model
     mtp-assistant complete FILE --line L --col C       the completion at a cursor, with stats
     mtp-assistant bench [--model M]                    plain vs self-speculative decoding speed
+    mtp-assistant bench-cost [--random 150m,1b]        what a forward of R rows costs; the perfect-heads ceiling
     mtp-assistant tui [--repo PATH]                    the terminal UI: models, training, playground
     mtp-assistant --version
     mtp-assistant lsp [--tcp PORT] [--model M]         the language server (stdio by default)
@@ -36,7 +37,7 @@ from models.checkpoint import ModelFileError
 # One module of assistant.cli per command group, each with register(subparsers) adding its
 # commands and their handlers; `--help` lists them in this order. Importing them is cheap:
 # torch and the like are imported by the handlers that need them.
-COMMANDS = ("train", "evaluate", "models", "complete", "bench", "tui", "serve", "doctor")
+COMMANDS = ("train", "evaluate", "models", "complete", "bench", "bench_cost", "tui", "serve", "doctor")
 
 # Errors the user can fix (bad paths, settings, model files): one line, no traceback. Any
 # other exception is a bug and keeps its traceback.

@@ -468,6 +468,13 @@ class LlamaEngine:
         self._step.reset()  # the probe's positions are no prompt's
         return curve
 
+    def measurement_step(self) -> _LlamaStepModel:
+        """The step model over this engine's caches, emptied, for timing forwards directly
+        (assistant/step_cost.py). The next generate() starts from an empty cache."""
+        self._cached = []
+        self._step.reset()
+        return self._step
+
     def head_predictions(self, tokens: Sequence[int]) -> list[list[int]]:
         """Every head's argmax at every position of `tokens`, teacher-forced: n_future lists
         of len(tokens) ids (head i at position p predicts token p + i). What the bench scores
