@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 from assistant.cli.common import CliError
 from assistant.store import ModelStore
@@ -85,6 +86,7 @@ def cmd_tune(args) -> int:
         if result.report.get("changes"):
             print(f"changed since the last tune: {describe_changes(result.report['changes'])}")
     if result.name is not None:
+        # With --json, stdout is the report alone, so that it parses.
         print(f"model {result.name} ({result.model_dir}) now serves {result.report['repo']}; "
-              f"report: {result.model_dir / 'tune_report.json'}")
+              f"report: {result.model_dir / 'tune_report.json'}", file=sys.stderr if args.json else sys.stdout)
     return 0

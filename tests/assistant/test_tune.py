@@ -282,3 +282,17 @@ def test_the_plan_says_where_a_tune_starts_and_refuses_what_tune_refuses(tmp_pat
     (one_file / "a.py").write_text(repetitive_code(20))
     with pytest.raises(TuneError, match=r"too little code to tune on \(1 code file"):
         plan_tune(TuneConfig(repo=str(one_file), **TINY), store)
+
+
+def test_tune_json_prints_the_report_alone_on_stdout(tmp_path, base_dir, monkeypatch, capsys):
+    from assistant.cli import main
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MTP_ASSISTANT_HOME", str(home))
+    ModelStore(home).add(base_dir, "tiny", make_default=True)
+    repo = make_repo(tmp_path / "repo")
+    assert main(["tune", str(repo), "--steps", "12", *TINY_CLI, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # one JSON document, nothing else
+    assert report["repo"] == str(repo.resolve()) and "before" in report and "after" in report
+    assert "now serves" in captured.err
