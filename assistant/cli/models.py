@@ -3,8 +3,12 @@ add-heads, export)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
+import sys
+import threading
 from pathlib import Path
 
 from assistant.cli.common import CliError
@@ -201,30 +205,25 @@ def _add_models_add_heads_parser(msub) -> None:
 
 
 def cmd_models_add_heads(args) -> int:
-    from assistant.training.heads import HeadsConfig, HeadsError, add_heads
+    from assistant.training.heads import HeadsConfig, HeadsError, HeadsStopped
+    from assistant.training.heads_store import add_heads_to_store, default_name, run_dir_for
 
     store = ModelStore()
     base = Path(args.base)
-    name = args.name or f"{(base.stem if base.is_file() else base.resolve().name)}-mtp"
-    if not NAME_PATTERN.match(name):
-        raise CliError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-' only (choose one with --name)")
-    if (store.models_dir / name).exists():
-        raise CliError(f"a model named {name!r} already exists in {store.models_dir} (choose another with --name)")
-    run_dir = Path(args.run_dir) if args.run_dir else store.root / "runs" / f"add-heads-{name}"
+    name = args.name or default_name(base)
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(store, name)
+    stop = threading.Event()
     try:
         config = HeadsConfig(
             base=str(base), corpus=args.repo or args.data, run_dir=str(run_dir), new_heads=args.heads,
             minutes=args.minutes, targets=args.targets, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
             max_seq_len=args.max_seq_len, tokenizer_from=args.tokenizer, max_steps=args.max_steps, device=args.device,
         )
-        staging = store.models_dir / f".{name}.add-heads"
-        store.models_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            _, result = add_heads(config, staging)
-            entry = store.add(staging, name, args.default, move=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with _stop_on_first_ctrl_c(stop):
+            entry, result = add_heads_to_store(store, config, name, args.default, stop=stop)
+    except HeadsStopped as e:
+        print(f"add-heads {e}: the same command resumes it", file=sys.stderr)
+        return 130
     except HeadsError as e:
         raise CliError(str(e)) from None
     before, after = result.first_eval["agreement_per_head"], result.final_eval["agreement_per_head"]
@@ -232,6 +231,23 @@ def cmd_models_add_heads(args) -> int:
     print(f"{result.steps} steps in {result.seconds / 60:.1f} min; agreement with the base per new head "
           f"{' '.join(f'{a:.2f}' for a in before)} -> {' '.join(f'{a:.2f}' for a in after)} (run: {run_dir})")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_first_ctrl_c(stop: threading.Event):
+    """The first Ctrl+C asks the run to stop after its step, with a checkpoint; a second one
+    interrupts at once (the base pass before the first step can take minutes)."""
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this step (Ctrl+C again to quit at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _add_models_pull_parser(msub) -> None:

@@ -151,3 +151,40 @@ def test_a_stop_request_ends_the_run_with_a_checkpoint_it_resumes_from(setup):
     assert torch.load(setup[2] / "run-stop" / CHECKPOINT_FILE, weights_only=True)["step"] == 3
     resumed = train_heads(config_for(setup, "run-stop", max_steps=6), show_progress=False)
     assert resumed.steps == 6
+
+
+def test_ctrl_c_on_the_cli_stops_with_a_checkpoint_and_the_same_command_resumes(setup, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    base, repo, _ = setup
+    home = tmp_path / "home"
+    env = dict(os.environ, MTP_ASSISTANT_HOME=str(home), OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    argv = [sys.executable, "-m", "assistant.cli", "models", "add-heads", str(base), "--data", str(repo), "--heads",
+            "2", "--seq-len", "32", "--batch-size", "2", "--name", "tiny-mtp", "--device", "cpu"]
+    metrics = home / "runs" / "add-heads-tiny-mtp" / "metrics.jsonl"
+
+    def train_steps() -> list[int]:
+        lines = metrics.read_text().splitlines() if metrics.is_file() else []
+        return [r["step"] for r in map(json.loads, lines) if r["split"] == "train"]
+
+    proc = subprocess.Popen([*argv, "--max-steps", "100000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while len(train_steps()) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "the same command resumes it" in err and "Traceback" not in err, err
+    stopped_at = torch.load(metrics.parent / CHECKPOINT_FILE, weights_only=True)["step"]
+    assert stopped_at == train_steps()[-1] >= 3, "the checkpoint is the last step done: nothing is lost"
+    done = subprocess.run([*argv, "--max-steps", str(stopped_at + 2)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and f"{stopped_at + 2} steps" in done.stdout, done.stderr
+    assert train_steps() == list(range(1, stopped_at + 3)), "every step once"
