@@ -630,39 +630,47 @@ def _tokens_per_forward(engine, prompts: list[str], k: int, max_new: int) -> flo
 # --- the report as text ---
 
 
-def report_table(report: dict) -> str:
+def report_rows(report: dict, compact: bool = False) -> list[tuple[str, str, str]]:
+    """The before/after report as (metric, before, after) rows; compact: a row per head and
+    short labels, to fit beside the TUI's loss plot."""
     before, after = report["before"], report.get("after")
-    columns = [("before", before)] + ([("after", after)] if after else [])
     n = len(before["accuracy_per_head"])
-    heads = "/".join(str(i + 1) for i in range(n))
-
-    def pct(values: list[float]) -> str:
-        return " / ".join(f"{100 * v:.1f}" for v in values) + "%"
+    cases, k = before["next_line"]["cases"], before["tokens_per_forward"]["k"]
 
     def latency(m: dict) -> str:
         lat = m["latency_ms"]
-        return f"{lat['p50']:.0f} / {lat['p95']:.0f} ms" if lat["p50"] is not None else "-"
+        return f"{lat['p50']:.0f}{'/' if compact else ' / '}{lat['p95']:.0f} ms" if lat["p50"] is not None else "-"
 
     def tpf(m: dict) -> str:
         value = m["tokens_per_forward"]["value"]
         return f"{value:.2f}" if value is not None else "-"
 
-    rows = [
-        (f"top-1 accuracy, heads {heads}", pct),
-        ("validation loss (sum of heads)", lambda m: f"{m['val_loss']:.3f}"),
-        (f"next-line exact match ({before['next_line']['cases']} cases)", lambda m: f"{100 * m['next_line']['exact_match']:.1f}%"),
-        (f"tokens per forward, k={before['tokens_per_forward']['k']}", tpf),
-        ("next-line completion latency p50 / p95 (cold prompt)", latency),
+    if compact:
+        accuracy = [(f"top-1 head {i + 1}", lambda m, i=i: f"{100 * m['accuracy_per_head'][i]:.1f}%") for i in range(n)]
+    else:
+        accuracy = [(f"top-1 accuracy, heads {'/'.join(str(i + 1) for i in range(n))}",
+                     lambda m: " / ".join(f"{100 * v:.1f}" for v in m["accuracy_per_head"]) + "%")]
+    metrics = accuracy + [
+        ("val loss" if compact else "validation loss (sum of heads)", lambda m: f"{m['val_loss']:.3f}"),
+        (f"next line ({cases})" if compact else f"next-line exact match ({cases} cases)",
+         lambda m: f"{100 * m['next_line']['exact_match']:.1f}%"),
+        (f"tok/forward k={k}" if compact else f"tokens per forward, k={k}", tpf),
+        ("latency p50/p95" if compact else "next-line completion latency p50 / p95 (cold prompt)", latency),
     ]
+    return [(label, fmt(before), fmt(after) if after else "-") for label, fmt in metrics]
+
+
+def report_table(report: dict) -> str:
+    before, after = report["before"], report.get("after")
+    columns = ["before"] + (["after"] if after else [])
     corpus = report["corpus"]
     lines = [
         f"held-out files of {report['repo']}: {corpus['val']['files']} files, {corpus['val']['bytes'] / 1e3:.0f} kB "
         f"(trained on {corpus['train']['files']} files)",
-        "| " + " | ".join(["metric"] + [label for label, _ in columns]) + " |",
+        "| " + " | ".join(["metric"] + columns) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
-    for label, fmt in rows:
-        cells = [pct(m["accuracy_per_head"]) if fmt is pct else fmt(m) for _, m in columns]
-        lines.append("| " + " | ".join([label] + cells) + " |")
+    for label, *cells in report_rows(report):
+        lines.append("| " + " | ".join([label] + cells[: len(columns)]) + " |")
     lines.append(f"engine: {before['engine']} -> {after['engine'] if after else '-'}")
     return "\n".join(lines)

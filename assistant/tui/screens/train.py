@@ -35,7 +35,7 @@ from textual.worker import get_current_worker
 from assistant.store import ModelStore, StoreError
 from assistant.training.corpus import CorpusError, build_corpus
 from assistant.training.config import TrainConfig
-from assistant.training.tune import TuneConfig, TuneError, TunePlan, describe_changes, plan_tune
+from assistant.training.tune import TuneConfig, TuneError, TunePlan, describe_changes, plan_tune, report_rows
 from assistant.tui import runs
 from assistant.tui.models_info import human_count
 from assistant.tui.screens.base import TuiScreen
@@ -102,31 +102,6 @@ def describe_plan(plan: TunePlan, config: TuneConfig, store: ModelStore) -> str:
     if nothing_changed(plan, config):
         return f"nothing changed since its last tune ({base}): nothing to do"
     return f"from its last tune ({base}); since then {describe_changes(plan.changes)}"
-
-
-def report_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """tune's before/after report (tune.report_table) in rows that fit beside the plot."""
-    before, after = report["before"], report.get("after")
-
-    def row(label: str, fmt) -> tuple[str, str, str]:
-        return label, fmt(before), fmt(after) if after else "-"
-
-    def latency(m: dict) -> str:
-        lat = m["latency_ms"]
-        return f"{lat['p50']:.0f}/{lat['p95']:.0f} ms" if lat["p50"] is not None else "-"
-
-    def tpf(m: dict) -> str:
-        value = m["tokens_per_forward"]["value"]
-        return f"{value:.2f}" if value is not None else "-"
-
-    rows = [row(f"top-1 head {i + 1}", lambda m, i=i: f"{100 * m['accuracy_per_head'][i]:.1f}%")
-            for i in range(len(before["accuracy_per_head"]))]
-    return rows + [
-        row("val loss", lambda m: f"{m['val_loss']:.3f}"),
-        row(f"next line ({before['next_line']['cases']})", lambda m: f"{100 * m['next_line']['exact_match']:.1f}%"),
-        row(f"tok/forward k={before['tokens_per_forward']['k']}", tpf),
-        row("latency p50/p95", latency),
-    ]
 
 
 def report_outcome(report: dict[str, Any]) -> str:
@@ -435,7 +410,7 @@ class TrainScreen(TuiScreen):
         bar.update(total=max(1, p.steps), progress=p.step)
         table = self.query_one("#tune-report", BeforeAfter)
         if report is not None:
-            table.show(report_rows(report))
+            table.show(report_rows(report, compact=True))
         bar.display = report is None
         table.display = report is not None
 

@@ -12,7 +12,7 @@ from assistant.store import ModelStore
 from assistant.training.metrics import read_metrics
 from assistant.training.tune import TUNE_DIR, TuneConfig, model_name
 from assistant.tui import runs
-from assistant.tui.screens.train import report_rows
+from assistant.training.tune import report_rows
 from assistant.tui.widgets.before_after import BeforeAfter
 from assistant.tui.widgets.loss_plot import LossPlot
 from tests.assistant.test_tune import make_repo
@@ -63,7 +63,7 @@ async def test_the_tune_key_tunes_the_repository_and_shows_before_and_after(home
         model_dir = home / "models" / name
         report = json.loads((model_dir / "tune_report.json").read_text())
         # The table is the tuned model's report, a row a head and one a measure.
-        assert table.rows == report_rows(report)
+        assert table.rows == report_rows(report, compact=True)
         assert [row[0] for row in table.rows[:4]] == [f"top-1 head {h}" for h in range(1, 5)]
         assert table.rows[0][1] == f"{100 * report['before']['accuracy_per_head'][0]:.1f}%"
         assert table.rows[0][2] == f"{100 * report['after']['accuracy_per_head'][0]:.1f}%"
