@@ -9,7 +9,7 @@ suggestion is what the user is about to type, the client reports it shown and
 accepted (mtp/shown, mtp/accepted), the way an editor would.
 
 Reports client-side latency per request (p50/p95, split into single- and multi-line
-requests), the server's cache hit rate, tokens per forward and per-head acceptance,
+requests), the server's cache hit rate, tokens per forward and acceptance per draft position,
 and how often a suggestion was right.
 
 The server is started as `python -m lsp` (a separate process; the assistant package
@@ -59,7 +59,7 @@ class ReplayResult:
             "server_latency_ms": s.get("latency_ms"),
             "cache_hit_rate": s.get("cache_hit_rate"),
             "tokens_per_forward": s.get("tokens_per_forward"),
-            "acceptance_per_head": s.get("acceptance_per_head"),
+            "acceptance_per_position": s.get("acceptance_per_position"),
             "suggestion_rate": self.suggestions / len(every) if every else None,
             "useful_rate": self.useful / self.suggestions if self.suggestions else None,
             "cancelled": s.get("cancelled"),

@@ -101,8 +101,9 @@ class ServerStats:
                 "errors": self.errors,
                 "latency_ms": {q: percentile(latencies, n) for q, n in (("p50", 50), ("p95", 95), ("p99", 99))},
                 "tokens_per_forward": _ratio(self.new_tokens, self.forward_passes),
-                # Head 1 always counts; draft heads 2..n by their acceptance.
-                "acceptance_per_head": [a / p if p else 0.0 for a, p in zip(self.draft_accepted, self.draft_proposed)],
+                # Per draft position (1 = the token after head 1's; a position may be a head's draft or
+                # context lookup's): the share of drafts there that head 1 accepted, None where none was made.
+                "acceptance_per_position": [a / p if p else None for a, p in zip(self.draft_accepted, self.draft_proposed)],
                 "cache_hits": self.cache_hits,
                 "cache_hit_rate": _ratio(self.cache_hits, self.completions),
                 "shown": self.shown,

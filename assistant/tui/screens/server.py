@@ -89,7 +89,7 @@ class ServerScreen(TuiScreen):
             return
         s = self.servers[min(max(table.cursor_row, 0), len(self.servers) - 1)]
         latency = s.get("latency_ms") or {}
-        heads = " ".join(f"h{i + 2} {a:.2f}" for i, a in enumerate(s.get("acceptance_per_head") or [])) or "-"
+        positions = " ".join(f"{i + 1}: {a:.2f}" for i, a in enumerate(s.get("acceptance_per_position") or []) if a is not None)
         panel.show(
             [
                 ("model", str(s.get("model", "?"))),
@@ -103,7 +103,7 @@ class ServerScreen(TuiScreen):
                     f"p50 {fmt(latency.get('p50'), '.1f')} ms, p95 {fmt(latency.get('p95'), '.1f')} ms, "
                     f"p99 {fmt(latency.get('p99'), '.1f')} ms",
                 ),
-                ("decoding", f"{fmt(s.get('tokens_per_forward'))} tokens per forward; draft acceptance {heads}"),
+                ("decoding", f"{fmt(s.get('tokens_per_forward'))} tokens per forward; accepted per draft position {positions or '-'}"),
                 ("cache", f"{s.get('cache_hits', 0)} hits ({fmt(s.get('cache_hit_rate'), '.0%')})"),
                 (
                     "suggestions",

@@ -27,12 +27,12 @@ def test_snapshot_follows_the_contract():
     snap = stats.snapshot()
     assert set(snap) == {
         "pid", "started", "updated", "model", "engine", "requests", "completions", "cancelled", "errors",
-        "latency_ms", "tokens_per_forward", "acceptance_per_head", "cache_hits", "cache_hit_rate",
+        "latency_ms", "tokens_per_forward", "acceptance_per_position", "cache_hits", "cache_hit_rate",
         "shown", "accepted", "acceptance_rate", "warnings",
     }
     assert snap["latency_ms"]["p50"] == pytest.approx(6.0)
     assert snap["tokens_per_forward"] == 2.0
-    assert snap["acceptance_per_head"] == pytest.approx([2 / 3, 1 / 3])
+    assert snap["acceptance_per_position"] == pytest.approx([2 / 3, 1 / 3])
     assert (snap["cache_hits"], snap["cache_hit_rate"], snap["acceptance_rate"]) == (1, 0.5, 0.5)
     json.dumps(snap)  # plain JSON
 

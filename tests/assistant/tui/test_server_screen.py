@@ -28,7 +28,7 @@ def stats(pid: int, **changes) -> dict:
         "errors": 0,
         "latency_ms": {"p50": 21.5, "p95": 48.25, "p99": 60.0},
         "tokens_per_forward": 2.37,
-        "acceptance_per_head": [0.8, 0.55, 0.3],
+        "acceptance_per_position": [0.8, 0.55, None],
         "cache_hits": 3,
         "cache_hit_rate": 0.25,
         "shown": 9,
@@ -61,7 +61,7 @@ async def test_server_stats_are_shown_and_refreshed(home):
         row = table.get_row_at(0)
         assert row[0].startswith(str(os.getpid())) and row[3] == "12" and row[4] == "21.5" and row[6] == "2.37"
         detail = app.screen.query_one("#server-detail").plain
-        assert "p95 48.2" in detail and "h2 0.80" in detail and "3 hits (25%)" in detail
+        assert "p95 48.2" in detail and "accepted per draft position 1: 0.80 2: 0.55" in detail and "3:" not in detail and "3 hits (25%)" in detail
 
         # Replaced atomically, as the server does: a plain rewrite can be read half-written by
         # the screen's reader thread, which then skips the file and shows no row for a moment.
