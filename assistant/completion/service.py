@@ -162,8 +162,9 @@ class CompletionService:
             stop_strings=the_plan.stop_strings,
             time_cap_s=s.time_cap_ms / 1000,
             drafter="auto" if auto else "heads",
-            # The snippets' code, whole, for lookup drafts to copy from (the prompt holds those that fit).
-            lookup_tokens=tuple(tuple(tok.encode(snippet.text)) for snippet in snippets),
+            # The snippets' code, whole, for lookup drafts to copy from (the prompt holds those that
+            # fit); only auto drafts by lookup, and plain decoding does no drafting work at all.
+            lookup_tokens=tuple(tuple(tok.encode(snippet.text)) for snippet in snippets) if auto else (),
         )
         result = generate(self.engine, prompt, config, cancel)
         if result.stop_reason == STOP_CANCELLED:
