@@ -24,6 +24,7 @@ first, and one that does not pay only rarely again, within a small share of the 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -185,17 +186,23 @@ class CostCurve:
     rate: float = 0.1  # weight of a new observation in the running mean
     _rows: list[float] = field(init=False, repr=False, compare=False)
     _head: float = field(init=False, repr=False, compare=False)
+    _at_least: list[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._rows, self._head = list(self.rows), self.head_s
+        self._monotone()
+
+    def _monotone(self) -> None:
+        # What R rows cost is at least what fewer cost (the planner asks this dozens of times a step).
+        self._at_least = list(itertools.accumulate(self._rows, max))
 
     def forward_s(self, n_rows: int) -> float:
-        rows = self._rows
+        rows = self._at_least
         if n_rows <= len(rows):
-            return max(rows[:n_rows])  # what R rows cost is at least what fewer cost
+            return rows[n_rows - 1]
         # Past the probe: linear in the rows, at the last measured slope
-        slope = rows[-1] - rows[-2] if len(rows) > 1 else rows[-1]
-        return max(rows) + max(0.0, slope) * (n_rows - len(rows))
+        slope = self._rows[-1] - self._rows[-2] if len(self._rows) > 1 else self._rows[-1]
+        return rows[-1] + max(0.0, slope) * (n_rows - len(rows))
 
     def draft_s(self) -> float:
         """What one head's draft costs (its share of the heads' lazily computed logits)."""
@@ -207,14 +214,17 @@ class CostCurve:
             return
         if n_rows > len(self._rows):
             self._rows += [self.forward_s(r) for r in range(len(self._rows) + 1, n_rows + 1)]
+            self._monotone()
         old = self._rows[n_rows - 1]
         new = old + self.rate * (_bounded(seconds, old) - old)
         if n_rows == 1:
             scale = new / old
             self._rows = [r * scale for r in self._rows]
+            self._at_least = [r * scale for r in self._at_least]
             self._head *= scale
         else:
             self._rows[n_rows - 1] = new
+            self._monotone()
 
     def observe_draft(self, n_heads: int, seconds: float) -> None:
         """Drafting with n_heads heads took `seconds` (a head catching up on positions included)."""
