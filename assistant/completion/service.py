@@ -30,6 +30,7 @@ from assistant.engine.base import STOP_CANCELLED, DecodeStats, GenerationConfig
 # user types its tokenisation (and with it the engine's cached prompt) stays put.
 WINDOW_QUANTUM = 4096
 PREFIX_STEP = 128  # tokens: see PromptBudget.prefix_step; a full prefill once per this many typed
+SNIPPET_CACHE = 32  # snippets whose tokens are kept for lookup drafts
 CHARS_PER_TOKEN = 4  # generous: enough text to fill the token budget with any tokenizer
 
 
@@ -85,6 +86,7 @@ class CompletionService:
         self.settings = settings
         self.cache = CompletionCache(settings.cache_size)
         self._inflight: dict[str, threading.Event] = {}
+        self._snippet_ids: dict[str, tuple[int, ...]] = {}  # see _snippet_tokens
         self._inflight_lock = threading.Lock()
 
     def update_settings(self, settings: CompletionSettings) -> None:
@@ -162,8 +164,9 @@ class CompletionService:
             stop_strings=the_plan.stop_strings,
             time_cap_s=s.time_cap_ms / 1000,
             drafter="auto" if auto else "heads",
-            # The snippets' code, whole, for lookup drafts to copy from (the prompt holds those that fit).
-            lookup_tokens=tuple(tuple(tok.encode(snippet.text)) for snippet in snippets),
+            # The snippets' code, whole, for lookup drafts to copy from (the prompt holds those that
+            # fit); only auto drafts by lookup, and plain decoding does no drafting work at all.
+            lookup_tokens=tuple(self._snippet_tokens(snippet.text) for snippet in snippets) if auto else (),
         )
         result = generate(self.engine, prompt, config, cancel)
         if result.stop_reason == STOP_CANCELLED:
@@ -182,6 +185,18 @@ class CompletionService:
             Completion(text, multiline=the_plan.multiline, stop_reason=result.stop_reason, stats=result.stats, pieces=pieces),
             started,
         )
+
+    def _snippet_tokens(self, text: str) -> tuple[int, ...]:
+        """A snippet's tokens for lookup drafts, from a small cache: the snippets stay the same
+        while the cursor stays in one part of a file, and encoding them again at every
+        keystroke costs about as much as a decoding step or two."""
+        ids = self._snippet_ids.pop(text, None)
+        if ids is None:
+            ids = tuple(self.engine.tokenizer.encode(text))
+        self._snippet_ids[text] = ids  # most recently used last
+        while len(self._snippet_ids) > SNIPPET_CACHE:
+            self._snippet_ids.pop(next(iter(self._snippet_ids)))
+        return ids
 
     def _done(self, completion: Completion, started: float) -> Completion:
         completion.latency_s = time.perf_counter() - started

@@ -12,16 +12,19 @@ all in one forward (speculative.py). Two drafters:
             speculative-sampling rule accepts with probability p(token).
 
 How much to draft (DraftPlanner): a forward of R rows costs cost(R) (a probe measured on
-this machine), a draft of m tokens whose conditional acceptance rates are c_1..c_m is
-expected to commit 1 + sum_i prod_{j<=i} c_j tokens, so each step drafts the m (and the
-drafter) that maximise tokens per second, zero when nothing pays. The rates are learned
-online per drafter and draft position (and per match length for lookup), from a bounded
-optimistic prior: a drafter is tried, and left as soon as it does not pay.
+this machine, then what decoding's own forwards measure), a draft of m tokens whose
+conditional acceptance rates are c_1..c_m is expected to commit 1 + sum_i prod_{j<=i} c_j
+tokens, so each step drafts the m (and the drafter) that maximise tokens per second, zero
+unless that beats a plain step by a margin. The rates are learned online per drafter and
+draft position (and per match length for lookup), kept by the engine across requests; the
+heads' prior comes from the model's card where it measured them. A drafter is tried once at
+first, and one that does not pay only rarely again, within a small share of the time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -49,13 +52,18 @@ class Proposal:
 
 class History:
     """The token ids decoded against (prompt + new tokens) in a growing numpy array, with the
-    caller's extra sequences, for n-gram lookup."""
+    caller's extra sequences, for n-gram lookup. The extra sequences are searched as one
+    array (each followed by a -1, which no token matches): one pass over it per lookup,
+    however many sequences there are."""
 
     def __init__(self, prompt: Sequence[int], room: int, extra: Sequence[Sequence[int]] = ()):
         self.ids = np.zeros(len(prompt) + room + 1, dtype=np.int64)
         self.ids[: len(prompt)] = prompt
         self.length = len(prompt)
-        self.extra = [np.asarray(e, dtype=np.int64) for e in extra if len(e) > 1]
+        # Reversed: of equally long matches the most recent in the array wins, so that is the
+        # caller's first sequence.
+        parts = [np.append(np.asarray(e, dtype=np.int64), -1) for e in reversed(extra) if len(e) > 1]
+        self.extra = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def append(self, token: int) -> None:
         self.ids[self.length] = token
@@ -68,14 +76,15 @@ class History:
             return [], 0
         history = self.ids[: self.length]
         pattern = history[-max_n:]
-        best_n, best = 0, []
         # In the history, a match must end before its last token (that is the pattern itself).
-        for seq, end in [(history, self.length - 1)] + [(e, len(e) - 1) for e in self.extra]:
-            n, start = _longest_match(seq, end, pattern)
+        n, start = _longest_match(history, self.length - 1, pattern)
+        best_n, best = n, (history[start : start + max_len].tolist() if n else [])
+        if n < len(pattern) and len(self.extra):
+            n, start = _longest_match(self.extra, len(self.extra) - 1, pattern)
             if n > best_n:
-                best_n, best = n, seq[start : start + max_len].tolist()
-                if n == len(pattern):
-                    break
+                follow = self.extra[start : start + max_len]
+                cut = np.flatnonzero(follow < 0)  # the end of that sequence
+                best_n, best = n, follow[: cut[0] if len(cut) else len(follow)].tolist()
         return best, best_n
 
 
@@ -84,6 +93,7 @@ def _longest_match(seq: np.ndarray, end: int, pattern: np.ndarray) -> tuple[int,
     (so that at least one token follows it), the most recent of those; start is the index
     of the token after it. (0, 0) if even the last token does not occur."""
     ends = np.flatnonzero(seq[:end] == pattern[-1])  # candidate positions of the pattern's last token
+    ends = ends[seq[ends + 1] >= 0]  # followed by a token, not by the end of an extra sequence
     if len(ends) == 0:
         return 0, 0
     n = np.ones(len(ends), dtype=np.int64)
@@ -97,29 +107,51 @@ def _longest_match(seq: np.ndarray, end: int, pattern: np.ndarray) -> tuple[int,
     return longest, last + 1
 
 
+# The heads' prior where the model's card does not say how often they are right: a coin
+# flip, worth 2 observations. A draft pays on this prior only where a forward of a few more
+# rows costs little more than one (a GPU, a large model), not on a small CPU model; either way
+# the first try of the heads (DraftPlanner) replaces it with evidence.
+DEFAULT_HEADS_PRIOR = 0.5
+CARD_PRIOR_WEIGHT = 4.0  # the card's figures were measured on other text than an editor's
+
+
 @dataclass
 class Acceptance:
     """Conditional acceptance rate per draft position (P(draft i accepted | drafts < i were)),
-    learned online from a prior worth `weight` observations at `prior`."""
+    learned online from a prior worth `weight` observations: `priors[i]` at position i where
+    given (a model card's measured rates), else `prior`. Observations fade with a memory of
+    about `memory` drafts, so that an engine serving for hours follows its workload (another
+    file, another kind of completion) instead of the average of its whole life."""
 
-    # Optimistic: a drafter is tried before the evidence is in, also where a forward of 9 rows
-    # costs 7 of one (a small CPU), where only drafts right ~95% of the time pay.
     prior: float = 0.95
-    weight: float = 2.0  # bounded: a couple of rejections outweigh it
+    weight: float = 2.0
+    priors: tuple[float, ...] = ()
+    memory: float = 256.0
     accepted: list[float] = field(default_factory=list)
     proposed: list[float] = field(default_factory=list)
 
     def rates(self, length: int) -> list[float]:
+        """The estimates of positions 0..length-1. A position never drafted is taken to be no
+        better than the one before it: after rejections at the first position, the prior of
+        the later ones would otherwise make a long draft look worth it."""
         self._grow(length)
-        return [(self.prior * self.weight + a) / (self.weight + p) for a, p in zip(self.accepted[:length], self.proposed[:length])]
+        out: list[float] = []
+        for i in range(length):
+            prior = self.priors[i] if i < len(self.priors) else self.prior
+            if self.proposed[i] == 0:
+                out.append(min(prior, out[-1]) if out else prior)
+            else:
+                out.append((prior * self.weight + self.accepted[i]) / (self.weight + self.proposed[i]))
+        return out
 
     def record(self, proposed: int, accepted: int) -> None:
         """A draft of `proposed` tokens whose first `accepted` were accepted: positions past the
         first rejection say nothing (they were conditional on it)."""
         self._grow(proposed)
+        keep = 1.0 - 1.0 / self.memory
         for i in range(min(proposed, accepted + 1)):
-            self.proposed[i] += 1
-            self.accepted[i] += i < accepted
+            self.proposed[i] = self.proposed[i] * keep + 1
+            self.accepted[i] = self.accepted[i] * keep + (i < accepted)
 
     def _grow(self, length: int) -> None:
         while len(self.proposed) < length:
@@ -139,22 +171,79 @@ def expected_tokens(rates: Sequence[float]) -> list[float]:
 
 @dataclass
 class CostCurve:
-    """Seconds of one forward of R = 1..len(rows) rows (rows[R - 1]) and of one head's draft."""
+    """Seconds of one forward of R = 1..len(rows) rows (rows[R - 1], as the probe measured them)
+    and of one head's draft, and what decoding has measured since (observe).
+
+    The probe runs at one context length on a machine that may have been busy at that
+    moment; the forwards decoding runs are the real thing, at the real context lengths and
+    under the machine's present load, so the curve follows them: a running mean per row
+    count, all counts scaled with the 1-row cost (a load that slows one forward slows them
+    all, and 1-row forwards are the ones measured all the time)."""
 
     rows: list[float]
     head_s: float = 0.0
+    learns: bool = True  # False: the curve stays what it was given (CostCurve.free)
+    rate: float = 0.1  # weight of a new observation in the running mean
+    _rows: list[float] = field(init=False, repr=False, compare=False)
+    _head: float = field(init=False, repr=False, compare=False)
+    _at_least: list[float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._rows, self._head = list(self.rows), self.head_s
+        self._monotone()
+
+    def _monotone(self) -> None:
+        # What R rows cost is at least what fewer cost (the planner asks this dozens of times a step).
+        self._at_least = list(itertools.accumulate(self._rows, max))
 
     def forward_s(self, n_rows: int) -> float:
-        if n_rows <= len(self.rows):
-            return self.rows[n_rows - 1]
+        rows = self._at_least
+        if n_rows <= len(rows):
+            return rows[n_rows - 1]
         # Past the probe: linear in the rows, at the last measured slope
-        slope = self.rows[-1] - self.rows[-2] if len(self.rows) > 1 else self.rows[-1]
-        return self.rows[-1] + slope * (n_rows - len(self.rows))
+        slope = self._rows[-1] - self._rows[-2] if len(self._rows) > 1 else self._rows[-1]
+        return rows[-1] + max(0.0, slope) * (n_rows - len(rows))
+
+    def draft_s(self) -> float:
+        """What one head's draft costs (its share of the heads' lazily computed logits)."""
+        return self._head
+
+    def observe(self, n_rows: int, seconds: float) -> None:
+        """A decoding forward of n_rows rows took `seconds` (its logits included)."""
+        if not self.learns or seconds <= 0:
+            return
+        if n_rows > len(self._rows):
+            self._rows += [self.forward_s(r) for r in range(len(self._rows) + 1, n_rows + 1)]
+            self._monotone()
+        old = self._rows[n_rows - 1]
+        new = old + self.rate * (_bounded(seconds, old) - old)
+        if n_rows == 1:
+            scale = new / old
+            self._rows = [r * scale for r in self._rows]
+            self._at_least = [r * scale for r in self._at_least]
+            self._head *= scale
+        else:
+            self._rows[n_rows - 1] = new
+            self._monotone()
+
+    def observe_draft(self, n_heads: int, seconds: float) -> None:
+        """Drafting with n_heads heads took `seconds` (a head catching up on positions included)."""
+        if self.learns and seconds > 0 and n_heads > 0:
+            per_head = seconds / n_heads
+            old = self._head if self._head > 0 else per_head
+            self._head = old + self.rate * (_bounded(per_head, old) - old)
 
     @staticmethod
     def free(max_rows: int = 64) -> "CostCurve":
         """A verifier for which every row is free: drafting as much as there is always pays."""
-        return CostCurve([1.0] * max_rows)
+        return CostCurve([1.0] * max_rows, learns=False)
+
+
+def _bounded(seconds: float, estimate: float) -> float:
+    """A measurement as the running mean takes it: one the scheduler interrupted (a shared
+    machine) says little about the next forward, so it counts as at most 3x the estimate.
+    Nothing makes a forward spuriously fast: a shorter one is taken as it is."""
+    return min(seconds, 3 * estimate)
 
 
 def best_length(rates: Sequence[float], cost: CostCurve, per_token_s: float = 0.0) -> tuple[int, float]:
@@ -172,34 +261,166 @@ def best_length(rates: Sequence[float], cost: CostCurve, per_token_s: float = 0.
 @dataclass
 class DraftPlanner:
     """Chooses, each step, which drafter drafts and how many tokens, by expected tokens per
-    second; learns the drafters' acceptance as it goes. Kept by the engine across calls."""
+    second; learns the drafters' acceptance (and, through its cost curve, the forwards'
+    cost) as it goes. Kept by the engine across calls, so a completion starts from what
+    the ones before it taught.
+
+    Three rules keep it from being slower than plain decoding:
+    - a draft is made only where its expected tokens per second beat a plain step's by
+      `margin` (the estimates are noisy; a draft that barely pays on paper does not);
+    - a drafter (heads, or lookup at one match length) that has not been tried yet is tried
+      once, with all it has: a draft is the only way to learn its acceptance;
+    - one that did not pay is tried again rarely: at least `explore_gap` steps apart, and
+      only as often as a budget of `explore_share` of the plain steps' time allows. So the
+      planner's measurements cost at most that share of the time where nothing pays.
+    When nothing may pay and no try is due, a step does no lookup and no planning (wanted)."""
 
     cost: CostCurve
-    heads: Acceptance = field(default_factory=Acceptance)
+    heads: Acceptance = field(default_factory=lambda: Acceptance(prior=DEFAULT_HEADS_PRIOR))
     lookup: dict[int, Acceptance] = field(default_factory=dict)  # by match length
+    margin: float = 0.1
+    explore_gap: int = 32
+    explore_share: float = 0.02
+    steps: int = 0  # steps planned (or skipped as plain) in the engine's life
+    explored: int = 0  # drafts made as tries, not because they were expected to pay
+    _credit: float = field(default=0.0, repr=False)  # seconds of the exploration budget not yet spent
+    _last_try: int = field(default=-(10**9), repr=False)
+    _tried: dict = field(default_factory=dict, repr=False)  # drafter key -> step of its last draft
+    # (rooms, may lookup pay, may heads pay, (would right lookup drafts pay, right heads drafts))
+    _verdict: tuple | None = field(default=None, repr=False)
 
     def lookup_rates(self, ngram: int, length: int) -> list[float]:
-        return self.lookup.setdefault(ngram, Acceptance()).rates(length)
+        return self._lookup_table(ngram).rates(length)
+
+    def _lookup_table(self, ngram: int) -> Acceptance:
+        if ngram not in self.lookup:
+            self.lookup[ngram] = Acceptance()
+        return self.lookup[ngram]
+
+    def _pays(self, speed: float) -> bool:
+        return speed > (1.0 + self.margin) / self.cost.forward_s(1)
+
+    def wanted(self, lookup_room: int, heads_room: int) -> tuple[bool, bool]:
+        """(lookup, heads): whether this step should look for a lookup draft and consider the
+        heads at all. Counts the step (and its share of the exploration budget); False,
+        False makes it a plain step with no planning work."""
+        self.steps += 1
+        plain_s = self.cost.forward_s(1)
+        cap = 2 * max(self._try_cost("lookup", lookup_room), self._try_cost("heads", heads_room))
+        self._credit = min(self._credit + self.explore_share * plain_s, cap)
+        if self._verdict is None or self._verdict[0] != (lookup_room, heads_room) or self.steps % 16 == 0:
+            # The costs drift a little every step; the verdict is renewed every 16 and after every draft.
+            may_lookup = lookup_room > 0 and any(
+                self._pays(best_length(self.lookup_rates(n, lookup_room), self.cost)[1]) for n in range(1, MAX_NGRAM + 1)
+            )
+            may_heads = heads_room > 0 and self._pays(
+                best_length(self.heads.rates(heads_room), self.cost, self.cost.draft_s())[1]
+            )
+            worth_a_try = (self._could_pay("lookup", lookup_room), self._could_pay("heads", heads_room))
+            self._verdict = ((lookup_room, heads_room), may_lookup, may_heads, worth_a_try)
+        _, may_lookup, may_heads, (try_lookup, try_heads) = self._verdict
+        due = self.steps - self._last_try >= self.explore_gap
+        if try_lookup:
+            untried = any(("lookup", n) not in self._tried for n in range(1, MAX_NGRAM + 1))
+            try_lookup = untried or (due and self._credit >= self._try_cost("lookup", lookup_room))
+        if try_heads:
+            try_heads = ("heads",) not in self._tried or (due and self._credit >= self._try_cost("heads", heads_room))
+        return may_lookup or try_lookup, may_heads or try_heads
+
+    def _could_pay(self, source: str, room: int) -> bool:
+        """Whether a draft of at most `room` tokens would pay if every token were right: where
+        not, trying the drafter can only lose."""
+        per_token = self.cost.draft_s() if source == "heads" else 0.0
+        return room > 0 and self._pays(best_length([1.0] * room, self.cost, per_token)[1])
+
+    def _try_cost(self, source: str, m: int) -> float:
+        """What a try of m tokens costs beyond a plain step (the heads' drafting included)."""
+        per_token = self.cost.draft_s() if source == "heads" else 0.0
+        return self.cost.forward_s(1 + m) - self.cost.forward_s(1) + m * per_token
 
     def plan(self, lookup: tuple[list[int], int] | None, heads_room: int) -> tuple[str, int]:
         """("lookup" | "heads" | "", m): the drafter and the number of tokens to draft.
-        lookup: the lookup's (draft, match length), None if that drafter is not used;
+        lookup: the lookup's (draft, match length), None if there is none this step;
         heads_room: the most tokens the heads may draft (0 if they are not used)."""
-        choice, best = ("", 0), 1.0 / self.cost.forward_s(1)
+        options = []  # (expected tokens per second, source, m, room, key)
         if lookup and lookup[0]:
             m, speed = best_length(self.lookup_rates(lookup[1], len(lookup[0])), self.cost)
-            if m and speed > best:
-                choice, best = ("lookup", m), speed
+            options.append((speed, "lookup", m, len(lookup[0]), ("lookup", lookup[1])))
         if heads_room > 0:
-            m, speed = best_length(self.heads.rates(heads_room), self.cost, self.cost.head_s)
-            if m and speed > best:
-                choice = ("heads", m)
-        return choice
+            m, speed = best_length(self.heads.rates(heads_room), self.cost, self.cost.draft_s())
+            options.append((speed, "heads", m, heads_room, ("heads",)))
+        paying = [o for o in options if o[2] and self._pays(o[0])]
+        if paying:
+            speed, source, m, _, key = max(paying, key=lambda o: o[0])
+            self._tried[key] = self.steps
+            return source, m
+        # A try, where a right draft would pay: a drafter never tried, else (when due and paid
+        # for) the one tried longest ago.
+        options = [o for o in options if self._could_pay(o[1], o[3])]
+        untried = [o for o in options if o[4] not in self._tried]
+        due = self.steps - self._last_try >= self.explore_gap
+        candidates = untried or ([o for o in options if self._credit >= self._try_cost(o[1], o[3])] if due else [])
+        if not candidates:
+            return "", 0
+        _, source, _, room, key = min(candidates, key=lambda o: self._tried.get(o[4], -1))
+        if not untried:
+            self._credit -= self._try_cost(source, room)
+            self._last_try = self.steps
+        self._tried[key] = self.steps
+        self.explored += 1
+        return source, room
 
     def record(self, proposal: Proposal, accepted: int, verified: int) -> None:
         """The first `accepted` of the proposal's first `verified` tokens were accepted."""
-        table = self.heads if proposal.source == "heads" else self.lookup.setdefault(proposal.ngram, Acceptance())
+        table = self.heads if proposal.source == "heads" else self._lookup_table(proposal.ngram)
         table.record(verified, accepted)
+        self._verdict = None
+
+    def observe_forward(self, n_rows: int, seconds: float) -> None:
+        self.cost.observe(n_rows, seconds)
+
+    def observe_draft(self, n_heads: int, seconds: float) -> None:
+        self.cost.observe_draft(n_heads, seconds)
+
+
+def heads_priors(model_dir: Path | str) -> tuple[float, ...]:
+    """The heads' conditional acceptance per draft position as the model's card.json measured
+    it: the bench row with the most heads (its acceptance per position is unconditional,
+    P(at least i + 1 drafts accepted)), else the held-out top-1 accuracy of heads 2..n.
+    () where the card is missing or says nothing usable: it is only a prior."""
+    try:
+        card = json.loads((Path(model_dir) / "card.json").read_text())
+        unconditional: list[float] = []
+        rows = [r for r in (card.get("bench") or {}).get("rows", []) if r.get("acceptance")]
+        if rows:
+            unconditional = [float(a) for a in max(rows, key=lambda r: r["k"])["acceptance"]]  # the first of the most heads
+        elif card.get("heldout_heads", {}).get("accuracy_per_head"):
+            unconditional = [float(a) for a in card["heldout_heads"]["accuracy_per_head"][1:]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return ()
+    priors, before = [], 1.0
+    for a in unconditional:
+        if not 0 < a <= 1 or before <= 0:
+            break
+        priors.append(min(0.99, max(0.01, a / before)))
+        before = a
+    return tuple(priors)
+
+
+def planner_for(model_dir: Path | str | None) -> DraftPlanner:
+    """An engine's planner (its cost curve is set per k when auto first decodes): the heads'
+    prior from the model's card where it has one."""
+    priors = heads_priors(model_dir) if model_dir is not None else ()
+    heads = Acceptance(prior=priors[-1], weight=CARD_PRIOR_WEIGHT, priors=priors) if priors else Acceptance(
+        prior=DEFAULT_HEADS_PRIOR
+    )
+    return DraftPlanner(CostCurve.free(), heads=heads)
+
+
+def probe_prefix(max_seq_len: int) -> int:
+    """Where the probe measures: a completion's prompt is most of the context, and what R rows
+    cost next to one changes with the positions attended to (the attention's share)."""
+    return max(1, min(256, max_seq_len // 2))
 
 
 def probe_costs(step, k: int, max_rows: int = 8, prefix: int = 32, repeats: int = 5, token: int = 0) -> CostCurve:

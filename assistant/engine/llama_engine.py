@@ -48,7 +48,15 @@ from assistant.engine.base import (
     common_prefix_length,
     result_text,
 )
-from assistant.engine.drafting import CostCurve, DraftPlanner, cached_probe, probe_costs, probe_key
+from assistant.engine.drafting import (
+    CostCurve,
+    DraftPlanner,
+    cached_probe,
+    planner_for,
+    probe_costs,
+    probe_key,
+    probe_prefix,
+)
 from assistant.engine.speculative import decode, forward_heads
 from models.checkpoint import ModelFileError, check_context_memory, check_weights_header, read_config
 from models.gguf_export import FINAL_HIDDEN_ARCHS, available_quants, check_export, export_files, gguf_arch, quiet_llama_logs
@@ -392,8 +400,9 @@ class LlamaEngine:
             raise
         self._cached: list[int] = []  # tokens whose KV (and z) is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared caches
-        # The "auto" drafter's: acceptance learned across calls, a probed cost curve per k.
-        self._planner = DraftPlanner(CostCurve.free())
+        # The "auto" drafter's: acceptance learned across calls (the heads' prior from the model's
+        # card), a probed cost curve per k that decoding keeps measuring.
+        self._planner: DraftPlanner = planner_for(model_dir)
         self._costs: dict[int, CostCurve] = {}
         try:
             self._probe(self.tokenizer.eot_id)
@@ -451,12 +460,13 @@ class LlamaEngine:
 
     def _planned(self, k: int) -> DraftPlanner:
         """The planner with the cost curve of decoding with k heads: from the probe file, or
-        measured now (a few llama_decode calls of 1..8 rows after a short prefix: well under
-        a second on the shipped model)."""
+        measured now (a few llama_decode calls of 1..8 rows after a prefix: well under a second
+        on the shipped model)."""
         if k not in self._costs:
             s = self.settings
             key = probe_key(self.files[0], quant=self.quant, threads=s.threads, exact=self.exact, k=k,
-                            gpu_layers=s.n_gpu_layers, heads=[p.name for p in self.files[1:k]])
+                            gpu_layers=s.n_gpu_layers, heads=[p.name for p in self.files[1:k]],
+                            prefix=probe_prefix(self.max_seq_len))
             self._costs[k] = cached_probe(s.probe_dir, key, lambda: self._probe_costs(k))
         self._planner.cost = self._costs[k]
         return self._planner
@@ -464,7 +474,7 @@ class LlamaEngine:
     def _probe_costs(self, k: int) -> CostCurve:
         self._cached = []
         self._step.reset()
-        curve = probe_costs(self._step, k, prefix=min(32, self.max_seq_len // 4), token=self.tokenizer.eot_id)
+        curve = probe_costs(self._step, k, prefix=probe_prefix(self.max_seq_len), token=self.tokenizer.eot_id)
         self._step.reset()  # the probe's positions are no prompt's
         return curve
 

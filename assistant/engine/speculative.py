@@ -210,7 +210,10 @@ def decode(
         """Heads 2..n+1's drafts at the last accepted position (their logits computed now)."""
         clock = time.perf_counter()
         logits = out.draft_logits(last_index, n)  # (n, V)
-        stats.model_s += time.perf_counter() - clock
+        elapsed = time.perf_counter() - clock
+        stats.model_s += elapsed
+        if planner is not None:
+            planner.observe_draft(n, elapsed)
         rows = chooser.prepare(logits)
         return Proposal([chooser.pick(rows[i]) for i in range(n)], "heads", rows)
 
@@ -220,10 +223,15 @@ def decode(
             return None
         if drafter == "heads":
             return heads_draft(min(room, k - 1)) if k > 1 else None
-        found, ngram = history.lookup(min(room, config.draft_len))
         if drafter == "lookup":
+            found, ngram = history.lookup(min(room, config.draft_len))
             return Proposal(found, "lookup", ngram=ngram) if found else None
-        source, m = planner.plan((found, ngram) if found else None, min(room, k - 1) if uses_heads else 0)
+        lookup_room, heads_room = min(room, config.draft_len), min(room, k - 1) if uses_heads else 0
+        want_lookup, want_heads = planner.wanted(lookup_room, heads_room)
+        if not (want_lookup or want_heads):
+            return None  # nothing may pay and no try is due: a plain step, no lookup, no planning
+        found, ngram = history.lookup(lookup_room) if want_lookup else ([], 0)
+        source, m = planner.plan((found, ngram) if found else None, heads_room if want_heads else 0)
         if source == "lookup":
             return Proposal(found[:m], "lookup", ngram=ngram)
         return heads_draft(m) if source == "heads" else None
@@ -266,7 +274,10 @@ def decode(
 
         clock = time.perf_counter()
         out = model.forward([token, *drafts], position, k)
-        verify_logits = healing(out.next_logits())  # (1 + len(drafts), V); no drafts while healing
+        verify_logits = out.next_logits()  # (1 + len(drafts), V)
+        if planner is not None:
+            planner.observe_forward(1 + len(drafts), time.perf_counter() - clock)
+        verify_logits = healing(verify_logits)  # no drafts while healing
         stats.model_s += time.perf_counter() - clock
         stats.forward_passes += 1
         verify_rows = chooser.prepare(verify_logits)

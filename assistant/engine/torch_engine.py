@@ -20,7 +20,7 @@ from assistant.engine.base import (
     common_prefix_length,
     result_text,
 )
-from assistant.engine.drafting import CostCurve, DraftPlanner, probe_costs
+from assistant.engine.drafting import CostCurve, DraftPlanner, planner_for, probe_costs, probe_prefix
 from assistant.engine.speculative import decode, forward_heads
 from assistant.errors import UserError
 from models.transformer import KVCache, MTPTransformer, compute_dtype
@@ -88,7 +88,7 @@ class TorchEngine:
         default = (self.device.type, dtype) == ("cpu", torch.float32)
         self.label = "torch" if default else f"torch {self.device.type} {str(dtype).removeprefix('torch.')}"
         # The "auto" drafter's: acceptance learned across calls, a probed cost curve per k.
-        self._planner = DraftPlanner(CostCurve.free())
+        self._planner: DraftPlanner = planner_for(None)
         self._costs: dict[int, CostCurve] = {}
 
     @classmethod
@@ -97,7 +97,9 @@ class TorchEngine:
 
         check_min_context(model_dir, read_config(model_dir)[0].max_seq_len)
         loaded = load_model(model_dir, device=device, dtype=dtype)  # no float32 copy of a half model
-        return cls(loaded.model, loaded.tokenizer, device, dtype)
+        engine = cls(loaded.model, loaded.tokenizer, device, dtype)
+        engine._planner = planner_for(model_dir)  # the heads' prior from the model's card
+        return engine
 
     @torch.inference_mode()
     def generate(
@@ -128,7 +130,7 @@ class TorchEngine:
     def _planned(self, step: _TorchStepModel, k: int) -> DraftPlanner:
         """The planner with the cost curve of k heads, probed the first time (over the cache)."""
         if k not in self._costs:
-            self._costs[k] = probe_costs(step, k, prefix=min(32, self.max_seq_len // 4))
+            self._costs[k] = probe_costs(step, k, prefix=probe_prefix(self.max_seq_len))
             self._cached, self._cache_k = [], 0  # the probe wrote the cache
         self._planner.cost = self._costs[k]
         return self._planner

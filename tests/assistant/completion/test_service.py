@@ -151,6 +151,31 @@ def test_auto_heads_drafts_by_cost_where_k_may_change_and_passes_the_snippets():
     assert torch_only.configs[-1].drafter == "heads"
 
 
+def test_snippet_tokens_are_encoded_for_auto_only_and_once_while_they_stay():
+    from assistant.completion.context import ContextCollector
+    from assistant.completion.prompt import Snippet
+
+    class Context(ContextCollector):
+        def __init__(self):
+            pass
+
+        def snippets(self, uri, prefix):
+            return [Snippet("b.py", "def sub(a, b):\n    return a - b\n")]
+
+    engine = TorchEngine(random_model(seed=2), ByteTokenizer())
+    engine.reuses_cache_across_k = True
+    settings = CompletionSettings(max_tokens=4, context_tokens=128, time_cap_ms=600_000)
+    plain = Recording(engine)
+    CompletionService(plain, replace(settings, heads=1), context=Context()).complete_at(TEXT, LINE, COL)
+    assert plain.configs[-1].lookup_tokens == ()  # plain decoding does no drafting work
+    auto = Recording(engine)
+    svc = CompletionService(auto, settings, context=Context())
+    svc.complete("x = 1\n", "")
+    svc.complete("x = 12\n", "")
+    first, second = (c.lookup_tokens[0] for c in auto.configs)
+    assert first == tuple(engine.tokenizer.encode("def sub(a, b):\n    return a - b\n")) and second is first
+
+
 def test_pieces_say_which_head_wrote_each_part_of_the_final_text(engine):
     svc = service(engine, heads=None, max_tokens=24)
     result = svc.complete_at(TEXT, LINE, COL)

@@ -238,3 +238,175 @@ def test_probe_file_is_reused_and_a_damaged_one_is_measured_again(tmp_path):
     (tmp_path / f"probe-{key}.json").write_text("{not json")
     assert cached_probe(tmp_path, key, measure).rows == [1e-3, 2e-3] and len(calls) == 2
     assert cached_probe(None, key, measure) and len(calls) == 3
+
+
+# --- the planner's rules: a margin, tries, costs measured while decoding, state kept by the engine ---
+
+class PairsModel:
+    """Head 1 writes every token twice (0 0 1 1 2 2 ...), never repeating a pair: a lookup finds
+    the pair's first token and proposes it again, always wrongly; heads 2..k are always wrong."""
+
+    vocab = 4096
+
+    def forward(self, tokens, start_pos, k, all_rows=True):
+        return _PairsOutput(range(start_pos, start_pos + len(tokens)), self.vocab)
+
+
+class _PairsOutput:
+    def __init__(self, positions, vocab):
+        self.positions, self.vocab = positions, vocab
+
+    def _rows(self, tokens):
+        return torch.nn.functional.one_hot(torch.tensor(tokens), self.vocab).float()
+
+    def next_logits(self, start=0):
+        return self._rows([((p + 1) // 2) % self.vocab for p in list(self.positions)[start:]])
+
+    def draft_logits(self, index, n=None):
+        p = self.positions[index]
+        return self._rows([((p + 1 + h) // 2 + 7) % self.vocab for h in range(1, 1 + (n or 3))])
+
+
+def test_a_planner_whose_drafts_are_never_accepted_stops_and_tries_again_rarely():
+    # Rows cheap enough that an optimistic planner drafts at first; nothing is ever right.
+    cost = CostCurve([1.0 + 0.1 * r for r in range(9)], head_s=0.0, learns=False)
+    planner = DraftPlanner(cost)
+
+    def generate(n):
+        prompt = [p // 2 for p in range(8)]
+        config = GenerationConfig(max_new_tokens=n, drafter="auto")
+        out = decode(PairsModel(), prompt, 0, config, 4, 4096, lambda t: b"", planner=planner)
+        assert out.tokens == [(p + 1) // 2 for p in range(7, 7 + n)]
+        return out.stats
+
+    learning = generate(100).draft_proposed[0]
+    assert 0 < learning <= 20  # stopped within 20 steps (heads and lookup, a few rejections each)
+    # Later requests to the same planner: it knows, and only tries again now and then.
+    later = generate(1500)
+    tries = later.draft_proposed[0]
+    assert 10 <= tries <= 1500 // planner.explore_gap + 1, tries
+    # Those tries cost at most the budget's share of the plain steps' time (plus what it may bank).
+    drafts_of = [p - q for p, q in zip(later.draft_proposed, later.draft_proposed[1:] + [0])]  # drafts of m tokens
+    try_time = sum(n * (cost.forward_s(1 + m) - cost.forward_s(1)) for m, n in enumerate(drafts_of, start=1))
+    assert try_time <= planner.explore_share * 1500 * cost.forward_s(1) + 2 * (cost.forward_s(9) - cost.forward_s(1))
+
+
+def test_a_draft_that_pays_only_on_paper_is_not_made():
+    # Right 60% of the time at 1.3x the cost of a row: 1.6 / 1.3 = 1.23x on paper, below a 30% margin.
+    planner = DraftPlanner(CostCurve([1.0, 1.3], learns=False), margin=0.3)
+    planner.heads.record(1000, 0)  # evidence outweighs the prior
+    planner.heads.accepted[0], planner.heads.proposed[0] = 600.0, 1000.0
+    assert planner.plan(None, heads_room=1) == ("", 0) or planner.explored == 1
+    planner.margin = 0.1
+    assert planner.plan(None, heads_room=1) == ("heads", 1)
+
+
+def test_nothing_to_gain_means_no_lookup_and_no_planning():
+    planner = DraftPlanner(CostCurve([1.0 + 0.1 * r for r in range(9)], learns=False))
+    for n in range(1, 4):
+        planner.lookup_rates(n, 8)
+        planner.lookup[n].record(1, 0)
+        planner.lookup[n].accepted[0], planner.lookup[n].proposed[0] = 0.0, 50.0
+        planner._tried[("lookup", n)] = 0
+    planner.heads.accepted, planner.heads.proposed = [0.0] * 3, [50.0] * 3
+    planner._tried[("heads",)] = 0
+    plain = 0
+    for _ in range(200):
+        lookup, heads = planner.wanted(8, 3)
+        if lookup or heads:
+            planner.plan(([1] * 8, 2) if lookup else None, 3 if heads else 0)  # a try, made
+        else:
+            plain += 1
+    assert plain >= 200 - 200 // planner.explore_gap - 1  # all but the steps where a try is due
+    # Where a right draft could not pay (a row costs what a forward does), never even a try.
+    linear = DraftPlanner(CostCurve([float(r) for r in range(1, 10)], learns=False))
+    assert all(linear.wanted(8, 3) == (False, False) for _ in range(100))
+
+
+def test_the_cost_curve_follows_the_forwards_decoding_measures():
+    curve = CostCurve([1e-3, 2e-3, 3e-3], head_s=5e-4)
+    for _ in range(100):
+        curve.observe(1, 2e-3)  # the machine got twice as slow: every count scales with it
+    assert curve.forward_s(1) == pytest.approx(2e-3, rel=1e-3)
+    assert curve.forward_s(3) == pytest.approx(6e-3, rel=1e-3) and curve.draft_s() == pytest.approx(1e-3, rel=1e-3)
+    for _ in range(100):
+        curve.observe(3, 1.2e-2)  # three rows cost more next to one than the probe said
+    assert curve.forward_s(3) == pytest.approx(1.2e-2, rel=1e-2)
+    before = curve.forward_s(3)
+    curve.observe(3, 10.0)  # one forward the scheduler interrupted moves it a bounded step
+    assert curve.forward_s(3) <= before * 1.21
+    curve.observe(5, 2e-2)  # past the probe: extended, then measured
+    assert curve.forward_s(5) > curve.forward_s(3)
+    assert curve.rows == [1e-3, 2e-3, 3e-3]  # what the probe measured (and its file holds) is kept
+    fixed = CostCurve.free()
+    fixed.observe(1, 5.0)
+    assert fixed.forward_s(1) == 1.0
+
+
+def test_decode_measures_its_forwards_into_the_planners_curve():
+    planner = DraftPlanner(CostCurve([1.0 + 0.1 * r for r in range(9)], head_s=0.1))
+    run(StubModel(agree=False), 4, STRIDE5, max_new=40, planner=planner, drafter="auto")
+    assert planner.cost.forward_s(1) < 0.5  # a stub's forward takes microseconds, not a second
+    assert planner.cost.draft_s() < 0.1
+    assert planner.cost.rows[0] == 1.0
+
+
+def test_acceptance_forgets_slowly_and_unseen_positions_are_no_better_than_the_one_before():
+    a = Acceptance(prior=0.9, weight=2, memory=10)
+    for _ in range(100):
+        a.record(1, 1)
+    assert a.proposed[0] == pytest.approx(10, rel=1e-3)  # at most about `memory` drafts count
+    assert a.rates(3)[0] > 0.95 and a.rates(3)[1:] == [0.9, 0.9]  # never drafted: the prior, capped
+    b = Acceptance(prior=0.9)
+    b.record(1, 0)
+    assert b.rates(3) == pytest.approx([0.6, 0.6, 0.6])
+    card = Acceptance(prior=0.6, priors=(0.5, 0.7))
+    assert card.rates(3) == pytest.approx([0.5, 0.5, 0.5])  # untried positions capped by the one before
+
+
+def test_the_heads_prior_comes_from_the_models_card(tmp_path):
+    import json
+
+    from assistant.engine.drafting import DEFAULT_HEADS_PRIOR, heads_priors, planner_for
+
+    rows = [{"engine": "llama q8_0", "k": 1, "acceptance": []},
+            {"engine": "llama q8_0", "k": 4, "acceptance": [0.6, 0.3, 0.15]},
+            {"engine": "torch", "k": 4, "acceptance": [0.9, 0.9, 0.9]}]
+    (tmp_path / "card.json").write_text(json.dumps({"bench": {"rows": rows}}))
+    assert heads_priors(tmp_path) == pytest.approx((0.6, 0.5, 0.5))  # conditional: 0.3 / 0.6, 0.15 / 0.3
+    planner = planner_for(tmp_path)
+    assert planner.heads.rates(3) == pytest.approx([0.6, 0.5, 0.5])
+    (tmp_path / "card.json").write_text(json.dumps({"heldout_heads": {"accuracy_per_head": [0.6, 0.4, 0.2]}}))
+    assert heads_priors(tmp_path) == pytest.approx((0.4, 0.5))
+    for broken in ("{not json", "[]", json.dumps({"bench": {"rows": [{"k": "x", "acceptance": [2]}]}})):
+        (tmp_path / "card.json").write_text(broken)
+        assert heads_priors(tmp_path) == ()  # only a prior: a bad card is none
+    assert planner_for(tmp_path / "missing").heads.rates(1) == [DEFAULT_HEADS_PRIOR]
+
+
+def test_the_engines_planner_keeps_what_it_learned_across_generate_calls(tmp_path):
+    import json
+
+    from models.checkpoint import save_model
+
+    save_model(tmp_path, random_model(4, n_layers=4), ByteTokenizer())
+    (tmp_path / "card.json").write_text(json.dumps({"bench": {"rows": [{"k": 4, "acceptance": [0.5, 0.25, 0.125]}]}}))
+    engine = TorchEngine.from_dir(tmp_path)
+    assert engine._planner.heads.rates(3) == pytest.approx([0.5, 0.5, 0.5])  # the card's
+    engine._costs = {4: CostCurve([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8], head_s=0.01)}
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    config = GenerationConfig(max_new_tokens=20, k=4, drafter="auto", lookup_tokens=((5, 6, 7, 8, 9),))
+    planner = engine._planner
+    engine.generate(prompt, config)
+    seen = (sum(planner.heads.proposed), sum(sum(t.proposed) for t in planner.lookup.values()), planner.steps)
+    assert seen[0] + seen[1] > 0 and seen[2] > 0
+    engine.generate(prompt[:-1], config)
+    assert engine._planner is planner and planner.steps > seen[2]
+    assert sum(planner.heads.proposed) + sum(sum(t.proposed) for t in planner.lookup.values()) > seen[0] + seen[1]
+
+
+def test_lookup_in_several_sequences_stays_inside_each():
+    h = History([7, 1, 2], room=4, extra=[(1, 2), (4, 1, 2, 3, 3), (9, 1, 2, 5)])
+    assert h.lookup(4) == ([3, 3], 2)  # the first sequence of the longest matches, and not past its end
+    h = History([7, 8], room=4, extra=[(5, 8), (6, 6, 8, 1)])
+    assert h.lookup(4) == ([1], 1)  # (5, 8) ends at 8: nothing follows it there
