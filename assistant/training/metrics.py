@@ -103,7 +103,10 @@ class ProgressReporter:
             self._progress.console.print(f"step {self._done}/{self._total}: {info}", soft_wrap=True)
 
     def note(self, val_record: dict[str, Any]) -> None:
-        heads = " ".join(f"{a:.2f}" for a in val_record["accuracy_per_head"])
-        self._last_val = f"  val {val_record['loss']:.3f} acc[{heads}]"
+        # A distillation run scores its heads by agreement with the model's own greedy tokens.
+        agreement = "agreement_per_head" in val_record
+        heads = " ".join(f"{a:.2f}" for a in val_record["agreement_per_head" if agreement else "accuracy_per_head"])
+        short, long = ("agree", "agreement with the model's greedy tokens") if agreement else ("acc", "accuracy")
+        self._last_val = f"  val {val_record['loss']:.3f} {short}[{heads}]"
         if self.enabled:
-            self._progress.console.print(f"step {val_record['step']}: val loss {val_record['loss']:.4f}, accuracy per head {heads}")
+            self._progress.console.print(f"step {val_record['step']}: val loss {val_record['loss']:.4f}, {long} per head {heads}")
