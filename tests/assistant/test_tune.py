@@ -263,6 +263,12 @@ def test_tune_errors_are_one_line(tmp_path, base_dir, store):
         tune(TuneConfig(repo=str(tmp_path / "missing"), **TINY), store)
     with pytest.raises(TuneError, match="invalid model name 'shipped'"):
         tune(TuneConfig(repo=str(tmp_path / "one"), name="shipped", **TINY), store)
+    with pytest.raises(TuneError, match="invalid setting fim_rate=1.5"):
+        TuneConfig(fim_rate=1.5)
+    one_head = save_model(tmp_path / "one-head", random_model(n_future=1), ByteTokenizer())
+    with pytest.raises(TuneError, match="has one head: there are no draft heads to distill"):
+        tune(TuneConfig(repo=str(make_repo(tmp_path / "repo")), base=str(one_head), finetune="heads-distill", **TINY),
+             store)
 
 
 @pytest.fixture(scope="module")
