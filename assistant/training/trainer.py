@@ -274,13 +274,15 @@ def train(
                 for windows in micro_batches:
                     # Every rank reads the same global windows and keeps its own rows.
                     rows = windows[world.rank * local_batch : (world.rank + 1) * local_batch].to(device)
+                    # Distillation reads the same seq_len inputs: a longer window would not fit the
+                    # context of a model tuned at its max_seq_len; its targets are the model's own.
+                    inputs, targets = split_window(rows, model.n_future)
                     if distill:
                         stats = distill_forward_backward(
-                            model, rows, head_weights=config.head_weights and config.head_weights[1:],
+                            model, inputs, head_weights=config.head_weights and config.head_weights[1:],
                             loss_scale=1.0 / config.grad_accum, autocast=autocast,
                         )
                     else:
-                        inputs, targets = split_window(rows, model.n_future)
                         stats = mtp_forward_backward(
                             model,
                             inputs,
@@ -313,7 +315,7 @@ def train(
                 done = step + 1
                 if done % config.eval_every == 0 or done == last_step:
                     if distill:
-                        val = evaluate_agreement(model, val_windows, autocast=autocast)
+                        val = evaluate_agreement(model, split_window(val_windows, model.n_future)[0], autocast=autocast)
                         per_head = agreement_record(val)
                     else:
                         val = evaluate(model, val_windows, autocast=autocast)

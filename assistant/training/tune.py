@@ -532,6 +532,7 @@ def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfi
     from assistant.training.distill import evaluate_agreement
     from assistant.training.evaluation import evaluate
     from models.checkpoint import load_model
+    from models.loss import split_window
 
     loaded = load_model(model_dir)
     texts = [f.text for f in held_out]
@@ -542,9 +543,10 @@ def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfi
     val = evaluate(loaded.model, windows[: config.eval_windows])
     rest = evaluate(loaded.model, windows[config.eval_windows :]) if len(windows) > config.eval_windows else None
     heads = _combined(val, rest)
-    if n > 1:  # the same split of the windows: the first eval_windows are distillation's validation
-        agree_val = evaluate_agreement(loaded.model, windows[: config.eval_windows])
-        agree_rest = evaluate_agreement(loaded.model, windows[config.eval_windows :]) if rest is not None else None
+    if n > 1:  # as the trainer's distillation reads them: the inputs of the same windows, the first
+        inputs = split_window(windows, n)[0]  # eval_windows its validation
+        agree_val = evaluate_agreement(loaded.model, inputs[: config.eval_windows])
+        agree_rest = evaluate_agreement(loaded.model, inputs[config.eval_windows :]) if rest is not None else None
         agreement = _combined(agree_val, agree_rest)
     del loaded
     engine = load_engine(model_dir, config.engine)

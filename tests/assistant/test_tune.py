@@ -18,6 +18,7 @@ from assistant.training.trainer import TrainConfig, train, training_texts
 from assistant.training.tune import TUNE_DIR, TuneConfig, TuneError, model_name, report_table, tune
 from models.checkpoint import load_model, read_config, save_model
 from models.tokenizer import ByteTokenizer
+from models.transformer import MTPTransformer
 from tests.assistant.engine.helpers import random_model, repetitive_code
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -274,13 +275,18 @@ def test_tune_errors_are_one_line(tmp_path, base_dir, store):
 @pytest.fixture(scope="module")
 def head1_base(tmp_path_factory, base_dir) -> Path:
     """A base whose head 1 has learned code like the test repositories' and whose other heads
-    have not (their loss weighted 0): what distillation has something to teach."""
+    have not (their loss weighted 0): what distillation has something to teach. Its context is
+    TINY's seq_len, as the shipped model's is tune's: a window must fit it whole."""
     root = tmp_path_factory.mktemp("head1")
+    random = load_model(base_dir).model
+    short = MTPTransformer(random.config.replace(max_seq_len=TINY["seq_len"]))
+    short.load_state_dict(random.state_dict())
+    start = save_model(root / "start", short, ByteTokenizer())
     other = root / "other"
     other.mkdir()
     for i in range(6):
         (other / f"lib{i}.py").write_text(repetitive_code(6).replace("add", f"fn{i}").replace("Point", f"Q{i}y"))
-    config = TrainConfig(repo=str(other), out_dir=str(root / "run"), base_model=str(base_dir), steps=100, batch_size=4,
+    config = TrainConfig(repo=str(other), out_dir=str(root / "run"), base_model=str(start), steps=100, batch_size=4,
                          seq_len=64, lr=3e-3, warmup_steps=2, head_weights=(1.0, 0.0, 0.0, 0.0), checkpoint_every=100,
                          eval_every=100, device="cpu")
     return train(config, show_progress=False)
@@ -321,9 +327,9 @@ def test_heads_distill_teaches_the_draft_heads_the_models_own_tokens_and_nothing
     assert "agreement with the model's greedy tokens, heads 2/3/4" in table and "tokens per forward, k=4" in table
 
 
-def test_heads_distill_resumes_after_a_kill_with_every_step_once(tmp_path, head1_base):
+def test_heads_distill_resumes_after_a_kill_with_every_step_once(tmp_path, base_dir):
     home = tmp_path / "home"
-    ModelStore(home).add(head1_base, "tiny", make_default=True)
+    ModelStore(home).add(base_dir, "tiny", make_default=True)
     env = dict(os.environ, MTP_ASSISTANT_HOME=str(home), OMP_NUM_THREADS="1")
     repo = make_repo(tmp_path / "repo")
     run_dir = home / TUNE_DIR / model_name(repo.resolve())
@@ -349,6 +355,6 @@ def test_heads_distill_resumes_after_a_kill_with_every_step_once(tmp_path, head1
     model_dir = home / "models" / model_name(repo.resolve())
     train_steps = [r["step"] for r in read_metrics(model_dir / "metrics.jsonl") if r["split"] == "train"]
     assert train_steps == list(range(1, train_steps[-1] + 1)), "every step exactly once across the kill"
-    base, tuned = _weights(head1_base), _weights(model_dir)
+    base, tuned = _weights(base_dir), _weights(model_dir)
     assert all(torch.equal(base[k], tuned[k]) for k in base if not k.startswith("extra_heads."))
     assert not all(torch.equal(base[k], tuned[k]) for k in base)
