@@ -8,7 +8,7 @@ import sys
 
 from assistant.cli.common import CliError
 from assistant.store import ModelStore
-from assistant.training.config import add_train_arguments, config_from_args, given_settings
+from assistant.training.config import FINETUNE_MODES, add_train_arguments, config_from_args, given_settings
 
 
 def register(sub) -> None:
@@ -55,7 +55,9 @@ def _add_tune_parser(sub) -> None:
                    help="start from this model (default: the repository's last tuned model, else the default model)")
     p.add_argument("--steps", type=int, help="a fixed number of steps instead of the time box")
     p.add_argument("--name", help="store name of the tuned model (default: from the repository's name)")
-    p.add_argument("--finetune", choices=("full", "heads"), help="train every weight (default) or the heads only")
+    p.add_argument("--finetune", choices=FINETUNE_MODES,
+                   help="train every weight (default), the heads only, or heads 2..n on the model's own greedy tokens")
+    p.add_argument("--fim-rate", type=float, help="fraction of windows in fill-in-the-middle form (default 0.5)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
     p.add_argument("--batch-size", type=int, help="sequences per step (default 8)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default 512, at most the model's context)")
@@ -72,7 +74,7 @@ def cmd_tune(args) -> int:
 
     given = {
         "minutes": args.minutes, "base": args.base, "steps": args.steps, "name": args.name, "finetune": args.finetune,
-        "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len, "fim_rate": args.fim_rate,
         "next_line_cases": args.next_line_cases, "speed_prompts": args.speed_prompts, "device": args.device,
     }
     config = TuneConfig(repo=args.repo, show_progress=not args.quiet, **{k: v for k, v in given.items() if v is not None})

@@ -33,6 +33,11 @@ TRAINER_STATE_FILE = "trainer_state.pt"
 # What a program that starts a run in the background (the TUI, the recipe) gives `train --config`.
 START_CONFIG_FILE = "start_config.json"
 
+# What a fine-tune trains: every weight; the heads' blocks (head 1 included) on the text; or
+# heads 2..n only, on the model's own greedy tokens (assistant/training/distill.py), with the
+# trunk and head 1 frozen so that the tokens they learn are the ones decoding will verify.
+FINETUNE_MODES = ("full", "heads", "heads-distill")
+
 # Groups of `mtp-assistant train --help`, in this order.
 MODEL, FINETUNING, OPTIMISATION, DATA, BOOKKEEPING = (
     "model (from scratch)", "fine-tuning", "optimisation", "data", "evaluation, checkpoints, device",
@@ -75,7 +80,8 @@ class TrainConfig:
         None, "start from this model (path or store name)", FINETUNING, flag="--base", metavar="MODEL"
     )
     finetune: str = _setting(
-        "full", "train every weight or the heads only", FINETUNING, choices=("full", "heads")
+        "full", "train every weight, the heads only, or heads 2..n on the model's own greedy tokens", FINETUNING,
+        choices=FINETUNE_MODES
     )
     tokenizer: str = _setting("byte", "from scratch only", MODEL, choices=("byte", "bpe"))
     bpe_vocab_size: int = _setting(4096, "BPE vocabulary size", MODEL, flag="--vocab-size")
@@ -134,7 +140,7 @@ class TrainConfig:
             "eval_every": (self.eval_every > 0, positive),
             "eval_windows": (self.eval_windows > 0, positive),
             "grad_clip": (self.grad_clip >= 0, "must be 0 (off) or more"),
-            "finetune": (self.finetune in ("full", "heads"), "one of full, heads"),
+            "finetune": (self.finetune in FINETUNE_MODES, f"one of {', '.join(FINETUNE_MODES)}"),
             "tokenizer": (self.tokenizer in ("byte", "bpe"), "one of byte, bpe"),
             "preset": (self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
             "val_fraction": (0 <= self.val_fraction < 1, "must be in 0..1 (1 excluded)"),
@@ -146,8 +152,8 @@ class TrainConfig:
         for name, (ok, reason) in checks.items():
             if not ok:
                 raise TrainError(f"invalid setting {name}={getattr(self, name)!r}: {reason}")
-        if self.finetune == "heads" and self.base_model is None:
-            raise TrainError("training the heads only (finetune heads) needs a base model to start from")
+        if self.finetune != "full" and self.base_model is None:
+            raise TrainError(f"training the heads only (finetune {self.finetune}) needs a base model to start from")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,11 +1,8 @@
 """New heads for a plain base model, trained by self-distillation.
 
-Speculative decoding accepts a head's draft exactly when it is the token the base itself
-would pick, so new head i (predicting t+i) is trained to agree with the base, not with
-the corpus: its target at position t is the base's own greedy token at t+i, the argmax of
-head 1 at t+i-1 (`targets="corpus"` trains on the text instead). Per batch the base runs
-once without a graph, giving z (the input of its last block) and its greedy tokens; then
-only the new heads train, through models.loss's memory-efficient forward/backward.
+New head i (predicting t+i) is trained to agree with the base, not with the corpus: its
+target at position t is the base's own greedy token at t+i (`targets="corpus"` trains on
+the text instead); the batch and the targets are made as assistant/training/distill.py says.
 
 Time-boxed (`minutes`, the total over resumes) and resumable: the run directory holds
 
@@ -33,10 +30,10 @@ import torch
 from assistant.fim import FimConfig
 from assistant.training.corpus import CorpusConfig, CorpusError, build_corpus
 from assistant.training.data import WindowStream, evaluation_windows
+from assistant.training.distill import TARGET_MODES, agreement_record, distill_forward_backward, evaluate_agreement
 from assistant.training.metrics import MetricsWriter
 from models.base_import import Base, build_model, read_base, sha256_files
 from models.checkpoint import write_atomic
-from models.loss import IGNORE_INDEX, mtp_forward_backward
 from models.transformer import MTPTransformer
 
 CONFIG_FILE = "heads_config.json"
@@ -85,7 +82,7 @@ class HeadsConfig:
         checks = {
             "new_heads": 1 <= self.new_heads <= 16,
             "minutes": self.minutes > 0,
-            "targets": self.targets in ("base", "corpus"),
+            "targets": self.targets in TARGET_MODES,
             "seq_len": self.seq_len > 0,
             "batch_size": self.batch_size > 0,
             "lr": self.lr > 0,
@@ -104,47 +101,6 @@ class HeadsConfig:
         return all(mine[k] == theirs[k] for k in mine if k not in ignore)
 
 
-class _NewHeads:
-    """The new heads of an MTPTransformer as the model mtp_forward_backward trains: its
-    "trunk" is the identity on a precomputed z, its heads are extra_heads only."""
-
-    def __init__(self, model: MTPTransformer):
-        self.model, self.output = model, model.output
-        self.n_future = model.n_future - 1
-
-    def trunk(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def head_hidden(self, z: torch.Tensor, head: int) -> torch.Tensor:
-        return self.model.block_hidden(z, head + 1)
-
-
-@torch.no_grad()
-def base_pass(model: MTPTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tokens (B, L) -> what the new heads read (B, L, D) and the base's greedy next token
-    at every position (B, L). The heads read z (the input of the base's last block), or with
-    heads_read_final the base's final normed hidden state. The logits are made a row at a
-    time: (L, V) for a 128K vocabulary is already large."""
-    z = model.trunk(tokens)
-    hidden = model.head_hidden(z, 0)
-    greedy = torch.stack([model.output(row).argmax(-1) for row in hidden])
-    return (hidden if model.config.heads_read_final else z), greedy
-
-
-def head_targets(tokens: torch.Tensor, greedy: torch.Tensor, new_heads: int, mode: str) -> torch.Tensor:
-    """(B, new_heads, L) targets: new head j (predicting t+1+j) at position t gets the base's
-    greedy token at t+1+j (greedy[t+j]), or with mode "corpus" the text's token x[t+1+j];
-    IGNORE_INDEX past the end of the window."""
-    B, L = tokens.shape
-    targets = torch.full((B, new_heads, L), IGNORE_INDEX, dtype=torch.long, device=tokens.device)
-    for j in range(1, new_heads + 1):
-        if mode == "base":
-            targets[:, j - 1, : L - j] = greedy[:, j:]
-        else:
-            targets[:, j - 1, : L - j - 1] = tokens[:, j + 1 :]
-    return targets
-
-
 def _learning_rate(progress: float, step: int, config: HeadsConfig) -> float:
     """Linear warmup over steps, then cosine decay over the run's time budget."""
     if step < config.warmup_steps:
@@ -153,27 +109,9 @@ def _learning_rate(progress: float, step: int, config: HeadsConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-@torch.no_grad()
-def evaluate_heads(model: MTPTransformer, windows: torch.Tensor, batch: int = 4) -> dict[str, list[float]]:
-    """Each new head's loss against the base's greedy tokens and its agreement with them
-    (the share of positions where its argmax is the base's token: what acceptance needs)."""
-    n = model.n_future - 1
-    loss_sum, hits, count = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-    for start in range(0, len(windows), batch):
-        tokens = windows[start : start + batch].to(model.output.weight.device)
-        z, greedy = base_pass(model, tokens)
-        targets = head_targets(tokens, greedy, n, "base")
-        for j in range(n):
-            valid = targets[:, j] != IGNORE_INDEX
-            for b in range(len(tokens)):
-                logits = model.output(model.block_hidden(z[b : b + 1], j + 1))[0].float()
-                t = targets[b, j][valid[b]]
-                rows = logits[valid[b]]
-                loss_sum[j] += float(torch.nn.functional.cross_entropy(rows, t, reduction="sum"))
-                hits[j] += float((rows.argmax(-1) == t).sum())
-                count[j] += float(valid[b].sum())
-    count = count.clamp(min=1)
-    return {"loss_per_head": (loss_sum / count).tolist(), "agreement_per_head": (hits / count).tolist()}
+def evaluate_heads(model: MTPTransformer, windows: torch.Tensor) -> dict[str, list[float]]:
+    """Each new head's loss against the base's greedy tokens and its agreement with them."""
+    return agreement_record(evaluate_agreement(model, windows))
 
 
 @dataclass
@@ -322,7 +260,6 @@ def train_heads(
     if checkpoint is None:
         metrics.write({"step": 0, "split": "val", **first_eval, "time": time.time()})
 
-    heads = _NewHeads(model)
     budget = config.minutes * 60
     last_save = seconds
     try:
@@ -335,9 +272,7 @@ def train_heads(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 tokens = stream.next_windows(config.batch_size)[:, :window].to(device)
-                z, greedy = base_pass(model, tokens)
-                targets = head_targets(tokens, greedy, config.new_heads, config.targets)
-                stats = mtp_forward_backward(heads, z, targets, train_trunk=False)
+                stats = distill_forward_backward(model, tokens, config.targets)
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

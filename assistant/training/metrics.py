@@ -27,12 +27,14 @@ class MetricsRecord:
     lr: float | None = None  # train: the step's learning rate
     loss: float  # summed over the heads
     loss_per_head: list[float]
-    accuracy_per_head: list[float]  # top-1
+    accuracy_per_head: list[float] | None = None  # top-1 against the text
+    # A heads-distill run's instead: heads 2..n's top-1 agreement with the model's own greedy tokens.
+    agreement_per_head: list[float] | None = None
     grad_norm: float | None = None  # train: before clipping
     tokens_per_s: float | None = None  # train: scored positions per second of the step
     time: float  # Unix time when written
 
-    _REQUIRED = ("step", "split", "loss", "loss_per_head", "accuracy_per_head", "time")
+    _REQUIRED = ("step", "split", "loss", "loss_per_head", "time")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -42,6 +44,8 @@ class MetricsRecord:
         """A record as to_dict wrote it; keys it does not know are ignored. ValueError naming
         a missing one."""
         missing = [k for k in cls._REQUIRED if k not in data]
+        if not ("accuracy_per_head" in data or "agreement_per_head" in data):
+            missing.append("accuracy_per_head")
         if missing:
             raise ValueError(f"not a training record: no {', '.join(missing)}")
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
@@ -149,7 +153,10 @@ class ProgressReporter:
             self._progress.console.print(f"step {self._done}/{self._total}: {info}", soft_wrap=True)
 
     def note(self, val_record: MetricsRecord) -> None:
-        heads = " ".join(f"{a:.2f}" for a in val_record.accuracy_per_head)
-        self._last_val = f"  val {val_record.loss:.3f} acc[{heads}]"
+        # A distillation run scores its heads by agreement with the model's own greedy tokens.
+        agreement = val_record.agreement_per_head is not None
+        heads = " ".join(f"{a:.2f}" for a in (val_record.agreement_per_head if agreement else val_record.accuracy_per_head))
+        short, long = ("agree", "agreement with the model's greedy tokens") if agreement else ("acc", "accuracy")
+        self._last_val = f"  val {val_record.loss:.3f} {short}[{heads}]"
         if self.enabled:
-            self._progress.console.print(f"step {val_record.step}: val loss {val_record.loss:.4f}, accuracy per head {heads}")
+            self._progress.console.print(f"step {val_record.step}: val loss {val_record.loss:.4f}, {long} per head {heads}")

@@ -34,6 +34,7 @@ from assistant.training.config import (  # noqa: F401  (re-exported: the trainer
 )
 from assistant.training.corpus import Corpus, CorpusConfig, CorpusError, build_corpus
 from assistant.training.data import StepPrefetcher, WindowStream, evaluation_windows
+from assistant.training.distill import agreement_record, distill_forward_backward, evaluate_agreement
 from assistant.training.evaluation import evaluate
 from assistant.training.distributed import average_gradients, init_world, shutdown, sum_across
 from assistant.training.metrics import MetricsRecord, MetricsWriter, ProgressReporter
@@ -104,6 +105,8 @@ def _build_model(config: TrainConfig, corpus: Corpus, device: torch.device) -> R
         provenance = {}
     if config.seq_len > model.config.max_seq_len:
         raise TrainError(f"seq_len {config.seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
+    if config.finetune == "heads-distill" and model.n_future < 2:
+        raise TrainError("the base model has one head: there are no draft heads to distill (finetune heads-distill)")
     if config.head_weights is not None and len(config.head_weights) != model.n_future:
         raise TrainError(f"{len(config.head_weights)} head weights given for a model with {model.n_future} heads")
     model.to(device).train()
@@ -228,6 +231,11 @@ def train(
     val_texts = [f.text for f in corpus.val] or [f.text for f in corpus.train]  # a one-file repo validates on itself
     val_windows = evaluation_windows(val_texts, tokenizer, config.seq_len, model.n_future, config.eval_windows)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    # Distillation scores heads 2..n against the model's greedy tokens: its per-head figures are
+    # agreement, and its validation loss is theirs (what picks a checkpoint).
+    distill = config.finetune == "heads-distill"
+    scored_heads = model.n_future - 1 if distill else model.n_future
+    hits_key = "agreement_per_head" if distill else "accuracy_per_head"
 
     start_step = 0
     if checkpoint is not None:
@@ -256,7 +264,7 @@ def train(
                 lr = learning_rate(step, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                stats_sum = torch.zeros(3, model.n_future)
+                stats_sum = torch.zeros(3, scored_heads)
                 checkpointing = world.is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == last_step)
                 if prefetch is not None:
                     micro_batches = prefetch.take(save_state=checkpointing)
@@ -266,16 +274,24 @@ def train(
                 for windows in micro_batches:
                     # Every rank reads the same global windows and keeps its own rows.
                     rows = windows[world.rank * local_batch : (world.rank + 1) * local_batch].to(device)
+                    # Distillation reads the same seq_len inputs: a longer window would not fit the
+                    # context of a model tuned at its max_seq_len; its targets are the model's own.
                     inputs, targets = split_window(rows, model.n_future)
-                    stats = mtp_forward_backward(
-                        model,
-                        inputs,
-                        targets,
-                        config.head_weights,
-                        loss_scale=1.0 / config.grad_accum,
-                        train_trunk=config.finetune == "full",
-                        autocast=autocast,
-                    )
+                    if distill:
+                        stats = distill_forward_backward(
+                            model, inputs, head_weights=config.head_weights and config.head_weights[1:],
+                            loss_scale=1.0 / config.grad_accum, autocast=autocast,
+                        )
+                    else:
+                        stats = mtp_forward_backward(
+                            model,
+                            inputs,
+                            targets,
+                            config.head_weights,
+                            loss_scale=1.0 / config.grad_accum,
+                            train_trunk=config.finetune == "full",
+                            autocast=autocast,
+                        )
                     stats_sum += torch.stack([stats.loss.cpu() * stats.count.cpu(), stats.correct.cpu(), stats.count.cpu()])
                 average_gradients(parts.trainable, world)
                 grad_norm = torch.nn.utils.clip_grad_norm_(parts.trainable, config.grad_clip or float("inf"))
@@ -290,7 +306,7 @@ def train(
                     lr=lr,
                     loss=float((stats_sum[0] / stats_sum[2]).sum()),
                     loss_per_head=(stats_sum[0] / stats_sum[2]).tolist(),
-                    accuracy_per_head=(stats_sum[1] / stats_sum[2]).tolist(),
+                    **{hits_key: (stats_sum[1] / stats_sum[2]).tolist()},
                     grad_norm=float(grad_norm),
                     tokens_per_s=float(stats_sum[2, 0]) / seconds,
                     time=time.time(),
@@ -298,15 +314,14 @@ def train(
                 metrics.write(record.to_dict())
                 done = step + 1
                 if done % config.eval_every == 0 or done == last_step:
-                    val = evaluate(model, val_windows, autocast=autocast)
-                    val_record = MetricsRecord(
-                        step=done,
-                        split="val",
-                        loss=float(val.loss.sum()),
-                        loss_per_head=val.loss.tolist(),
-                        accuracy_per_head=val.accuracy.tolist(),
-                        time=time.time(),
-                    )
+                    if distill:
+                        val = evaluate_agreement(model, split_window(val_windows, model.n_future)[0], autocast=autocast)
+                        per_head = agreement_record(val)
+                    else:
+                        val = evaluate(model, val_windows, autocast=autocast)
+                        per_head = {"loss_per_head": val.loss.tolist(), "accuracy_per_head": val.accuracy.tolist()}
+                    val_record = MetricsRecord(step=done, split="val", loss=float(val.loss.sum()), **per_head,
+                                               time=time.time())
                     metrics.write(val_record.to_dict())
                     progress.note(val_record)
                 if checkpointing:
@@ -353,7 +368,8 @@ def describe_run(corpus: Corpus, model: MTPTransformer, tokenizer: Any) -> str:
 
 def _set_trainable(model: MTPTransformer, finetune: str) -> list[torch.nn.Parameter]:
     """Freeze what the run does not train; return the parameters it does, in a fixed order."""
-    head_params = {id(p) for block in model.head_blocks() for p in block.parameters()}
+    blocks = model.extra_heads if finetune == "heads-distill" else model.head_blocks()
+    head_params = {id(p) for block in blocks for p in block.parameters()}
     for p in model.parameters():
         p.requires_grad_(finetune == "full" or id(p) in head_params)
     return [p for p in model.parameters() if p.requires_grad]

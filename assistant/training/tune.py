@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from assistant.store import NAME_PATTERN, RESERVED_NAMES, SHIPPED_NAME, ModelStore, root_key
+from assistant.training.config import FINETUNE_MODES
 from assistant.training.corpus import Corpus, CorpusConfig, SourceFile, build_corpus
 from assistant.training.metrics import MetricsRecord, read_records
 from assistant.training.trainer import (
@@ -76,6 +77,8 @@ class TuneConfig:
     # a loaded machine, 9-63 steps): heads-only at 3e-3, with twice the steps in the same time,
     # reached a lower held-out loss but no more tokens per forward (2.21 against full's 2.37-2.49
     # from 2.19), and full at 2e-3 was worse than at 1e-3: no reason to move from the measured default.
+    # "heads-distill" trains heads 2..n on the model's own greedy tokens, the trunk and head 1
+    # frozen: it cannot change what the model completes, only how many tokens a forward yields.
     finetune: str = "full"
     lr: float = 5e-4
     batch_size: int = 8
@@ -100,10 +103,11 @@ class TuneConfig:
         checks = {
             "minutes": self.minutes is None or self.minutes > 0,
             "steps": self.steps is None or self.steps >= 1,
-            "finetune": self.finetune in ("full", "heads"),
+            "finetune": self.finetune in FINETUNE_MODES,
             "lr": self.lr > 0,
             "batch_size": self.batch_size > 0,
             "seq_len": self.seq_len >= 8,
+            "fim_rate": 0 <= self.fim_rate <= 1,
             "val_fraction": 0 < self.val_fraction < 1,
             "evaluations": self.evaluations >= 1,
             "patience": self.patience >= 1,
@@ -221,6 +225,8 @@ def _start(config: TuneConfig, store: ModelStore, root: Path, name: str, run_dir
 
     loaded = load_model(base_dir)
     seq_len = min(config.seq_len, loaded.config.max_seq_len)
+    if config.finetune == "heads-distill" and loaded.model.n_future < 2:
+        raise TuneError(f"{base_dir} has one head: there are no draft heads to distill (--finetune heads-distill)")
     _check_enough_code(corpus, loaded.tokenizer, config.batch_size, seq_len)
 
     hashes = file_hashes(corpus)
@@ -374,7 +380,7 @@ def _train(run_dir: Path, state: dict, show_progress: bool, log: Log) -> None:
     if (run_dir / FINAL_MODEL_DIR / CONFIG_FILE).is_file() or state.get("stopped_early"):
         return
     config = TrainConfig.from_json(state["train"])
-    before_loss = state["before"]["val_loss"]
+    before_loss = selection_loss(state["before"], config.finetune)
     checkpoint = _find_checkpoint(run_dir)
     if checkpoint is not None:
         _keep_best(run_dir, before_loss, _checkpoint_step(checkpoint))  # a kill between checkpoint and copy
@@ -401,6 +407,13 @@ def _train(run_dir: Path, state: dict, show_progress: bool, log: Log) -> None:
     except _EarlyStop:
         log(f"validation loss stopped improving: ending the run ({state['patience']} checks without a better one)")
         _mark_stopped(run_dir, state)
+
+
+def selection_loss(measured: dict, finetune: str) -> float:
+    """The starting model's figure a checkpoint's validation loss must beat: the loss on the
+    text, or for distillation the draft heads' loss against the model's own greedy tokens
+    (the trainer's validation loss for each recipe, on the same windows)."""
+    return measured["distill_loss"] if finetune == "heads-distill" else measured["val_loss"]
 
 
 def _val_records(run_dir: Path, up_to: int) -> list[MetricsRecord]:
@@ -556,15 +569,18 @@ def _write_model_files(model_dir: Path, report: dict) -> None:
 
 
 def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfig, seq_len: int) -> dict[str, Any]:
-    """Per-head top-1 accuracy and validation loss, next-line exact match, tokens per
-    forward at k=4 and completion latency, on the held-out files."""
+    """Per-head top-1 accuracy and validation loss, the draft heads' agreement with the
+    model's own greedy tokens, next-line exact match, tokens per forward at k=4 and
+    completion latency, on the held-out files."""
     import torch
 
     from assistant.engine import load_engine
     from assistant.evals.next_line import cases_from_files, run_next_line
     from assistant.training.data import evaluation_windows
+    from assistant.training.distill import evaluate_agreement
     from assistant.training.evaluation import evaluate
     from models.checkpoint import load_model
+    from models.loss import split_window
 
     loaded = load_model(model_dir)
     texts = [f.text for f in held_out]
@@ -575,6 +591,11 @@ def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfi
     val = evaluate(loaded.model, windows[: config.eval_windows])
     rest = evaluate(loaded.model, windows[config.eval_windows :]) if len(windows) > config.eval_windows else None
     heads = _combined(val, rest)
+    if n > 1:  # as the trainer's distillation reads them: the inputs of the same windows, the first
+        inputs = split_window(windows, n)[0]  # eval_windows its validation
+        agree_val = evaluate_agreement(loaded.model, inputs[: config.eval_windows])
+        agree_rest = evaluate_agreement(loaded.model, inputs[config.eval_windows :]) if rest is not None else None
+        agreement = _combined(agree_val, agree_rest)
     del loaded
     engine = load_engine(model_dir, config.engine)
     try:
@@ -590,6 +611,9 @@ def measure_model(model_dir: Path, held_out: list[SourceFile], config: TuneConfi
         "loss_per_head": heads.loss.tolist(),
         "accuracy_per_head": heads.accuracy.tolist(),
         "scored_positions": int(heads.count[0]),
+        # Heads 2..n: the share of positions where a head's token is the model's own greedy one.
+        "agreement_per_head": agreement.accuracy.tolist() if n > 1 else [],
+        "distill_loss": float(agree_val.loss.sum()) if n > 1 else None,
         "next_line": {"cases": lines.total, "exact_match": lines.exact_match},
         "tokens_per_forward": {"k": k, "value": tpf},
         "latency_ms": {
@@ -641,15 +665,23 @@ def report_rows(report: dict, compact: bool = False) -> list[tuple[str, str, str
         lat = m["latency_ms"]
         return f"{lat['p50']:.0f}{'/' if compact else ' / '}{lat['p95']:.0f} ms" if lat["p50"] is not None else "-"
 
+    def agreement(m: dict) -> str:
+        return percents(m["agreement_per_head"]) if m.get("agreement_per_head") else "-"  # older reports lack it
+
     def tpf(m: dict) -> str:
         value = m["tokens_per_forward"]["value"]
         return f"{value:.2f}" if value is not None else "-"
 
+    def percents(values: list[float]) -> str:
+        return " / ".join(f"{100 * v:.1f}" for v in values) + "%"
+
     if compact:
         accuracy = [(f"top-1 head {i + 1}", lambda m, i=i: f"{100 * m['accuracy_per_head'][i]:.1f}%") for i in range(n)]
     else:
+        draft_heads = "/".join(str(i + 1) for i in range(1, n)) or "-"
         accuracy = [(f"top-1 accuracy, heads {'/'.join(str(i + 1) for i in range(n))}",
-                     lambda m: " / ".join(f"{100 * v:.1f}" for v in m["accuracy_per_head"]) + "%")]
+                     lambda m: percents(m["accuracy_per_head"])),
+                    (f"agreement with the model's greedy tokens, heads {draft_heads}", agreement)]
     metrics = accuracy + [
         ("val loss" if compact else "validation loss (sum of heads)", lambda m: f"{m['val_loss']:.3f}"),
         (f"next line ({cases})" if compact else f"next-line exact match ({cases} cases)",

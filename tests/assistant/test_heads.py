@@ -10,7 +10,8 @@ from assistant.cli import main
 from assistant.engine import load_engine
 from assistant.engine.base import GenerationConfig
 from assistant.engine.torch_engine import TorchEngine
-from assistant.training.heads import CHECKPOINT_FILE, HeadsConfig, HeadsError, add_heads, head_targets, train_heads
+from assistant.training.distill import head_targets
+from assistant.training.heads import CHECKPOINT_FILE, HeadsConfig, HeadsError, add_heads, train_heads
 from models.checkpoint import load_model, save_model
 from models.gguf_export import export_model, quant_dir
 from models.loss import IGNORE_INDEX

@@ -1,0 +1,114 @@
+"""Self-distillation of the draft heads: each learns the model's own greedy tokens.
+
+Speculative decoding accepts head i's draft at t exactly when it is the token the model
+itself picks at t+i, so the target that raises acceptance is not the text's token x[t+i+1]
+but the model's greedy token there: the argmax of head 1 at t+i. The trunk and head 1 stay
+as they are (they make the targets); only heads 2..n learn. Per batch the model runs once
+without a graph, giving what the draft heads read and its greedy tokens; then the draft
+heads train through models.loss's memory-efficient forward/backward.
+
+Two users: `models add-heads` (new heads for a plain base, assistant/training/heads.py) and
+the trainer's `finetune="heads-distill"` (the heads of one of our models, e.g. in `tune`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from models.loss import IGNORE_INDEX, HeadStats, mtp_forward_backward
+from models.transformer import MTPTransformer
+
+TARGET_MODES = ("base", "corpus")  # the model's greedy tokens (distillation), or the text's tokens
+
+
+class DraftHeads:
+    """Heads 2..n of an MTPTransformer as the model mtp_forward_backward trains: its
+    "trunk" is the identity on a precomputed input, its heads are extra_heads only."""
+
+    def __init__(self, model: MTPTransformer):
+        self.model, self.output = model, model.output
+        self.n_future = model.n_future - 1
+
+    def trunk(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def head_hidden(self, z: torch.Tensor, head: int) -> torch.Tensor:
+        return self.model.block_hidden(z, head + 1)
+
+
+@torch.no_grad()
+def greedy_pass(model: MTPTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B, L) -> what the draft heads read (B, L, D) and the model's greedy next token
+    at every position (B, L). The draft heads read z (the input of head 1's block), or with
+    heads_read_final head 1's normed output. The logits are made a row at a time: (L, V)
+    for a 128K vocabulary is already large."""
+    z = model.trunk(tokens)
+    hidden = model.head_hidden(z, 0)
+    greedy = torch.stack([model.output(row).argmax(-1) for row in hidden])
+    return (hidden if model.config.heads_read_final else z), greedy
+
+
+def head_targets(tokens: torch.Tensor, greedy: torch.Tensor, draft_heads: int, mode: str) -> torch.Tensor:
+    """(B, draft_heads, L) targets: draft head j (predicting t+1+j) at position t gets the
+    model's greedy token at t+1+j (greedy[t+j]), or with mode "corpus" the text's token
+    x[t+1+j]; IGNORE_INDEX past the end of the window."""
+    B, L = tokens.shape
+    targets = torch.full((B, draft_heads, L), IGNORE_INDEX, dtype=torch.long, device=tokens.device)
+    for j in range(1, draft_heads + 1):
+        if mode == "base":
+            targets[:, j - 1, : L - j] = greedy[:, j:]
+        else:
+            targets[:, j - 1, : L - j - 1] = tokens[:, j + 1 :]
+    return targets
+
+
+def distill_forward_backward(
+    model: MTPTransformer,
+    tokens: torch.Tensor,  # (B, L)
+    mode: str = "base",
+    head_weights: Sequence[float] | None = None,
+    loss_scale: float = 1.0,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> HeadStats:
+    """One batch for the draft heads: their gradients accumulate into `.grad`; the stats
+    (n - 1 heads) count agreement with the targets."""
+    with autocast or contextlib.nullcontext():
+        z, greedy = greedy_pass(model, tokens)
+    targets = head_targets(tokens, greedy, model.n_future - 1, mode)
+    return mtp_forward_backward(DraftHeads(model), z, targets, head_weights, loss_scale, train_trunk=False,
+                                autocast=autocast)
+
+
+@torch.no_grad()
+def evaluate_agreement(model: MTPTransformer, windows: torch.Tensor, batch: int = 4, autocast=None) -> HeadStats:
+    """Each draft head's mean loss against the model's greedy tokens over fixed windows
+    (N, L), and its hits: the positions where its argmax is the model's token, which is
+    what acceptance needs (HeadStats.accuracy is the agreement)."""
+    was_training = model.training
+    model.eval()
+    n = model.n_future - 1
+    loss_sum, hits, count = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    with autocast or contextlib.nullcontext():
+        for start in range(0, len(windows), batch):
+            tokens = windows[start : start + batch].to(model.output.weight.device)
+            z, greedy = greedy_pass(model, tokens)
+            targets = head_targets(tokens, greedy, n, "base")
+            for j in range(n):
+                valid = targets[:, j] != IGNORE_INDEX
+                for b in range(len(tokens)):
+                    logits = model.output(model.block_hidden(z[b : b + 1], j + 1))[0].float()
+                    t = targets[b, j][valid[b]]
+                    rows = logits[valid[b]]
+                    loss_sum[j] += float(torch.nn.functional.cross_entropy(rows, t, reduction="sum"))
+                    hits[j] += float((rows.argmax(-1) == t).sum())
+                    count[j] += float(valid[b].sum())
+    model.train(was_training)
+    return HeadStats(loss_sum / count.clamp(min=1), hits, count)
+
+
+def agreement_record(stats: HeadStats) -> dict[str, list[float]]:
+    """The metrics record of an evaluate_agreement."""
+    return {"loss_per_head": stats.loss.tolist(), "agreement_per_head": stats.accuracy.tolist()}
