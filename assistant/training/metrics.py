@@ -34,7 +34,7 @@ class MetricsRecord:
     tokens_per_s: float | None = None  # train: scored positions per second of the step
     time: float  # Unix time when written
 
-    _REQUIRED = ("step", "split", "loss", "loss_per_head", "time")
+    _REQUIRED = ("step", "split", "loss", "loss_per_head", "accuracy_per_head", "time")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -43,9 +43,8 @@ class MetricsRecord:
     def from_dict(cls, data: dict[str, Any]) -> "MetricsRecord":
         """A record as to_dict wrote it; keys it does not know are ignored. ValueError naming
         a missing one."""
-        missing = [k for k in cls._REQUIRED if k not in data]
-        if not ("accuracy_per_head" in data or "agreement_per_head" in data):
-            missing.append("accuracy_per_head")
+        scored = {"accuracy_per_head"} if "agreement_per_head" in data else set()  # a distillation run's
+        missing = [k for k in cls._REQUIRED if k not in data and k not in scored]
         if missing:
             raise ValueError(f"not a training record: no {', '.join(missing)}")
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})

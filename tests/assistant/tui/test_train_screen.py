@@ -41,6 +41,7 @@ async def test_short_run_plots_live_metrics(home, code_repo):
         await wait_for(
             pilot, lambda: "train +" in str(screen.query_one("#corpus-preview").render()), what="corpus preview"
         )
+        await pilot.pause(0.5)  # the base picker's options and the tune line settle the layout first
         await pilot.click("#start")
         await wait_for(pilot, lambda: screen.attached is not None, what="the run")
         run_dir = screen.attached
