@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from assistant.cli.common import EXIT_ERROR, CliError
 from assistant.errors import UserError
@@ -63,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A process a shell started in the background inherits SIGINT ignored, and Python then
+    # raises no KeyboardInterrupt: Ctrl+C and the TUI's Stop (a SIGINT) must still stop a
+    # run cleanly at its checkpoint.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command == "lsp":

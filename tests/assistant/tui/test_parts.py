@@ -73,7 +73,10 @@ def test_a_run_records_when_its_current_process_started(tmp_path):
 
 def test_run_states_follow_the_process_and_the_files(tmp_path):
     run_dir = tmp_path / "run"
-    proc = runs._spawn([sys.executable, "-c", "import time; time.sleep(30)", str(run_dir)], run_dir)
+    # Stop is a SIGINT, which a process started from a background shell would ignore; our CLI
+    # restores its handler (assistant.cli.main), so this stand-in does the same.
+    stand_in = "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); time.sleep(30)"
+    proc = runs._spawn([sys.executable, "-c", stand_in, str(run_dir)], run_dir)
     try:
         assert runs.run_state(run_dir) == runs.RUNNING
         assert runs.stop_run(run_dir)
