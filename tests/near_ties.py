@@ -49,16 +49,7 @@ class GreedyAgreement:
         """Each of `tokens` (greedy from `prompt`) is the reference's argmax, or a near-tie."""
         logits = self.reference([*prompt, *tokens])
         for i, token in enumerate(tokens):
-            row = logits[len(prompt) - 1 + i]
-            if _margin(row) <= self.tolerance:
-                self.skipped += 1
-                continue
-            self.checked += 1
-            best = int(row.argmax())
-            assert best == token, (
-                f"token {i} is {token}, the reference's argmax is {best} by a margin of "
-                f"{_margin(row):.4f} > {self.tolerance} ({what})"
-            )
+            self._check_row(logits[len(prompt) - 1 + i], token, f"token {i} is {token}", what)
 
     def check_predictions(self, tokens: Sequence[int], predictions: Sequence[int], what: object = None) -> None:
         """predictions[p], another engine's argmax at position p of `tokens` teacher-forced (a
@@ -66,16 +57,18 @@ class GreedyAgreement:
         logits = self.reference(list(tokens))
         assert len(predictions) == len(logits), f"{len(predictions)} predictions for {len(logits)} positions ({what})"
         for p, token in enumerate(predictions):
-            row = logits[p]
-            if _margin(row) <= self.tolerance:
-                self.skipped += 1
-                continue
-            self.checked += 1
-            best = int(row.argmax())
-            assert best == token, (
-                f"position {p} predicts {token}, the reference's argmax is {best} by a margin of "
-                f"{_margin(row):.4f} > {self.tolerance} ({what})"
-            )
+            self._check_row(logits[p], token, f"position {p} predicts {token}", what)
+
+    def _check_row(self, row: torch.Tensor, token: int, found: str, what: object) -> None:
+        """token is the argmax of the reference's logits `row`, unless they nearly tie there."""
+        if _margin(row) <= self.tolerance:
+            self.skipped += 1
+            return
+        self.checked += 1
+        best = int(row.argmax())
+        assert best == token, (
+            f"{found}, the reference's argmax is {best} by a margin of {_margin(row):.4f} > {self.tolerance} ({what})"
+        )
 
     def check_same_until_a_near_tie(self, prompt: Sequence[int], a: Sequence[int], b: Sequence[int],
                                     what: object = None) -> None:

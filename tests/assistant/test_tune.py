@@ -170,6 +170,14 @@ def _wait_for(predicate, proc, what: str, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def _checkpoint_step(run_dir: Path) -> int:
+    """The step of a tune's last checkpoint; 0 before the first (or while one is written)."""
+    try:
+        return read_config(run_dir / "checkpoint")[2]["steps"]
+    except Exception:
+        return 0
+
+
 def test_sigkill_then_ctrl_c_then_tune_again_finishes_with_every_step_once(tmp_path, base_dir):
     home = tmp_path / "home"
     ModelStore(home).add(base_dir, "tiny", make_default=True)
@@ -179,10 +187,7 @@ def test_sigkill_then_ctrl_c_then_tune_again_finishes_with_every_step_once(tmp_p
     args = ["tune", repo, "--steps", "60", *TINY_CLI]
 
     def checkpoint_step() -> int:
-        try:
-            return read_config(run_dir / "checkpoint")[2]["steps"]
-        except Exception:
-            return 0
+        return _checkpoint_step(run_dir)
 
     proc = _cli(args, env)
     _wait_for(lambda: checkpoint_step() >= 6, proc, "a checkpoint")
@@ -336,10 +341,7 @@ def test_heads_distill_resumes_after_a_kill_with_every_step_once(tmp_path, base_
     args = ["tune", repo, "--steps", "40", "--finetune", "heads-distill", "--fim-rate", "0.25", "--json", *TINY_CLI]
 
     def checkpoint_step() -> int:
-        try:
-            return read_config(run_dir / "checkpoint")[2]["steps"]
-        except Exception:
-            return 0
+        return _checkpoint_step(run_dir)
 
     proc = _cli(args, env)
     _wait_for(lambda: checkpoint_step() >= 10, proc, "a checkpoint")

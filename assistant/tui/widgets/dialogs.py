@@ -36,7 +36,17 @@ class ConfirmDialog(_Dialog):
         self.dismiss(True if event.button.id == "yes" else None)
 
 
-class InputDialog(_Dialog):
+class _TextDialog(_Dialog):
+    """A dialog of text fields with OK / Cancel buttons; OK dismisses with _answer()."""
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "ok":
+            self._answer()
+        else:
+            self.dismiss(None)
+
+
+class InputDialog(_TextDialog):
     """One line of text (a path, a name); dismisses with the text or None."""
 
     def __init__(self, question: str, value: str = "", placeholder: str = ""):
@@ -54,12 +64,6 @@ class InputDialog(_Dialog):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self._answer()
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "ok":
-            self._answer()
-        else:
-            self.dismiss(None)
-
     def _answer(self) -> None:
         text = self.query_one("#answer", Input).value.strip()
         self.dismiss(text or None)
@@ -73,7 +77,7 @@ class FormField:
     placeholder: str = ""
 
 
-class FormDialog(_Dialog):
+class FormDialog(_TextDialog):
     """A few labelled lines of text; dismisses with {key: text} or None. Enter in a field
     moves to the next one, and in the last one answers."""
 
@@ -98,12 +102,6 @@ class FormDialog(_Dialog):
             self._answer()
         else:
             self.query_one(f"#{ids[ids.index(event.input.id) + 1]}", Input).focus()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "ok":
-            self._answer()
-        else:
-            self.dismiss(None)
 
     def _answer(self) -> None:
         self.dismiss({f.key: self.query_one(f"#field-{f.key}", Input).value.strip() for f in self.fields})
