@@ -332,7 +332,8 @@ class Progress:
     steps: int = 0
     loss: float | None = None
     val_loss: float | None = None
-    val_accuracy: list[float] | None = None
+    val_accuracy: list[float] | None = None  # top-1 per head against the text
+    val_agreement: list[float] | None = None  # a heads-distill run's instead: heads 2..n against the model's greedy
     tokens_per_s: float | None = None
     eta_s: float | None = None
 
@@ -365,7 +366,9 @@ def summarize(records: list[dict[str, Any]], steps: int, window: int = 20, since
         if per_step is not None:
             p.eta_s = max(0.0, per_step * (steps - p.step))
     if val:
-        p.val_loss, p.val_accuracy = val[-1].get("loss"), val[-1].get("accuracy_per_head")
+        last = val[-1]
+        p.val_loss, p.val_accuracy, p.val_agreement = (
+            last.get("loss"), last.get("accuracy_per_head"), last.get("agreement_per_head"))
     return p
 
 

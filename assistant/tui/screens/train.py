@@ -399,6 +399,8 @@ class TrainScreen(TuiScreen):
             rows.append(("loss", f"train {p.loss:.3f}{val}  (sum of heads)"))
         if p.val_accuracy:
             rows.append(("val acc", " ".join(f"h{i + 1} {a:.0%}" for i, a in enumerate(p.val_accuracy))))
+        elif p.val_agreement:  # heads 2..n, against the model's own greedy tokens
+            rows.append(("val agree", " ".join(f"h{i + 2} {a:.0%}" for i, a in enumerate(p.val_agreement))))
         if info.state == runs.FAILED or (kind and info.state == runs.STOPPED):
             rows.append(("log", runs.log_tail(info.path, 2) or "(empty)"))
         self._show_progress(rows, p, None)

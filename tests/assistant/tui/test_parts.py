@@ -42,6 +42,15 @@ def test_summarize_gives_progress_speed_and_eta():
     p = runs.summarize(records, steps=30)
     assert (p.step, p.steps, p.loss, p.val_loss, p.val_accuracy) == (10, 30, 1.0, 1.5, [0.5, 0.25])
     assert p.tokens_per_s == 500.0 and p.eta_s == 40.0  # 2 s per step, 20 steps left
+    assert p.val_agreement is None
+
+
+def test_summarize_reads_a_distillation_runs_agreement():
+    # A heads-distill run's val record has agreement (heads 2..n) where others have accuracy.
+    records = [{"step": 1, "split": "train", "loss": 3.0, "time": 1.0},
+               {"step": 1, "split": "val", "loss": 2.5, "loss_per_head": [1.0, 1.5], "agreement_per_head": [0.6, 0.4]}]
+    p = runs.summarize(records, steps=10)
+    assert (p.val_loss, p.val_accuracy, p.val_agreement) == (2.5, None, [0.6, 0.4])
 
 
 def resumed_records(restart: float) -> list[dict]:
