@@ -16,12 +16,14 @@ def test_sandbox_refuses_commands():
     assert (result.passed, result.reason) == (False, "failed")
 
 
-def test_sandbox_runs_in_another_process_and_directory(tmp_path):
-    marker = tmp_path / "marker"
-    # The child cannot see our globals, and its cwd is a fresh temporary directory.
+def test_sandbox_runs_in_another_process_and_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # The child cannot see our globals, and its cwd is a fresh temporary directory: a file
+    # it writes there does not land in ours.
     assert run_program("assert 'FAST' not in globals()", FAST).passed
-    assert run_program(f"import os; assert os.getcwd() != {str(Path.cwd())!r}", FAST).passed
-    assert not marker.exists()
+    assert run_program(f"import os; assert os.getcwd() != {str(tmp_path)!r}", FAST).passed
+    assert run_program("open('marker', 'w').write('x')", FAST).passed
+    assert not (tmp_path / "marker").exists()
 
 
 def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail():
