@@ -1,6 +1,3 @@
-
-import pytest
-
 from assistant.engine.torch_engine import TorchEngine
 from assistant.evals.humaneval import load_problems, program_for, run_humaneval
 from assistant.evals.next_line import line_cases, run_next_line
