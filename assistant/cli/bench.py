@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--max-new", type=int, default=128, help="tokens to generate per prompt")
     p.add_argument("--k", help="comma-separated head counts to compare (default: 1..n)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each prompt by every decoder, interleaved; the fastest of each counts (on a shared "
+                        "machine: the one least disturbed)")
     p.add_argument("--threads", type=int, help="CPU threads (torch and llama.cpp)")
     p.add_argument("--out", help="also write the results as JSON here")
     add_device_arguments(p)
@@ -55,7 +58,7 @@ def cmd_bench(args) -> int:
     engines = setup.engines
     prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
-    config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit)
+    config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit, repeats=args.repeats)
     result = run_bench(
         engines, setup.first.tokenizer, prompts, config,
         progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", file=sys.stderr, flush=True),
@@ -63,7 +66,7 @@ def cmd_bench(args) -> int:
     )
     print(file=sys.stderr)
     result.meta = {
-        "model": str(model_dir), "engine": ", ".join(engines), "threads": args.threads, "prompts": args.prompts, "max_new": args.max_new,
+        "model": str(model_dir), "engine": ", ".join(engines), "threads": args.threads, "prompts": args.prompts, "max_new": args.max_new, "repeats": args.repeats,
         "device": args.device, "dtype": args.dtype,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }

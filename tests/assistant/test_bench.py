@@ -56,6 +56,25 @@ def test_run_bench_on_a_trained_model(trained_model):
     assert "| 4 |" in result.table()
 
 
+def test_repeats_run_every_decoder_again_and_keep_its_fastest_run(trained_model):
+    loaded, body = trained_model
+    engine = TorchEngine(loaded.model, loaded.tokenizer)
+    calls = []
+    generate = engine.generate
+
+    def counted(prompt, config):
+        calls.append(config.k)
+        return generate(prompt, config)
+
+    engine.generate = counted
+    prompts = [body[:150], body[400:550]]
+    result = run_bench(engine, loaded.tokenizer, prompts, BenchConfig(max_new_tokens=8, ks=(1, 2), warmup=0, repeats=3))
+    assert calls == [1, 2] * 6  # interleaved rounds: every decoder, then every decoder again
+    assert result.mismatches == 0 and [r.k for r in result.rows] == [1, 2]
+    with pytest.raises(UserError, match="repeats"):
+        BenchConfig(repeats=0)
+
+
 def test_bench_json_rows_keep_their_format(trained_model):
     """A run's rows as JSON: the keys a bench file has always had, only measured optional
     ones, and from_dict reads them (and an older file's rows) back as they were."""
