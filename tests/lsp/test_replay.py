@@ -24,3 +24,22 @@ def test_replay_types_through_a_file(tiny_model_dir, tmp_path):
     assert summary["chars_typed"] == typed and summary["requests"] == typed
     assert summary["latency_ms"]["p50"] > 0 and summary["errors"] == 0
     assert 0 <= summary["cache_hit_rate"] <= 1 and summary["tokens_per_forward"] >= 1
+
+
+@pytest.mark.slow
+def test_replay_feeds_two_servers_the_same_keystrokes(tiny_model_dir, tmp_path):
+    source = tmp_path / "code.py"
+    source.write_text("".join(f"def g{i}(y):\n    return y * {i}\n\n" for i in range(6)))
+    out = tmp_path / "summary.json"
+    env = {**os.environ, "MTP_ASSISTANT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "assistant.completion.replay", str(source), "--model", str(tiny_model_dir),
+         "--lines", "2", "--settings", '{"maxTokens": 8}', "--settings", '{"maxTokens": 8, "heads": 1}',
+         "--json", str(out)],
+        check=True, env=env, capture_output=True, timeout=300,
+    )
+    first, second = json.loads(out.read_text())["servers"]
+    assert first["requests"] == second["requests"] == first["chars_typed"] == second["chars_typed"] > 5
+    assert first["errors"] == second["errors"] == 0
+    assert second["settings"] == {"maxTokens": 8, "heads": 1} and "vs_first" not in first
+    assert second["vs_first"]["median_ratio"] > 0 and second["vs_first"]["total_ratio"] > 0
