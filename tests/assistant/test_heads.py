@@ -159,6 +159,7 @@ def test_cli_adds_heads_into_the_store(setup, tmp_path, monkeypatch, capsys):
     assert code == 0
     run_config = json.loads((tmp_path / "home" / "runs" / "add-heads-tiny-soft" / "heads_config.json").read_text())
     assert (run_config["targets"], run_config["soft_top_k"]) == ("base-soft", 8)
+    assert run_config["lr"] == HeadsConfig.lr  # an unset --lr is the settings' default
     code = main(["models", "add-heads", str(tmp_path / "nope.gguf"), "--data", str(repo), "--name", "other"])
     assert code == 1 and "nope.gguf: does not exist" in capsys.readouterr().err
 
