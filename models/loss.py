@@ -8,6 +8,10 @@ Two ways to get the same gradients:
   trunk once, detach its output z, then run each head's forward *and* backward in turn,
   accumulating the gradient at z and freeing that head's logits before the next head;
   finally backpropagate the trunk once with the accumulated gradient. O(V) logit memory.
+
+Its targets are tokens, or (distillation) a teacher's distribution per head and position,
+`SoftTargets`: each head then learns KL(p_teacher || q_head), the cross-entropy against
+p_teacher less its constant entropy.
 """
 
 from __future__ import annotations
@@ -58,6 +62,34 @@ class HeadStats:
         return self.correct / self.count.clamp(min=1)
 
 
+@dataclass
+class SoftTargets:
+    """A teacher's next-token distribution per head and position, kept as its top K: the
+    token ids and their probabilities renormalised over those K (a (B, n, T, V) tensor would
+    not fit for a 128K vocabulary). Positions whose token target is IGNORE_INDEX are not scored."""
+
+    ids: torch.Tensor  # (B, n, T, K) long
+    probs: torch.Tensor  # (B, n, T, K) float; each scored row sums to 1
+
+
+def _soft_head_loss(logits: torch.Tensor, target: torch.Tensor, ids: torch.Tensor,
+                    probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits (B, T, V), target (B, T) (the teacher's top token: what agreement counts, and
+    which positions count), ids/probs (B, T, K) -> mean KL(p || q), top-1 hits, scored count."""
+    valid = target != IGNORE_INDEX
+    # At least float32 (half-precision logits under autocast), without narrowing a double.
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    log_q = torch.log_softmax(logits.to(dtype), dim=-1).gather(-1, ids)  # (B, T, K)
+    p = probs.to(dtype)
+    # xlogy: a zero probability (a padded row) adds 0, not 0 * -inf.
+    kl = (torch.xlogy(p, p) - p * log_q).sum(-1)
+    count = valid.sum()
+    loss = torch.where(valid, kl, 0.0).sum() / count.clamp(min=1)
+    with torch.no_grad():
+        correct = ((logits.argmax(-1) == target) & valid).sum()
+    return loss, correct, count
+
+
 def _head_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits (B, T, V), target (B, T) -> mean loss, top-1 hits, scored count."""
     loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)
@@ -90,12 +122,15 @@ def mtp_forward_backward(
     loss_scale: float = 1.0,
     train_trunk: bool = True,
     autocast: contextlib.AbstractContextManager | None = None,
+    soft: SoftTargets | None = None,
 ) -> HeadStats:
     """Memory-efficient MTP forward and backward; gradients accumulate into `.grad`.
 
     Gradients equal those of `(loss_scale * mtp_loss(...)[0]).backward()`.
     `loss_scale` serves gradient accumulation over micro-batches; `train_trunk=False`
     (fine-tuning the heads only) runs the trunk without a graph and skips its backward.
+    With `soft`, each head's loss is its mean KL from the teacher's distribution instead
+    (targets then mark the scored positions and give the token agreement counts).
     """
     weights = _weights(head_weights, model.n_future)
     autocast = autocast or contextlib.nullcontext()
@@ -108,7 +143,10 @@ def mtp_forward_backward(
     for head, weight in enumerate(weights):
         with autocast:
             logits = model.output(model.head_hidden(z_leaf, head))  # (B, T, V)
-        loss, correct, count = _head_loss(logits, targets[:, head])
+        if soft is None:
+            loss, correct, count = _head_loss(logits, targets[:, head])
+        else:
+            loss, correct, count = _soft_head_loss(logits, targets[:, head], soft.ids[:, head], soft.probs[:, head])
         # Autograd keeps what it needs (the log-probabilities); holding the logits
         # through the backward would add a second (B, T, V) tensor to the peak.
         del logits

@@ -190,12 +190,16 @@ def _add_models_add_heads_parser(msub) -> None:
     corpus.add_argument("--data", help="a directory of code to train the heads on (same rules)")
     p.add_argument("--name", help="name in the store (default: the base's name + '-mtp')")
     p.add_argument("--default", action="store_true", help="make it the default model")
-    p.add_argument("--targets", default="base", choices=("base", "corpus"),
-                   help="base: agree with the base's own greedy tokens (self-distillation); corpus: the text's")
+    p.add_argument("--targets", default="base", choices=("base", "base-soft", "corpus"),
+                   help="base: agree with the base's own greedy tokens (self-distillation); base-soft: learn the "
+                        "base's whole next-token distributions (their top --soft-top-k); corpus: the text's")
+    # Unset numbers take HeadsConfig's defaults (read there, not here: it imports torch).
+    p.add_argument("--soft-top-k", type=int,
+                   help="with --targets base-soft: how many of the base's likeliest tokens each target keeps (32)")
     p.add_argument("--run-dir", help="where the resumable run lives (default: the store's runs/add-heads-NAME)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, help="peak learning rate of the new heads (3e-3)")
     p.add_argument("--max-seq-len", type=int, help="the new model's context (default: the base's, at most 4096)")
     p.add_argument("--tokenizer", help="a model directory whose tokenizer a GGUF of ours was exported with "
                                        "(found by itself beside `models export` output)")
@@ -216,8 +220,9 @@ def cmd_models_add_heads(args) -> int:
     try:
         config = HeadsConfig(
             base=str(base), corpus=args.repo or args.data, run_dir=str(run_dir), new_heads=args.heads,
-            minutes=args.minutes, targets=args.targets, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+            minutes=args.minutes, targets=args.targets, seq_len=args.seq_len, batch_size=args.batch_size,
             max_seq_len=args.max_seq_len, tokenizer_from=args.tokenizer, max_steps=args.max_steps, device=args.device,
+            **{k: v for k, v in (("lr", args.lr), ("soft_top_k", args.soft_top_k)) if v is not None},
         )
         with _stop_on_first_ctrl_c(stop):
             entry, result = add_heads_to_store(store, config, name, args.default, stop=stop)

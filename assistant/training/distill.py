@@ -7,6 +7,10 @@ as they are (they make the targets); only heads 2..n learn. Per batch the model 
 without a graph, giving what the draft heads read and its greedy tokens; then the draft
 heads train through models.loss's memory-efficient forward/backward.
 
+Mode "base-soft" gives each draft head the model's whole next-token distribution there
+instead of its argmax (kept as its top K, temperature 1): a distribution says how close
+the runners-up are, which the argmax alone does not, so each token carries more signal.
+
 Two users: `models add-heads` (new heads for a plain base, assistant/training/heads.py) and
 the trainer's `finetune="heads-distill"` (the heads of one of our models, e.g. in `tune`).
 """
@@ -18,10 +22,12 @@ from typing import Sequence
 
 import torch
 
-from models.loss import IGNORE_INDEX, HeadStats, mtp_forward_backward
+from models.loss import IGNORE_INDEX, HeadStats, SoftTargets, mtp_forward_backward
 from models.transformer import MTPTransformer
 
-TARGET_MODES = ("base", "corpus")  # the model's greedy tokens (distillation), or the text's tokens
+# The model's greedy tokens (distillation), its top-K distributions, or the text's tokens.
+TARGET_MODES = ("base", "base-soft", "corpus")
+DEFAULT_TOP_K = 32
 
 
 class DraftHeads:
@@ -40,15 +46,26 @@ class DraftHeads:
 
 
 @torch.no_grad()
-def greedy_pass(model: MTPTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tokens (B, L) -> what the draft heads read (B, L, D) and the model's greedy next token
-    at every position (B, L). The draft heads read z (the input of head 1's block), or with
-    heads_read_final head 1's normed output. The logits are made a row at a time: (L, V)
-    for a 128K vocabulary is already large."""
+def greedy_pass(model: MTPTransformer, tokens: torch.Tensor,
+                top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """tokens (B, L) -> what the draft heads read (B, L, D), the model's greedy next token
+    at every position (B, L), and with top_k its next-token distribution there as the top_k
+    ids and their probabilities renormalised over them ((B, L, K) each; else None). The draft
+    heads read z (the input of head 1's block), or with heads_read_final head 1's normed
+    output. The logits are made a row at a time: (L, V) for a 128K vocabulary is already large."""
     z = model.trunk(tokens)
     hidden = model.head_hidden(z, 0)
-    greedy = torch.stack([model.output(row).argmax(-1) for row in hidden])
-    return (hidden if model.config.heads_read_final else z), greedy
+    greedy, ids, probs = [], [], []
+    for row in hidden:
+        logits = model.output(row).float()
+        greedy.append(logits.argmax(-1))
+        if top_k:
+            # The softmax of the top K logits is p_base restricted to them, renormalised.
+            values, top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+            ids.append(top)
+            probs.append(torch.softmax(values, dim=-1))
+    top = (torch.stack(ids), torch.stack(probs)) if top_k else None
+    return (hidden if model.config.heads_read_final else z), torch.stack(greedy), top
 
 
 def head_targets(tokens: torch.Tensor, greedy: torch.Tensor, draft_heads: int, mode: str) -> torch.Tensor:
@@ -65,6 +82,20 @@ def head_targets(tokens: torch.Tensor, greedy: torch.Tensor, draft_heads: int, m
     return targets
 
 
+def soft_head_targets(ids: torch.Tensor, probs: torch.Tensor, draft_heads: int) -> SoftTargets:
+    """The distributions of greedy_pass (B, L, K) as draft-head targets (B, draft_heads, L, K),
+    shifted as head_targets shifts the greedy tokens: draft head j at t gets the model's
+    distribution at t+j. Past the end of the window the rows are zeros (head_targets marks
+    those positions IGNORE_INDEX)."""
+    B, L, K = ids.shape
+    out_ids = torch.zeros((B, draft_heads, L, K), dtype=ids.dtype, device=ids.device)
+    out_probs = torch.zeros((B, draft_heads, L, K), dtype=probs.dtype, device=probs.device)
+    for j in range(1, draft_heads + 1):
+        out_ids[:, j - 1, : L - j] = ids[:, j:]
+        out_probs[:, j - 1, : L - j] = probs[:, j:]
+    return SoftTargets(out_ids, out_probs)
+
+
 def distill_forward_backward(
     model: MTPTransformer,
     tokens: torch.Tensor,  # (B, L)
@@ -72,14 +103,18 @@ def distill_forward_backward(
     head_weights: Sequence[float] | None = None,
     loss_scale: float = 1.0,
     autocast: contextlib.AbstractContextManager | None = None,
+    top_k: int = DEFAULT_TOP_K,
 ) -> HeadStats:
     """One batch for the draft heads: their gradients accumulate into `.grad`; the stats
-    (n - 1 heads) count agreement with the targets."""
+    (n - 1 heads) count agreement with the targets (with mode "base-soft": with the model's
+    greedy tokens, the loss being the KL from its top_k distribution)."""
+    soft = mode == "base-soft"
     with autocast or contextlib.nullcontext():
-        z, greedy = greedy_pass(model, tokens)
-    targets = head_targets(tokens, greedy, model.n_future - 1, mode)
+        z, greedy, top = greedy_pass(model, tokens, top_k if soft else 0)
+    n = model.n_future - 1
+    targets = head_targets(tokens, greedy, n, "base" if soft else mode)
     return mtp_forward_backward(DraftHeads(model), z, targets, head_weights, loss_scale, train_trunk=False,
-                                autocast=autocast)
+                                autocast=autocast, soft=soft_head_targets(*top, n) if soft else None)
 
 
 @torch.no_grad()
@@ -94,7 +129,7 @@ def evaluate_agreement(model: MTPTransformer, windows: torch.Tensor, batch: int 
     with autocast or contextlib.nullcontext():
         for start in range(0, len(windows), batch):
             tokens = windows[start : start + batch].to(model.output.weight.device)
-            z, greedy = greedy_pass(model, tokens)
+            z, greedy, _ = greedy_pass(model, tokens)
             targets = head_targets(tokens, greedy, n, "base")
             for j in range(n):
                 valid = targets[:, j] != IGNORE_INDEX

@@ -10,7 +10,7 @@ from assistant.cli import main
 from assistant.engine import load_engine
 from assistant.engine.base import GenerationConfig
 from assistant.engine.torch_engine import TorchEngine
-from assistant.training.distill import head_targets
+from assistant.training.distill import greedy_pass, head_targets, soft_head_targets
 from assistant.training.heads import CHECKPOINT_FILE, HeadsConfig, HeadsError, add_heads, train_heads
 from models.checkpoint import load_model, save_model
 from models.gguf_export import export_model, quant_dir
@@ -55,6 +55,39 @@ def test_targets_are_the_base_greedy_tokens_shifted():
     assert corpus[0, 0, :3].tolist() == [2, 3, 4] and corpus[0, 1, -3:].tolist() == [IGNORE_INDEX] * 3
 
 
+def test_soft_targets_are_the_base_distributions_shifted_like_the_greedy_tokens():
+    from tests.models.test_base_import import tiny_base
+
+    model = tiny_base()
+    tokens = torch.randint(0, 261, (2, 12), generator=torch.Generator().manual_seed(0))
+    z, greedy, (ids, probs) = greedy_pass(model, tokens, top_k=261)
+    # With K = vocab the kept distribution is the base's softmax; its top token is the greedy one.
+    full = torch.softmax(model.output(model.head_hidden(model.trunk(tokens), 0)), dim=-1)
+    torch.testing.assert_close(probs, full.gather(-1, ids))
+    assert torch.equal(ids[..., 0], greedy)
+    _, _, (ids8, probs8) = greedy_pass(model, tokens, top_k=8)
+    assert ids8.shape == (2, 12, 8) and torch.equal(ids8, ids[..., :8])
+    torch.testing.assert_close(probs8.sum(-1), torch.ones(2, 12))
+    soft = soft_head_targets(ids8, probs8, 2)
+    targets = head_targets(tokens, greedy, 2, "base")
+    assert torch.equal(soft.ids[:, 1, :10], ids8[:, 2:])  # draft head 2 at t: the base at t+2
+    assert torch.equal(soft.ids[:, :, :, 0][targets != IGNORE_INDEX], targets[targets != IGNORE_INDEX])
+    assert float(soft.probs[:, 1, -2:].abs().sum()) == 0.0
+
+
+def test_soft_self_distillation_lowers_its_loss_and_raises_agreement(setup):
+    records = []
+    result = train_heads(config_for(setup, "run-soft", targets="base-soft", soft_top_k=16), show_progress=False,
+                         on_step=lambda step, record: records.append(record))
+    before, after = result.first_eval, result.final_eval
+    for head in range(2):
+        first, last = (sum(r["loss_per_head"][head] for r in part) / 5 for part in (records[:5], records[-5:]))
+        assert last < first - 0.5, (first, last)  # the KL from the base's distributions
+        assert after["loss_per_head"][head] < before["loss_per_head"][head] - 0.5, (before, after)
+        assert after["agreement_per_head"][head] > before["agreement_per_head"][head] + 0.1, (before, after)
+    assert "agreement_per_head" in records[-1]
+
+
 def test_self_distillation_lowers_loss_and_raises_agreement(setup):
     result = train_heads(config_for(setup, "run-a"), show_progress=False)
     before, after = result.first_eval, result.final_eval
@@ -76,6 +109,21 @@ def test_a_run_resumes_where_it_stopped(setup):
     assert state["step"] == 7
     with pytest.raises(HeadsError, match="other settings"):
         train_heads(config_for(setup, "run-b", seq_len=32), show_progress=False)
+
+
+def test_a_soft_target_run_resumes_and_keeps_its_setting(setup):
+    soft = dict(targets="base-soft", soft_top_k=8)
+    first = train_heads(config_for(setup, "run-soft-b", max_steps=3, **soft), show_progress=False)
+    resumed = train_heads(config_for(setup, "run-soft-b", max_steps=5, **soft), show_progress=False)
+    assert resumed.steps == 5 and resumed.first_eval == first.first_eval
+    steps = [json.loads(line)["step"] for line in (setup[2] / "run-soft-b" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5]
+    for other in (dict(targets="base"), dict(soft, soft_top_k=16)):
+        with pytest.raises(HeadsError, match="other settings"):
+            train_heads(config_for(setup, "run-soft-b", max_steps=6, **other), show_progress=False)
+    with pytest.raises(HeadsError, match="soft_top_k"):
+        config_for(setup, "run-soft-c", soft_top_k=0)
 
 
 def test_speculative_equals_plain_on_the_result(setup, tmp_path):
@@ -105,6 +153,13 @@ def test_cli_adds_heads_into_the_store(setup, tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "home" / "models" / "tiny-mtp"
     assert json.loads((model_dir / "config.json").read_text())["model"]["n_future_tokens"] == 3
     assert (model_dir / "gguf" / "f32" / "head-3.gguf").is_file()
+    code = main(["models", "add-heads", str(base), "--data", str(repo), "--heads", "2", "--max-steps", "1",
+                 "--seq-len", "32", "--batch-size", "2", "--name", "tiny-soft", "--device", "cpu",
+                 "--targets", "base-soft", "--soft-top-k", "8"])
+    assert code == 0
+    run_config = json.loads((tmp_path / "home" / "runs" / "add-heads-tiny-soft" / "heads_config.json").read_text())
+    assert (run_config["targets"], run_config["soft_top_k"]) == ("base-soft", 8)
+    assert run_config["lr"] == HeadsConfig.lr  # an unset --lr is the settings' default
     code = main(["models", "add-heads", str(tmp_path / "nope.gguf"), "--data", str(repo), "--name", "other"])
     assert code == 1 and "nope.gguf: does not exist" in capsys.readouterr().err
 
