@@ -229,6 +229,8 @@ def _gpt2_split_point(text: str, end: int) -> int:
       "\n\n" would be one piece where the whole text has two.
     """
     end = min(end, len(text))
+    if end < 2:  # a split needs a character on each side (and str.rfind reads a negative end from the back)
+        return 0
     lo = max(0, end - _SPLIT_SEARCH)
     best = 0
     space = text.rfind(" ", lo, end - 1)
