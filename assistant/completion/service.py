@@ -27,10 +27,9 @@ from assistant.completion.settings import CompletionSettings
 from assistant.completion.stats import ServerStats
 from assistant.engine.base import STOP_CANCELLED, DecodeStats, GenerationConfig
 
-# The prefix window starts at a multiple of this many characters, so that while the
-# user types it stays put (and with it the cache's typed-ahead matches). build_prompt
-# places its own window on the same grid, LINE_SEARCH characters further on at least:
-# the window given to it moving does not move the prompt.
+# The prefix window starts near a multiple of this many characters, so that while the
+# user types it stays put (and with it the cache's typed-ahead matches). It is the grid
+# build_prompt places its own, smaller window on (see windows()).
 WINDOW_QUANTUM = WINDOW_STEP
 PREFIX_STEP = 128  # tokens: see PromptBudget.prefix_step; a full prefill once per this many typed
 # Encodings kept: snippets (for lookup drafts and in the prompt), the suffix's head, the
@@ -121,8 +120,9 @@ class CompletionService:
         """The prefix and suffix the model can see at all, cut from a possibly huge text,
         and where the prefix starts in it (build_prompt's `origin`)."""
         reach = self.settings.context_tokens * CHARS_PER_TOKEN
-        # LINE_SEARCH more: the line start build_prompt looks for before a multiple of the
-        # quantum lies in the window whichever multiple this window starts at.
+        # LINE_SEARCH before the multiple: build_prompt starts its window at the line start
+        # before a multiple, and that line start must be in this window whichever multiple
+        # it starts at; then this window moving does not move the prompt.
         start = max(0, (offset - reach) // WINDOW_QUANTUM * WINDOW_QUANTUM - LINE_SEARCH)
         return text[start:offset], text[offset : offset + reach], start
 

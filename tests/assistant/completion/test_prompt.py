@@ -1,7 +1,25 @@
+import argparse
+import json
+import pathlib
+
 import pytest
 
-from assistant.completion.prompt import Prompt, PromptBudget, build_prompt, split_at
-from models.tokenizer import ByteTokenizer
+import models
+from assistant.completion.encoding import TokenCache
+from assistant.completion.prompt import (
+    LINE_SEARCH,
+    WINDOW_STEP,
+    Prompt,
+    PromptBudget,
+    Snippet,
+    _healed,
+    _keep_end,
+    build_prompt,
+    snippet_text,
+    split_at,
+)
+from assistant.fim import format_spm
+from models.tokenizer import ByteTokenizer, load_tokenizer
 
 TOK = ByteTokenizer()
 
@@ -57,8 +75,6 @@ def test_typing_extends_the_prompt():
     assert b[: len(a) - 1] == a[:-1]
 
 
-from assistant.completion.prompt import Snippet
-
 
 def test_snippets_come_first_and_whole():
     snippets = [Snippet("a.py", "def helper():\n    return 1"), Snippet("b.py", "x" * 500)]
@@ -87,16 +103,6 @@ def test_prefix_cut_in_steps_keeps_keystrokes_extending(step):
 
 
 # --- windows: the tokenizer sees bounded text ---------------------------------------
-
-import argparse
-import json
-import pathlib
-
-import models
-from assistant.completion.encoding import TokenCache
-from assistant.completion.prompt import LINE_SEARCH, WINDOW_STEP, _healed, _keep_end
-from assistant.fim import format_spm
-from models.tokenizer import load_tokenizer
 
 SHIPPED = pathlib.Path(models.__file__).parent / "default"
 BPE = load_tokenizer(SHIPPED, json.loads((SHIPPED / "config.json").read_text())["tokenizer"])
@@ -139,9 +145,6 @@ class Recording:
         self.lengths.append(len(text))
         self.texts.append(text)
         return self.tokenizer.encode(text)
-
-
-from assistant.completion.prompt import snippet_text  # noqa: E402
 
 
 @pytest.mark.parametrize("tok", [BPE, TOK], ids=["bpe", "byte"])
