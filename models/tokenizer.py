@@ -97,6 +97,13 @@ class _TableTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
+    def split_point(self, text: str, end: int) -> int:
+        """A position p <= end in text where encode(text) == encode(text[:p]) + encode(text[p:])
+        whatever text holds from `end` on (only text[:end] is read); 0 where none is known.
+        It lets a caller keep the encoding of a head that stays the same from one call to the
+        next and encode only the rest. Only kinds whose splitting rules are known give one."""
+        return 0
+
     def to_config(self) -> dict:
         specials = (self.eot_id, self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id, self.file_sep_id)
         return {
@@ -119,6 +126,9 @@ class ByteTokenizer(_TableTokenizer):
         # Specials live above 255, so no input can produce one.
         return list(text.encode("utf-8") if isinstance(text, str) else text)
 
+    def split_point(self, text: str, end: int) -> int:
+        return max(0, min(end, len(text)))  # one token per byte: any split is exact
+
     def save(self, model_dir: Path) -> None:
         """Nothing to write: the byte vocabulary is fixed."""
 
@@ -139,6 +149,7 @@ class BPETokenizer(_TableTokenizer):
         # text in the input as ordinary text.
         tokenizer.encode_special_tokens = True
         self._tok = tokenizer
+        self._splits = _splits_like_gpt2(tokenizer)
 
         size = tokenizer.get_vocab_size(with_added_tokens=True)
         table = []
@@ -159,6 +170,9 @@ class BPETokenizer(_TableTokenizer):
             text = text.decode("utf-8", errors="replace")
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def split_point(self, text: str, end: int) -> int:
+        return _gpt2_split_point(text, end) if self._splits else 0
+
     def save(self, model_dir: Path) -> None:
         """Write model_dir/tokenizer.json atomically, so a crash never leaves a torn file."""
         model_dir = Path(model_dir)
@@ -172,6 +186,66 @@ class BPETokenizer(_TableTokenizer):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+# How far back from `end` split_point looks: a split near the end is what pays, and
+# text without one there (minified code) is simply encoded whole.
+_SPLIT_SEARCH = 512
+
+
+def _splits_like_gpt2(tok: tokenizers.Tokenizer) -> bool:
+    """Whether `tok` splits text into pieces exactly as GPT-2's regex does and encodes each
+    piece on its own: a ByteLevel pre-tokenizer with its regex (and nothing else), no
+    normalizer, deterministic BPE (no dropout), and no added token but special ones (an
+    added non-special token is matched before the regex and could span a split)."""
+    pre = tok.pre_tokenizer
+    return (
+        isinstance(pre, pre_tokenizers.ByteLevel)
+        and pre.use_regex
+        and tok.normalizer is None
+        and isinstance(tok.model, models.BPE)
+        and tok.model.dropout is None
+        and all(added.special for added in tok.get_added_tokens_decoder().values())
+    )
+
+
+def _printable(char: str) -> bool:
+    # Printable ASCII other than space: "\S" under any regex engine's reading of Unicode.
+    return "!" <= char <= "~"
+
+
+def _gpt2_split_point(text: str, end: int) -> int:
+    r"""The last position p <= end where GPT-2's pre-tokenizer regex
+    ('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)
+    starts a piece both in text and in text[p:], and ends one at p in text[:p], so the
+    encodings of the two parts join to that of the whole; 0 where none lies within
+    _SPLIT_SEARCH characters. Two kinds, each judged on characters before `end` only:
+
+    * before a space followed by a printable character (" x"): no piece crosses the space's
+      left edge (a whitespace run before it ends there, by "(?!\S)" in the whole text and
+      at the end of the head), and " x..." starts a piece in both;
+    * after a newline between printable characters ("a\nb"): "\n" is a piece of its own in
+      the whole text and in the head. Not after a newline preceded by whitespace: the head's
+      "\n\n" would be one piece where the whole text has two.
+    """
+    end = min(end, len(text))
+    if end < 2:  # a split needs a character on each side (and str.rfind reads a negative end from the back)
+        return 0
+    lo = max(0, end - _SPLIT_SEARCH)
+    best = 0
+    space = text.rfind(" ", lo, end - 1)
+    while space >= 0:
+        if _printable(text[space + 1]):
+            best = space
+            break
+        space = text.rfind(" ", lo, space)
+    newline = text.rfind("\n", max(lo, 1), end - 1)
+    while newline > best - 1 and newline >= 1:
+        if _printable(text[newline - 1]) and _printable(text[newline + 1]):
+            best = max(best, newline + 1)
+            break
+        newline = text.rfind("\n", max(lo, 1), newline)
+    return best
 
 
 def _check_layout(tok: tokenizers.Tokenizer, path: Path | None) -> None:
@@ -462,6 +536,7 @@ class HFTokenizer(_TableTokenizer):
     def __init__(self, tokenizer: tokenizers.Tokenizer, eot_id: int, bos_id: int | None, path: Path | None = None):
         tokenizer.encode_special_tokens = True  # special-token text in the input is plain text
         self._tok = tokenizer
+        self._splits = _splits_like_gpt2(tokenizer)
         decoder = json.dumps(json.loads(tokenizer.to_str()).get("decoder"))
         byte_level = "ByteLevel" in decoder
         added = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items()}
@@ -503,6 +578,7 @@ class HFTokenizer(_TableTokenizer):
         config["special_tokens"]["bos"] = self.bos_id
         return config
 
+    split_point = BPETokenizer.split_point
     save = BPETokenizer.save
 
 

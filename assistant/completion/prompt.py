@@ -15,6 +15,13 @@ The prefix's last token is healed (assistant/engine/healing.py): it is left out 
 the prompt and the engine writes its bytes again first, in tokens of the model's
 choosing, so that a cursor after "x = " or at an indented line start does not leave
 the model at a token boundary it never saw.
+
+Only a window of the prefix (its end) and of the suffix (its start) is encoded: the
+tokenizer's time grows with the text, and deep in a big file encoding all of it would
+cost more than the completion. The prefix's window starts at a line start that stays
+put while the user types at the end (see _window_start), so that successive prompts
+still extend one another; where the window is the whole prefix (a small file) the
+prompt is what encoding everything would give.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from assistant.completion.encoding import TokenCache
 from assistant.engine.base import GenerationConfig
 from assistant.errors import UserError
 from assistant.fim import format_spm
@@ -75,6 +83,73 @@ def snippet_text(snippets: Sequence[Snippet]) -> str:
     return "".join(parts)
 
 
+# The prefix's window starts at the line start at or before a multiple of this many
+# characters (counted in the document: see build_prompt's `origin`), so it moves once per
+# this many characters typed; each move costs the engine one full prefill.
+WINDOW_STEP = 4096
+# Characters per token to guess a window's length from its token budget; a window that
+# holds fewer tokens than its budget (and is not the whole text) is doubled.
+CHARS_PER_TOKEN = 4
+# How far from a window's character target to look for a line start (prefix) or a line
+# end (suffix); minified code without newlines is cut at the target itself.
+LINE_SEARCH = 1024
+
+
+def _window_start(prefix: str, chars: int, origin: int) -> int:
+    """Where the prefix's window of at least `chars` characters starts: the line start at
+    or before the last multiple of WINDOW_STEP (in the document: prefix starts at `origin`)
+    that leaves that many, within LINE_SEARCH; 0 if that is the prefix's start. It depends
+    only on text before the multiple, so typing at the end leaves it put."""
+    target = (origin + len(prefix) - chars) // WINDOW_STEP * WINDOW_STEP - origin
+    if target <= 0:
+        return 0
+    lo = max(0, target - LINE_SEARCH)
+    newline = prefix.rfind("\n", lo, target)
+    return newline + 1 if newline >= 0 or lo == 0 else target
+
+
+def _prefix_ids(cache: TokenCache, prefix: str, chars: int, room: int, step: int, origin: int) -> list[int]:
+    """The prefix's last tokens that fit in room (the cut rounded as _keep_end does),
+    from a window of the prefix grown until it holds enough or is all of it."""
+    if room <= 0:
+        return []
+    while True:
+        start = _window_start(prefix, chars, origin)
+        ids = cache.encode_growing(prefix[start:] if start else prefix)
+        # More than room, not just as many: a window that holds exactly its room would be
+        # kept whole, and the next keystroke's cut would move the prompt's start again.
+        if len(ids) > room or start == 0:
+            return _keep_end(ids, room, step)
+        chars *= 2
+
+
+def _head_end(tokenizer: Any, text: str, chars: int) -> int:
+    """Where a head of text of about `chars` characters ends: at a split after which the
+    tokens are those of the whole text where the tokenizer knows one (split_point), else
+    at a line end (within LINE_SEARCH), else at `chars`."""
+    if chars >= len(text):
+        return len(text)
+    split = tokenizer.split_point(text, chars) if hasattr(tokenizer, "split_point") else 0
+    if split > 0:
+        return split
+    newline = text.find("\n", chars, chars + LINE_SEARCH)
+    return newline if newline >= 0 else chars
+
+
+def _suffix_ids(cache: TokenCache, suffix: str, keep: int) -> list[int]:
+    """The suffix's first `keep` tokens, from a head of it grown until it holds enough or
+    is all of it."""
+    if keep <= 0:
+        return []
+    chars = keep * CHARS_PER_TOKEN
+    while True:
+        end = _head_end(cache.tokenizer, suffix, chars)
+        ids = cache.encode(suffix[:end] if end < len(suffix) else suffix)
+        if len(ids) >= keep or end >= len(suffix):
+            return list(ids[:keep])
+        chars *= 2
+
+
 def _keep_end(ids: list[int], room: int, step: int) -> list[int]:
     """The last tokens of ids that fit in room, the cut point rounded up to a multiple of step."""
     if len(ids) <= room:
@@ -92,28 +167,43 @@ def build_prompt(
     budget: PromptBudget = PromptBudget(),
     snippets: Sequence[Snippet] = (),
     heal: bool = True,
+    cache: TokenCache | None = None,
+    origin: int = 0,
 ) -> Prompt:
     """The prompt that asks the model for the text between prefix and suffix; with `heal`,
-    the prefix's last token is healed."""
+    the prefix's last token is healed.
+
+    `cache` keeps encodings from one call to the next (pass the same one for successive
+    requests; it must wrap `tokenizer`). `origin` is where `prefix` starts in its document,
+    for a caller that passes a window of a long text: the prefix's window is placed in the
+    document's characters, so it stays put when that caller's window moves."""
+    if cache is None:
+        cache = TokenCache(tokenizer)
+    elif cache.tokenizer is not tokenizer:
+        raise ValueError("build_prompt: the token cache wraps another tokenizer")
     # Llama models (SentencePiece) expect BOS first; our own tokenizers have none.
     head: list[int] = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
     has_fim = getattr(tokenizer, "has_fim", True)
     # Whole snippets in order while they fit: a snippet cut mid-way misleads.
     snippet_ids: list[int] = []
     for snippet in snippets:
-        ids = tokenizer.encode(snippet_text([snippet]))
+        ids = list(cache.encode(snippet_text([snippet])))
         if len(snippet_ids) + len(ids) > int(budget.max_tokens * budget.snippet_share) - 1:
             break
         snippet_ids += ids
     if snippet_ids:
         head += snippet_ids + ([tokenizer.eot_id] if has_fim else [])
     room = budget.max_tokens - len(head)
-    if not suffix.strip() or not has_fim:
-        prefix_ids, healed = _healed(tokenizer, _keep_end(tokenizer.encode(prefix), room, budget.prefix_step), heal)
+    # The window's length follows the budget, not the room the snippets leave: snippets
+    # that come and go must not move the window.
+    chars = budget.max_tokens * CHARS_PER_TOKEN
+    if not suffix or suffix.isspace() or not has_fim:
+        prefix_ids = _prefix_ids(cache, prefix, chars, room, budget.prefix_step, origin)
+        prefix_ids, healed = _healed(tokenizer, prefix_ids, heal)
         return Prompt(head + prefix_ids or [tokenizer.eot_id], healed)
     room -= 3  # the three FIM specials
-    suffix_ids = tokenizer.encode(suffix)[: int(budget.max_tokens * budget.suffix_share)]
-    prefix_ids = _keep_end(tokenizer.encode(prefix), room - len(suffix_ids), budget.prefix_step)
+    suffix_ids = _suffix_ids(cache, suffix, int(budget.max_tokens * budget.suffix_share))
+    prefix_ids = _prefix_ids(cache, prefix, chars, room - len(suffix_ids), budget.prefix_step, origin)
     prefix_ids, healed = _healed(tokenizer, prefix_ids, heal)
     return Prompt(head + format_spm(tokenizer, prefix_ids, suffix_ids), healed)
 

@@ -20,17 +20,21 @@ from assistant.completion.cache import CompletionCache, context_key
 from assistant.completion.context import ContextCollector, looks_binary
 from assistant.completion.positions import UTF16, offset_at
 from assistant.completion.postprocess import postprocess
-from assistant.completion.prompt import PromptBudget, build_prompt, generate, snippet_text
+from assistant.completion.encoding import TokenCache
+from assistant.completion.prompt import LINE_SEARCH, WINDOW_STEP, PromptBudget, build_prompt, generate, snippet_text
 from assistant.completion.rules import apply_stop_rules, plan
 from assistant.completion.settings import CompletionSettings
 from assistant.completion.stats import ServerStats
 from assistant.engine.base import STOP_CANCELLED, DecodeStats, GenerationConfig
 
-# The prefix window starts at a multiple of this many characters, so that while the
-# user types its tokenisation (and with it the engine's cached prompt) stays put.
-WINDOW_QUANTUM = 4096
+# The prefix window starts near a multiple of this many characters, so that while the
+# user types it stays put (and with it the cache's typed-ahead matches). It is the grid
+# build_prompt places its own, smaller window on (see windows()).
+WINDOW_QUANTUM = WINDOW_STEP
 PREFIX_STEP = 128  # tokens: see PromptBudget.prefix_step; a full prefill once per this many typed
-SNIPPET_CACHE = 32  # snippets whose tokens are kept for lookup drafts
+# Encodings kept: snippets (for lookup drafts and in the prompt), the suffix's head, the
+# prefix's head (see TokenCache).
+TOKEN_CACHE = 64
 CHARS_PER_TOKEN = 4  # generous: enough text to fill the token budget with any tokenizer
 
 
@@ -86,7 +90,7 @@ class CompletionService:
         self.settings = settings
         self.cache = CompletionCache(settings.cache_size)
         self._inflight: dict[str, threading.Event] = {}
-        self._snippet_ids: dict[str, tuple[int, ...]] = {}  # see _snippet_tokens
+        self.tokens = TokenCache(engine.tokenizer, TOKEN_CACHE)
         self._inflight_lock = threading.Lock()
 
     def update_settings(self, settings: CompletionSettings) -> None:
@@ -112,11 +116,15 @@ class CompletionService:
 
     # --- completing ---
 
-    def windows(self, text: str, offset: int) -> tuple[str, str]:
-        """The prefix and suffix the model can see at all, cut from a possibly huge text."""
+    def windows(self, text: str, offset: int) -> tuple[str, str, int]:
+        """The prefix and suffix the model can see at all, cut from a possibly huge text,
+        and where the prefix starts in it (build_prompt's `origin`)."""
         reach = self.settings.context_tokens * CHARS_PER_TOKEN
-        start = max(0, (offset - reach) // WINDOW_QUANTUM * WINDOW_QUANTUM)
-        return text[start:offset], text[offset : offset + reach]
+        # LINE_SEARCH before the multiple: build_prompt starts its window at the line start
+        # before a multiple, and that line start must be in this window whichever multiple
+        # it starts at; then this window moving does not move the prompt.
+        start = max(0, (offset - reach) // WINDOW_QUANTUM * WINDOW_QUANTUM - LINE_SEARCH)
+        return text[start:offset], text[offset : offset + reach], start
 
     def complete_at(
         self, text: str, line: int, character: int, uri: str = "",
@@ -124,7 +132,8 @@ class CompletionService:
     ) -> Completion:
         """The completion at an LSP position (0-based line, character in code units)."""
         offset = offset_at(text, line, character, encoding)
-        return self.complete(*self.windows(text, offset), uri=uri, cancel=cancel)
+        prefix, suffix, origin = self.windows(text, offset)
+        return self.complete(prefix, suffix, uri=uri, cancel=cancel, origin=origin)
 
     def limits(self) -> tuple[PromptBudget, int]:
         """The prompt budget and the new tokens allowed, both within the model's context:
@@ -135,7 +144,11 @@ class CompletionService:
         fits = self.engine.max_seq_len - max_new - self.engine.n_future - 1
         return PromptBudget(max(8, min(s.context_tokens, fits)), s.suffix_share, s.snippet_share, PREFIX_STEP), max_new
 
-    def complete(self, prefix: str, suffix: str, uri: str = "", cancel: threading.Event | None = None) -> Completion:
+    def complete(
+        self, prefix: str, suffix: str, uri: str = "", cancel: threading.Event | None = None, origin: int = 0
+    ) -> Completion:
+        """The completion between prefix and suffix; `origin` is where prefix starts in its
+        document, if it is a window of it (see build_prompt)."""
         started = time.perf_counter()
         s = self.settings
         if looks_binary(prefix[-8192:]) or looks_binary(suffix):
@@ -149,7 +162,7 @@ class CompletionService:
 
         tok = self.engine.tokenizer
         budget, max_new = self.limits()
-        prompt = build_prompt(tok, prefix, suffix, budget, snippets)
+        prompt = build_prompt(tok, prefix, suffix, budget, snippets, cache=self.tokens, origin=origin)
         # "auto": where the heads' caches follow any k (llama.cpp), the engine drafts, each step,
         # with the drafter and length that pay on this machine (heads, lookup or none);
         # elsewhere a change of k would cost a full prefill per keystroke, so all heads draft.
@@ -166,7 +179,10 @@ class CompletionService:
             drafter="auto" if auto else "heads",
             # The snippets' code, whole, for lookup drafts to copy from (the prompt holds those that
             # fit); only auto drafts by lookup, and plain decoding does no drafting work at all.
-            lookup_tokens=tuple(self._snippet_tokens(snippet.text) for snippet in snippets) if auto else (),
+            # They come from the token cache: the snippets stay the same while the cursor stays
+            # in one part of a file, and encoding them again at every keystroke costs about as
+            # much as a decoding step or two.
+            lookup_tokens=tuple(self.tokens.encode(snippet.text) for snippet in snippets) if auto else (),
         )
         result = generate(self.engine, prompt, config, cancel)
         if result.stop_reason == STOP_CANCELLED:
@@ -185,18 +201,6 @@ class CompletionService:
             Completion(text, multiline=the_plan.multiline, stop_reason=result.stop_reason, stats=result.stats, pieces=pieces),
             started,
         )
-
-    def _snippet_tokens(self, text: str) -> tuple[int, ...]:
-        """A snippet's tokens for lookup drafts, from a small cache: the snippets stay the same
-        while the cursor stays in one part of a file, and encoding them again at every
-        keystroke costs about as much as a decoding step or two."""
-        ids = self._snippet_ids.pop(text, None)
-        if ids is None:
-            ids = tuple(self.engine.tokenizer.encode(text))
-        self._snippet_ids[text] = ids  # most recently used last
-        while len(self._snippet_ids) > SNIPPET_CACHE:
-            self._snippet_ids.pop(next(iter(self._snippet_ids)))
-        return ids
 
     def _done(self, completion: Completion, started: float) -> Completion:
         completion.latency_s = time.perf_counter() - started

@@ -313,3 +313,66 @@ def test_ascii_printable_is_cheap_in_bpe(bpe):
     for ch in string.ascii_letters + string.digits + string.punctuation:
         (only,) = bpe.encode(ch)
         assert bpe.token_bytes(only) == ch.encode()
+
+
+# --- split points: encodings that join exactly --------------------------------------
+
+SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "models" / "default"
+
+# Whitespace of every kind, contractions, digits, punctuation and non-ASCII letters: where
+# GPT-2's pre-tokenizer pieces begin and end.
+SPLIT_PARTS = [" ", "  ", "\n", "\n\n", "\t", "\r\n", "\u00a0", "'s", "'", "x", "Ab", "é", "日本", "1", "23", "(", "):", "#",
+               "\x1f", "😀"]
+split_text = st.lists(st.sampled_from(SPLIT_PARTS), max_size=24).map("".join)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> BPETokenizer:
+    return load_tokenizer(SHIPPED, json.loads((SHIPPED / "config.json").read_text())["tokenizer"])
+
+
+def _joins(tok, text: str, p: int) -> bool:
+    return tok.encode(text[:p]) + tok.encode(text[p:]) == tok.encode(text)
+
+
+@fast
+@given(text=split_text, rest=split_text)
+def test_split_point_joins_to_the_whole_encoding_whatever_follows(shipped, bpe, text, rest):
+    for tok in (shipped, bpe):
+        for end in range(len(text) + 1):
+            p = tok.split_point(text, end)
+            assert 0 <= p <= end and p == tok.split_point(text[:end] + rest, end)
+            assert _joins(tok, text, p) and _joins(tok, text[:end] + rest, p)
+
+
+def test_split_point_in_real_code_is_exact_and_near_the_end(shipped):
+    code = _source(argparse)
+    found = 0
+    for end in range(1, len(code), 211):
+        window = code[max(0, end - 1000) : end + 300]  # a whole file per split would take minutes
+        p = shipped.split_point(window, min(end, 1000))
+        assert _joins(shipped, window, p)
+        found += min(end, 1000) - p < 100
+    assert found > len(code) // 211 * 0.95  # code has a split every line or so
+
+
+def test_split_point_avoids_the_splits_that_would_not_join(shipped):
+    # "\n" after whitespace: the head's "\n\n" is one piece, the whole text's two.
+    assert not _joins(shipped, "x\n\ny", 3) and shipped.split_point("x\n\ny", 4) == 0
+    # A newline before indentation: the whole text's piece is "\n" plus all spaces but one.
+    assert not _joins(shipped, "x)\n    y", 3) and shipped.split_point("x)\n    y", 8) == 6  # before " y"
+    assert shipped.split_point("a=b;" * 500, 2000) == 0  # minified: no split within reach
+
+
+def test_split_point_is_declined_where_the_pieces_could_differ(bpe):
+    no_regex = json.loads(bpe._tok.to_str())
+    no_regex["pre_tokenizer"]["use_regex"] = False
+    assert BPETokenizer(tokenizers.Tokenizer.from_str(json.dumps(no_regex))).split_point("a b c", 5) == 0
+    added = tokenizers.Tokenizer.from_str(bpe._tok.to_str())
+    added.add_tokens(["Ab"])  # matched before the regex: such a token could span a split
+    assert BPETokenizer(added).split_point("a b c", 5) == 0
+    assert bpe.split_point("a b c", 5) == 3 and bpe.split_point("a b c", 4) == 1  # " c" is read only below end
+
+
+def test_byte_split_point_is_anywhere(byte):
+    assert [byte.split_point("ab\ncd", end) for end in (0, 2, 5, 9)] == [0, 2, 5, 5]

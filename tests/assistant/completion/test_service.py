@@ -83,7 +83,8 @@ def test_a_huge_file_costs_no_more_than_its_window(engine):
     started = time.perf_counter()
     huge = svc.complete_at(filler + TEXT, LINE + 700_000, COL)
     assert time.perf_counter() - started < 5
-    small = service(engine, multiline="never").complete(*svc.windows(filler + TEXT, len(filler + TEXT)))
+    prefix, suffix, origin = svc.windows(filler + TEXT, len(filler + TEXT))
+    small = service(engine, multiline="never").complete(prefix, suffix, origin=origin)
     assert huge.text == small.text
 
 
