@@ -85,7 +85,8 @@ def plain(value):
     return value
 
 
-async def wait_ready(client, timeout_s: float = 60) -> dict:
+# A deadline, not a measurement: a loaded machine (a test run beside other work) can take a minute to import torch and load.
+async def wait_ready(client, timeout_s: float = 180) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = await stats(client)
