@@ -305,9 +305,9 @@ def test_nothing_to_gain_means_no_lookup_and_no_planning():
     planner = DraftPlanner(CostCurve([1.0 + 0.1 * r for r in range(9)], learns=False))
     for n in range(1, 4):
         planner.lookup_rates(n, 8)
-        planner.lookup[n].record(1, 0)
-        planner.lookup[n].accepted[0], planner.lookup[n].proposed[0] = 0.0, 50.0
-        planner._tried[("lookup", n)] = 0
+        planner.lookup[n, 0].record(1, 0)  # by (match length, copy streak)
+        planner.lookup[n, 0].accepted[0], planner.lookup[n, 0].proposed[0] = 0.0, 50.0
+        planner._tried[("lookup", n, 0)] = 0
     planner.heads.accepted, planner.heads.proposed = [0.0] * 3, [50.0] * 3
     planner._tried[("heads",)] = 0
     plain = 0
