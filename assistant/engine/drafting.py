@@ -55,6 +55,7 @@ import numpy as np
 LOOKUP_HEAD = 0  # token_heads' tag of a token a lookup draft proposed (heads are 1..k)
 MAX_NGRAM = 3
 MAX_STREAK = 2  # copy streaks counted: 0, 1, 2 or more lookup drafts in a row accepted in full
+SHADOW_TOKENS = 2  # an undrafted lookup is checked as a draft of this many tokens (DraftPlanner.observe_lookup)
 
 
 @dataclass
@@ -405,7 +406,10 @@ class DraftPlanner:
             try_lookup = untried or (due and self._credit >= self._try_cost(lookup_cost))
         if try_heads:
             try_heads = ("heads",) not in self._tried or (due and self._credit >= self._try_cost(heads_cost))
-        return may_lookup or may_both or try_lookup, may_heads or may_both or try_heads
+        # A lookup runs wherever a right lookup draft would pay, drafted or not: an undrafted
+        # one is checked against the tokens committed after it (observe_lookup), which is how
+        # the planner sees a copy begin where it drafts nothing.
+        return may_lookup or may_both or try_lookup or self._verdict[4][0], may_heads or may_both or try_heads
 
     def _could_pay(self, per_token_s: list[float]) -> bool:
         """Whether a draft of len(per_token_s) tokens at most would pay if every token were
@@ -483,6 +487,19 @@ class DraftPlanner:
             self._table(self.extension if heads else self.lookup, proposal.ngram).record(verified - heads, accepted - heads)
             self.streak = min(MAX_STREAK, self.streak + 1) if accepted == verified else 0
         self._verdict = None
+
+    def observe_lookup(self, ngram: int, streak: int, accepted: int, verified: int) -> None:
+        """A lookup continuation found at `streak` but not drafted: the tokens committed after
+        it agreed with its first `accepted` of `verified`. The same evidence a draft would
+        have given (with sampling, a committed token equals a one-hot draft with the
+        probability that the draft would have been accepted), for nothing."""
+        if verified < 1:
+            return
+        Acceptance.record(self.lookup.setdefault((ngram, streak), Acceptance()), verified, accepted)
+        before = self.streak
+        self.streak = min(MAX_STREAK, streak + 1) if accepted == verified else 0
+        if self.streak != before:
+            self._verdict = None  # (one observation's change of a rate waits for the 16-step renewal)
 
     def observe_forward(self, n_rows: int, seconds: float) -> None:
         self.cost.observe(n_rows, seconds)

@@ -40,7 +40,7 @@ from assistant.engine.base import (
     DecodeStats,
     GenerationConfig,
 )
-from assistant.engine.drafting import LOOKUP_HEAD, CostCurve, DraftPlanner, History, Proposal
+from assistant.engine.drafting import LOOKUP_HEAD, SHADOW_TOKENS, CostCurve, DraftPlanner, History, Proposal
 from assistant.engine.healing import allowed_tokens, restrict, still_to_heal
 
 
@@ -242,8 +242,29 @@ def decode(
             return heads
         return Proposal(before + found, "heads+lookup", heads.rows, ngram=ngram, heads=len(before))
 
+    # Lookup continuations found but not drafted: (history length, continuation, match length, streak).
+    shadows: list[tuple[int, list[int], int, int]] = []
+
+    def check_shadows() -> None:
+        """Tell the planner how each undrafted lookup continuation fared against the tokens
+        committed since: as a draft of its first SHADOW_TOKENS would have (one token right
+        is weak evidence of a copy where a few tokens are possible; two in a row is less
+        often luck)."""
+        while shadows:
+            at, found, ngram, streak = shadows[0]
+            committed = history.ids[at : history.length].tolist()
+            need = min(len(found), SHADOW_TOKENS)
+            agree = next((i for i, (a, b) in enumerate(zip(found[:need], committed)) if a != b), None)
+            if agree is None and len(committed) < need:
+                return  # not all in yet (the later ones are younger)
+            accepted = need if agree is None else agree
+            planner.observe_lookup(ngram, streak, accepted, need if agree is None else agree + 1)
+            shadows.pop(0)
+
     def propose(room: int) -> Proposal | None:
         """The draft for this step, of at most `room` tokens; None: a plain step."""
+        if shadows:
+            check_shadows()
         if room <= 0:
             return None
         if drafter == "heads":
@@ -272,6 +293,8 @@ def decode(
                                  extend if use_both else None, lookup_room - heads_room)
         if source == "lookup":
             return Proposal(found[:m], "lookup", ngram=ngram)
+        if found and source != "heads+lookup":  # its extension is checked as it is drafted
+            shadows.append((history.length, found, ngram, planner.streak))
         if source == "heads":
             return heads_draft(m, rows)
         if source == "heads+lookup":
@@ -347,6 +370,8 @@ def decode(
         if planner is not None and proposal is not None:
             # A stop inside the draft left the rest unverified: it says nothing about them.
             planner.record(proposal, accepted, verified=len(drafts) if reason is None else accepted)
+            if len(drafts) > proposal.heads:
+                shadows.clear()  # a lookup draft verified now says more of the streak than the older ones
         position += 1 + accepted  # the token and the accepted drafts are now cached
         last_index = accepted
         if reason is not None:
