@@ -29,12 +29,15 @@ Copy streaks: lookup acceptance is bimodal. Inside a copied region nearly every 
 right, elsewhere few are; so the lookup and extension rates are kept per `streak`, the
 number of lookup drafts in a row (capped at MAX_STREAK) accepted in full. Inside a copy the
 planner then drafts long, and one rejection drops it back to the rates of the text outside
-copies.
+copies. A lookup found but not drafted counts too, as a draft of its first SHADOW_TOKENS
+checked against the tokens committed after it: on a CPU, where a lookup outside a copy
+rarely pays, that is how a copy is seen to begin.
 
 Sampling stays exact because every choice about a draft position is made from what is known
-before that position's draft token is sampled: which proposal and how many heads from the
-rates and the heads' rows (the extension it weighs follows their most likely tokens), the
-extension's length only after the heads' tokens are drawn (they are the prefix it follows).
+before that position's draft token is sampled: which proposal, its length and how many
+heads from the rates and the heads' rows (the extension it weighs follows their likeliest
+tokens); after the heads' tokens are drawn, only the lookup that follows them (they are the
+prefix it continues), cut to that length.
 """
 
 from __future__ import annotations
@@ -317,7 +320,10 @@ class DraftPlanner:
     - one that did not pay is tried again rarely: at least `explore_gap` steps apart, and
       only as often as a budget of `explore_share` of the plain steps' time allows. So the
       planner's measurements cost at most that share of the time where nothing pays.
-    When nothing may pay and no try is due, a step does no lookup and no planning (wanted).
+    Where no draft would pay even if right, a step does no lookup and no planning (wanted).
+    Where only a right one would, the lookup still runs: what it found is checked against
+    the tokens committed after it (observe_lookup), free evidence of its acceptance, and
+    how the planner sees a copy begin (the copy streak) while it drafts nothing.
 
     The heads+lookup proposal uses the heads' rates for its heads' positions and its own
     table (`extension`, per match length and streak) for the lookup's; its lookup needs the

@@ -277,7 +277,7 @@ def decode(
             return extended(heads_draft(heads_room) if heads_room else None, lookup_room)
         want_lookup, want_heads = planner.wanted(lookup_room, heads_room)
         if not (want_lookup or want_heads):
-            return None  # nothing may pay and no try is due: a plain step, no lookup, no planning
+            return None  # no draft would pay, even a right one: a plain step, no lookup, no planning
         found, ngram = history.lookup(lookup_room) if want_lookup else ([], 0)
         rows = None
 
