@@ -190,7 +190,6 @@ def test_lookup_sampling_matches_plain_sampling_distribution(drafter, k):
     engine = TorchEngine(model, ByteTokenizer(), dtype=torch.float64)
     if drafter == "auto":
         engine._costs = {k: CostCurve.free()}
-        fixed = lambda rate: Acceptance(prior=rate, weight=1e9)  # noqa: E731 (taught for good)
         engine._planner.heads = fixed(0.9)
         engine._planner.lookup = {(n, s): fixed(0.05) for n in range(1, 4) for s in range(3)}
         engine._planner.extension = {(n, s): fixed(0.9) for n in range(1, 4) for s in range(3)}
@@ -564,7 +563,7 @@ def test_copy_streaks_draft_long_inside_a_copy_and_stop_soon_after_it():
     model = ScriptModel(script)
     cost = CostCurve([1.0, 1.5, 2.1, 2.6, 3.0, 3.4, 3.8, 4.0, 4.2], learns=False)  # this CPU's shape
     planner = DraftPlanner(cost)
-    out = script_run(model, len(prompt), 1, planner, drafter="auto", draft_len=8)
+    script_run(model, len(prompt), 1, planner, drafter="auto", draft_len=8)
     copy_start = len(prompt) + 120
     copy_end = copy_start + len(copy)
     inside = [n for p, n in model.drafts if copy_start + 8 <= p < copy_end - 8]
@@ -574,13 +573,12 @@ def test_copy_streaks_draft_long_inside_a_copy_and_stop_soon_after_it():
     # After it: no long draft past the first few steps.
     long_after = [p for p, n in model.drafts if p >= copy_end and n > 2]
     assert len(long_after) <= 3 and all(p < copy_end + 20 for p in long_after), (long_after, after)
-    # The same without streaks (one table per match length): the copy is drafted less, and
-    # the rates it taught make long drafts go on failing after it.
+    # The same without streaks (one table per match length, which the text outside copies
+    # teaches): the copy is hardly drafted.
     flat_model = ScriptModel(script)
     script_run(flat_model, len(prompt), 1, NoStreaks(cost), drafter="auto", draft_len=8)
     flat_inside = [n for p, n in flat_model.drafts if copy_start + 8 <= p < copy_end - 8]
-    flat_long_after = [p for p, n in flat_model.drafts if p >= copy_end and n > 2]
-    assert sum(flat_inside) < sum(inside) or len(flat_long_after) > len(long_after) + 3, (flat_inside, flat_long_after)
+    assert sum(flat_inside) < sum(inside) / 2, (flat_inside, inside)
 
 
 class NoStreaks(DraftPlanner):
