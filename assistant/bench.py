@@ -44,6 +44,7 @@ class BenchConfig:
     limit: int | None = None  # number of prompts
     max_prompt_tokens: int = 512
     warmup: int = 2
+    draft_len: int = GenerationConfig.draft_len  # the drafters' rows: the most tokens a lookup draft proposes
     # Runs of each prompt by every decoder, in interleaved rounds; each decoder's fastest
     # counts: on a shared machine that is the run the other work disturbed least, and a
     # per-prompt ratio of two single runs is mostly that disturbance.
@@ -435,7 +436,8 @@ def run_bench(
 
     def generate(eng, prompt, k):
         # reuse_prefix=False: every k pays the same full prefill, so only decoding differs.
-        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, k=k, stop_token_ids=stop_ids, reuse_prefix=False)
+        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, k=k, stop_token_ids=stop_ids, reuse_prefix=False,
+                               draft_len=config.draft_len)
         return eng.generate(prompt, gen)
 
     # Every engine runs the ks it has heads for (llama-cpp-python's peers: k = 1 only).

@@ -25,9 +25,12 @@ def register(sub) -> None:
                         "speculative output must equal plain output; default: llama.cpp's fast defaults, where runs "
                         "that part from plain decoding at near-ties are counted")
     p.add_argument("--drafter", default="heads",
-                   help="comma-separated drafters to compare: heads (rows per k), lookup (context n-grams), both "
-                        "(per step the one expected to commit more), auto (cost-aware, both drafters); "
-                        "every one but heads adds a row per engine of ours")
+                   help="comma-separated drafters to compare: heads (rows per k), lookup (context n-grams), "
+                        "heads+lookup (the heads' tokens, then the lookup continuation after them), both (per step the "
+                        "one of those expected to commit more), auto (cost-aware, all three); every one but heads adds "
+                        "a row per engine of ours")
+    p.add_argument("--draft-len", type=int, default=8,
+                   help="the most tokens a lookup or heads+lookup draft proposes (the drafters' rows)")
     p.add_argument("--prompts", default="humaneval", help="'humaneval' (the 164 problems) or a directory of held-out code")
     p.add_argument("--limit", type=int, help="use the first N prompts")
     p.add_argument("--max-new", type=int, default=128, help="tokens to generate per prompt")
@@ -48,6 +51,9 @@ def cmd_bench(args) -> int:
 
     from assistant.bench import BenchConfig, BenchEngines, bench_engines, directory_prompts, humaneval_prompts, run_bench
 
+    if args.draft_len < 1:
+        print(f"error: --draft-len must be >= 1, got {args.draft_len}", file=sys.stderr)
+        return EXIT_ERROR
     model_dir = ModelStore().resolve(args.model)
     spec = BenchEngines(
         engine=args.engine, quants=tuple(q.strip() for q in (args.quant or "").split(",") if q.strip()) or (None,),
@@ -58,7 +64,8 @@ def cmd_bench(args) -> int:
     engines = setup.engines
     prompts = humaneval_prompts() if args.prompts == "humaneval" else directory_prompts(args.prompts)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
-    config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit, repeats=args.repeats)
+    config = BenchConfig(max_new_tokens=args.max_new, ks=ks, limit=args.limit, draft_len=args.draft_len,
+                         repeats=args.repeats)
     result = run_bench(
         engines, setup.first.tokenizer, prompts, config,
         progress=lambda i, n: print(f"\rprompt {i}/{n}", end="", file=sys.stderr, flush=True),
@@ -66,7 +73,8 @@ def cmd_bench(args) -> int:
     )
     print(file=sys.stderr)
     result.meta = {
-        "model": str(model_dir), "engine": ", ".join(engines), "threads": args.threads, "prompts": args.prompts, "max_new": args.max_new, "repeats": args.repeats,
+        "model": str(model_dir), "engine": ", ".join(engines), "threads": args.threads, "prompts": args.prompts, "max_new": args.max_new,
+        "draft_len": args.draft_len, "repeats": args.repeats,
         "device": args.device, "dtype": args.dtype,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }

@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 from assistant.errors import UserError
 
 
-DRAFTERS = ("heads", "lookup", "both", "auto")  # GenerationConfig.drafter
+DRAFTERS = ("heads", "lookup", "heads+lookup", "both", "auto")  # GenerationConfig.drafter
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,12 @@ class GenerationConfig:
     # the result's text and stop strings are looked for only after them.
     heal_bytes: bytes = b""
     # Who drafts (engine/drafting.py): "heads" (heads 2..k), "lookup" (n-gram matches in the
-    # prompt, the generated text and lookup_tokens), "both" (per step the one expected to
-    # commit more) or "auto" (drafter and length by expected tokens per second on this
+    # prompt, the generated text and lookup_tokens), "heads+lookup" (the heads' tokens, then
+    # the lookup continuation after them), "both" (per step the one of those expected to
+    # commit more) or "auto" (proposal and length by expected tokens per second on this
     # machine; zero when nothing pays). The output is the same for every drafter.
     drafter: str = "heads"
-    draft_len: int = 8  # the most tokens a lookup draft proposes
+    draft_len: int = 8  # the most tokens a lookup (or heads+lookup) draft proposes
     # More token sequences a lookup may copy from (the completion context's snippets).
     lookup_tokens: tuple[tuple[int, ...], ...] = ()
 

@@ -1,24 +1,43 @@
 """Drafters and the choice of how much to draft, for speculative.decode.
 
 A drafter proposes the tokens that follow the last committed one; head 1 verifies them
-all in one forward (speculative.py). Two drafters:
+all in one forward (speculative.py). Three proposals:
 
-    heads   the MTP heads 2..k, read at the last accepted position (k - 1 tokens)
-    lookup  context lookup: the last n tokens (n = 3, 2, 1, longest first) matched in the
-            prompt, the text generated so far and token sequences the caller passes (the
-            completion context's snippets); the tokens that followed the match are the
-            draft. Copying is common in code, and such drafts are often right many tokens
-            in a row. A lookup draft is a deterministic proposal (q one-hot), which the
-            speculative-sampling rule accepts with probability p(token).
+    heads         the MTP heads 2..k, read at the last accepted position (k - 1 tokens)
+    lookup        context lookup: the last n tokens (n = 3, 2, 1, longest first) matched in the
+                  prompt, the text generated so far and token sequences the caller passes (the
+                  completion context's snippets); the tokens that followed the match are the
+                  draft. Copying is common in code, and such drafts are often right many tokens
+                  in a row. A lookup draft is a deterministic proposal (q one-hot), which the
+                  speculative-sampling rule accepts with probability p(token).
+    heads+lookup  both in one draft: the heads' k - 1 tokens, then the lookup continuation of
+                  the n-gram that ends with them (History.lookup(after=...)): where the heads
+                  are right the copy goes on past them. The heads' positions keep their
+                  proposal rows, the extension's are one-hot.
 
 How much to draft (DraftPlanner): a forward of R rows costs cost(R) (a probe measured on
 this machine, then what decoding's own forwards measure), a draft of m tokens whose
 conditional acceptance rates are c_1..c_m is expected to commit 1 + sum_i prod_{j<=i} c_j
-tokens, so each step drafts the m (and the drafter) that maximise tokens per second, zero
+tokens, so each step drafts the m (and the proposal) that maximise tokens per second, zero
 unless that beats a plain step by a margin. The rates are learned online per drafter and
-draft position (and per match length for lookup), kept by the engine across requests; the
-heads' prior comes from the model's card where it measured them. A drafter is tried once at
-first, and one that does not pay only rarely again, within a small share of the time.
+draft position (for lookup and the extension also per match length and copy streak), kept
+by the engine across requests; the heads' prior comes from the model's card where it
+measured them. A drafter is tried once at first, and one that does not pay only rarely
+again, within a small share of the time.
+
+Copy streaks: lookup acceptance is bimodal. Inside a copied region nearly every draft is
+right, elsewhere few are; so the lookup and extension rates are kept per `streak`, the
+number of lookup drafts in a row (capped at MAX_STREAK) accepted in full. Inside a copy the
+planner then drafts long, and one rejection drops it back to the rates of the text outside
+copies. A lookup found but not drafted counts too, as a draft of its first SHADOW_TOKENS
+checked against the tokens committed after it: on a CPU, where a lookup outside a copy
+rarely pays, that is how a copy is seen to begin.
+
+Sampling stays exact because every choice about a draft position is made from what is known
+before that position's draft token is sampled: which proposal, its length and how many
+heads from the rates and the heads' rows (the extension it weighs follows their likeliest
+tokens); after the heads' tokens are drawn, only the lookup that follows them (they are the
+prefix it continues), cut to that length.
 """
 
 from __future__ import annotations
@@ -32,22 +51,26 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 LOOKUP_HEAD = 0  # token_heads' tag of a token a lookup draft proposed (heads are 1..k)
 MAX_NGRAM = 3
+MAX_STREAK = 2  # copy streaks counted: 0, 1, 2 or more lookup drafts in a row accepted in full
+SHADOW_TOKENS = 2  # an undrafted lookup is checked as a draft of this many tokens (DraftPlanner.observe_lookup)
 
 
 @dataclass
 class Proposal:
-    """A draft: tokens and, for sampling, the proposal distribution of each (None: one-hot)."""
+    """A draft: the heads' tokens first (`heads` of them, each with its proposal row), then
+    the lookup's (one-hot proposals)."""
 
     tokens: list[int]
-    source: str  # "heads" or "lookup"
-    rows: list | None = None  # heads: the chooser's prepared rows (probabilities when sampling)
-    ngram: int = 0  # lookup: the length of the match
+    source: str  # "heads", "lookup" or "heads+lookup"
+    rows: list | None = None  # the heads' positions: the chooser's prepared rows (probabilities when sampling)
+    ngram: int = 0  # the lookup part: the length of its match
+    heads: int = 0  # how many of the tokens the heads drafted
 
 
 class History:
@@ -69,15 +92,20 @@ class History:
         self.ids[self.length] = token
         self.length += 1
 
-    def lookup(self, max_len: int, max_n: int = MAX_NGRAM) -> tuple[list[int], int]:
+    def lookup(self, max_len: int, max_n: int = MAX_NGRAM, after: Sequence[int] = ()) -> tuple[list[int], int]:
         """The continuation (up to max_len tokens) of the longest, most recent match of the last
-        n <= max_n tokens: in the history first, then in the extra sequences; ([], 0) if none."""
-        if max_len < 1 or self.length < 1:
+        n <= max_n tokens: in the history first, then in the extra sequences; ([], 0) if none.
+        after: tokens taken to follow the history for this lookup only (a draft's), not kept."""
+        end = self.length + len(after)
+        if max_len < 1 or end < 1:
             return [], 0
-        history = self.ids[: self.length]
+        if end > len(self.ids):
+            self.ids = np.concatenate([self.ids, np.zeros(end - len(self.ids), dtype=np.int64)])
+        self.ids[self.length : end] = after  # past `length`: the next append overwrites them
+        history = self.ids[:end]
         pattern = history[-max_n:]
         # In the history, a match must end before its last token (that is the pattern itself).
-        n, start = _longest_match(history, self.length - 1, pattern)
+        n, start = _longest_match(history, end - 1, pattern)
         best_n, best = n, (history[start : start + max_len].tolist() if n else [])
         if n < len(pattern) and len(self.extra):
             n, start = _longest_match(self.extra, len(self.extra) - 1, pattern)
@@ -246,38 +274,67 @@ def _bounded(seconds: float, estimate: float) -> float:
     return min(seconds, 3 * estimate)
 
 
-def best_length(rates: Sequence[float], cost: CostCurve, per_token_s: float = 0.0) -> tuple[int, float]:
-    """(m, tokens per second) of the draft length m in 0..len(rates) that commits the most
-    tokens per second; per_token_s: what drafting each token costs on top of the forward."""
+def best_length(
+    rates: Sequence[float], cost: CostCurve, per_token_s: float | Sequence[float] = 0.0, first: int = 1
+) -> tuple[int, float]:
+    """(m, tokens per second) of the draft length m in 0 and first..len(rates) that commits
+    the most tokens per second; per_token_s: what drafting a token costs on top of the
+    forward, one figure for every position or one per position."""
+    if isinstance(per_token_s, (int, float)):
+        per_token_s = [float(per_token_s)] * len(rates)
     best = (0, 1.0 / cost.forward_s(1))
+    drafting = 0.0
     for m, tokens in enumerate(expected_tokens(rates)):
         if m:
-            speed = tokens / (cost.forward_s(1 + m) + m * per_token_s)
-            if speed > best[1]:
+            drafting += per_token_s[m - 1]
+            speed = tokens / (cost.forward_s(1 + m) + drafting)
+            if m >= first and speed > best[1]:
                 best = (m, speed)
     return best
 
 
 @dataclass
+class _Option:
+    """One way to draft this step, as the planner weighs it."""
+
+    speed: float  # expected tokens per second at its best length
+    source: str  # Proposal.source
+    m: int  # its best length (0: none pays)
+    room: int  # the most tokens it can draft: what a try drafts
+    key: tuple  # what the planner's tries know it by
+    per_token_s: list[float]  # what drafting each position costs (the heads' positions: a head's draft)
+
+
+@dataclass
 class DraftPlanner:
-    """Chooses, each step, which drafter drafts and how many tokens, by expected tokens per
-    second; learns the drafters' acceptance (and, through its cost curve, the forwards'
-    cost) as it goes. Kept by the engine across calls, so a completion starts from what
-    the ones before it taught.
+    """Chooses, each step, which proposal (heads, lookup, heads+lookup) drafts and how many
+    tokens, by expected tokens per second; learns the drafters' acceptance (and, through
+    its cost curve, the forwards' cost) as it goes. Kept by the engine across calls, so a
+    completion starts from what the ones before it taught.
 
     Three rules keep it from being slower than plain decoding:
     - a draft is made only where its expected tokens per second beat a plain step's by
       `margin` (the estimates are noisy; a draft that barely pays on paper does not);
-    - a drafter (heads, or lookup at one match length) that has not been tried yet is tried
-      once, with all it has: a draft is the only way to learn its acceptance;
+    - a drafter (heads, or lookup at one match length and streak) that has not been tried
+      yet is tried once, with all it has: a draft is the only way to learn its acceptance;
     - one that did not pay is tried again rarely: at least `explore_gap` steps apart, and
       only as often as a budget of `explore_share` of the plain steps' time allows. So the
       planner's measurements cost at most that share of the time where nothing pays.
-    When nothing may pay and no try is due, a step does no lookup and no planning (wanted)."""
+    Where no draft would pay even if right, a step does no lookup and no planning (wanted).
+    Where only a right one would, the lookup still runs: what it found is checked against
+    the tokens committed after it (observe_lookup), free evidence of its acceptance, and
+    how the planner sees a copy begin (the copy streak) while it drafts nothing.
+
+    The heads+lookup proposal uses the heads' rates for its heads' positions and its own
+    table (`extension`, per match length and streak) for the lookup's; its lookup needs the
+    heads' tokens, so plan asks for it (`extend`) only where it could beat the best other
+    option or the heads are being tried anyway."""
 
     cost: CostCurve
     heads: Acceptance = field(default_factory=lambda: Acceptance(prior=DEFAULT_HEADS_PRIOR))
-    lookup: dict[int, Acceptance] = field(default_factory=dict)  # by match length
+    lookup: dict[tuple[int, int], Acceptance] = field(default_factory=dict)  # by (match length, streak)
+    extension: dict[tuple[int, int], Acceptance] = field(default_factory=dict)  # heads+lookup's lookup part, likewise
+    streak: int = 0  # lookup drafts in a row accepted in full, at most MAX_STREAK
     margin: float = 0.1
     explore_gap: int = 32
     explore_share: float = 0.02
@@ -285,96 +342,170 @@ class DraftPlanner:
     explored: int = 0  # drafts made as tries, not because they were expected to pay
     _credit: float = field(default=0.0, repr=False)  # seconds of the exploration budget not yet spent
     _last_try: int = field(default=-(10**9), repr=False)
-    _tried: dict = field(default_factory=dict, repr=False)  # drafter key -> step of its last draft
-    # (rooms, may lookup pay, may heads pay, (would right lookup drafts pay, right heads drafts))
+    _tried: dict = field(default_factory=dict, repr=False)  # option key -> step of its last draft
+    # (rooms and streak, may lookup pay, may heads pay, may heads+lookup pay,
+    #  (would right lookup drafts pay, right heads drafts))
     _verdict: tuple | None = field(default=None, repr=False)
 
     def lookup_rates(self, ngram: int, length: int) -> list[float]:
-        return self._lookup_table(ngram).rates(length)
+        return self._table(self.lookup, ngram).rates(length)
 
-    def _lookup_table(self, ngram: int) -> Acceptance:
-        if ngram not in self.lookup:
-            self.lookup[ngram] = Acceptance()
-        return self.lookup[ngram]
+    def extension_rates(self, ngram: int, length: int) -> list[float]:
+        return self._table(self.extension, ngram).rates(length)
+
+    def _table(self, tables: dict[tuple[int, int], Acceptance], ngram: int) -> Acceptance:
+        key = (ngram, self.streak)
+        if key not in tables:
+            tables[key] = Acceptance()
+        return tables[key]
 
     def _pays(self, speed: float) -> bool:
         return speed > (1.0 + self.margin) / self.cost.forward_s(1)
 
+    def _per_token(self, heads: int, room: int) -> list[float]:
+        """What drafting each of `room` positions costs when the first `heads` are the heads'."""
+        return [self.cost.draft_s()] * heads + [0.0] * (room - heads)
+
+    def _lookup_option(self, ngram: int, room: int) -> _Option:
+        m, speed = best_length(self.lookup_rates(ngram, room), self.cost)
+        return _Option(speed, "lookup", m, room, ("lookup", ngram, self.streak), self._per_token(0, room))
+
+    def _heads_option(self, room: int) -> _Option:
+        per_token = self._per_token(room, room)
+        m, speed = best_length(self.heads.rates(room), self.cost, per_token)
+        return _Option(speed, "heads", m, room, ("heads",), per_token)
+
+    def _combined_option(self, ngram: int, heads: int, extension: int) -> _Option:
+        """All `heads` of the heads' tokens, then at least one of `extension` lookup tokens."""
+        room = heads + extension
+        per_token = self._per_token(heads, room)
+        rates = self.heads.rates(heads) + self.extension_rates(ngram, extension)
+        m, speed = best_length(rates, self.cost, per_token, first=heads + 1)
+        return _Option(speed, "heads+lookup", m, room, ("heads+lookup", ngram, self.streak), per_token)
+
     def wanted(self, lookup_room: int, heads_room: int) -> tuple[bool, bool]:
         """(lookup, heads): whether this step should look for a lookup draft and consider the
         heads at all. Counts the step (and its share of the exploration budget); False,
-        False makes it a plain step with no planning work."""
+        False makes it a plain step with no planning work. heads+lookup drafts at most
+        lookup_room tokens, the first heads_room of them the heads'."""
         self.steps += 1
         plain_s = self.cost.forward_s(1)
-        cap = 2 * max(self._try_cost("lookup", lookup_room), self._try_cost("heads", heads_room))
+        lookup_cost, heads_cost = self._per_token(0, lookup_room), self._per_token(heads_room, heads_room)
+        cap = 2 * max(self._try_cost(lookup_cost), self._try_cost(heads_cost))
         self._credit = min(self._credit + self.explore_share * plain_s, cap)
-        if self._verdict is None or self._verdict[0] != (lookup_room, heads_room) or self.steps % 16 == 0:
+        rooms = (lookup_room, heads_room, self.streak)
+        if self._verdict is None or self._verdict[0] != rooms or self.steps % 16 == 0:
             # The costs drift a little every step; the verdict is renewed every 16 and after every draft.
-            may_lookup = lookup_room > 0 and any(
-                self._pays(best_length(self.lookup_rates(n, lookup_room), self.cost)[1]) for n in range(1, MAX_NGRAM + 1)
+            ngrams = range(1, MAX_NGRAM + 1)
+            may_lookup = lookup_room > 0 and any(self._pays(self._lookup_option(n, lookup_room).speed) for n in ngrams)
+            may_heads = heads_room > 0 and self._pays(self._heads_option(heads_room).speed)
+            extension = lookup_room - heads_room
+            may_both = heads_room > 0 and extension > 0 and any(
+                self._pays(self._combined_option(n, heads_room, extension).speed) for n in ngrams
             )
-            may_heads = heads_room > 0 and self._pays(
-                best_length(self.heads.rates(heads_room), self.cost, self.cost.draft_s())[1]
-            )
-            worth_a_try = (self._could_pay("lookup", lookup_room), self._could_pay("heads", heads_room))
-            self._verdict = ((lookup_room, heads_room), may_lookup, may_heads, worth_a_try)
-        _, may_lookup, may_heads, (try_lookup, try_heads) = self._verdict
+            worth_a_try = (self._could_pay(lookup_cost), self._could_pay(heads_cost))
+            self._verdict = (rooms, may_lookup, may_heads, may_both, worth_a_try)
+        _, may_lookup, may_heads, may_both, (try_lookup, try_heads) = self._verdict
         due = self.steps - self._last_try >= self.explore_gap
         if try_lookup:
-            untried = any(("lookup", n) not in self._tried for n in range(1, MAX_NGRAM + 1))
-            try_lookup = untried or (due and self._credit >= self._try_cost("lookup", lookup_room))
+            untried = any(("lookup", n, self.streak) not in self._tried for n in range(1, MAX_NGRAM + 1))
+            try_lookup = untried or (due and self._credit >= self._try_cost(lookup_cost))
         if try_heads:
-            try_heads = ("heads",) not in self._tried or (due and self._credit >= self._try_cost("heads", heads_room))
-        return may_lookup or try_lookup, may_heads or try_heads
+            try_heads = ("heads",) not in self._tried or (due and self._credit >= self._try_cost(heads_cost))
+        # A lookup runs wherever a right lookup draft would pay, drafted or not: an undrafted
+        # one is checked against the tokens committed after it (observe_lookup), which is how
+        # the planner sees a copy begin where it drafts nothing.
+        return may_lookup or may_both or try_lookup or self._verdict[4][0], may_heads or may_both or try_heads
 
-    def _could_pay(self, source: str, room: int) -> bool:
-        """Whether a draft of at most `room` tokens would pay if every token were right: where
-        not, trying the drafter can only lose."""
-        per_token = self.cost.draft_s() if source == "heads" else 0.0
-        return room > 0 and self._pays(best_length([1.0] * room, self.cost, per_token)[1])
+    def _could_pay(self, per_token_s: list[float]) -> bool:
+        """Whether a draft of len(per_token_s) tokens at most would pay if every token were
+        right: where not, trying the drafter can only lose."""
+        return len(per_token_s) > 0 and self._pays(best_length([1.0] * len(per_token_s), self.cost, per_token_s)[1])
 
-    def _try_cost(self, source: str, m: int) -> float:
-        """What a try of m tokens costs beyond a plain step (the heads' drafting included)."""
-        per_token = self.cost.draft_s() if source == "heads" else 0.0
-        return self.cost.forward_s(1 + m) - self.cost.forward_s(1) + m * per_token
+    def _try_cost(self, per_token_s: list[float]) -> float:
+        """What a try of len(per_token_s) tokens costs beyond a plain step (drafting included)."""
+        return self.cost.forward_s(1 + len(per_token_s)) - self.cost.forward_s(1) + sum(per_token_s)
 
-    def plan(self, lookup: tuple[list[int], int] | None, heads_room: int) -> tuple[str, int]:
-        """("lookup" | "heads" | "", m): the drafter and the number of tokens to draft.
+    def _tries(self, options: list[_Option]) -> tuple[list[_Option], bool]:
+        """(the options a try may take, whether they are untried ones): where a right draft
+        would pay, those never tried, else (when due and paid for) all of them."""
+        options = [o for o in options if self._could_pay(o.per_token_s)]
+        untried = [o for o in options if o.key not in self._tried]
+        if untried:
+            return untried, True
+        if self.steps - self._last_try < self.explore_gap:
+            return [], False
+        return [o for o in options if self._credit >= self._try_cost(o.per_token_s)], False
+
+    def plan(
+        self,
+        lookup: tuple[list[int], int] | None,
+        heads_room: int,
+        extend: Callable[[], tuple[list[int], int]] | None = None,
+        extension_room: int = 0,
+    ) -> tuple[str, int]:
+        """(Proposal.source or "", m): the proposal and the number of tokens to draft (for
+        heads+lookup: heads_room heads' tokens, then m - heads_room lookup tokens at most).
         lookup: the lookup's (draft, match length), None if there is none this step;
-        heads_room: the most tokens the heads may draft (0 if they are not used)."""
-        options = []  # (expected tokens per second, source, m, room, key)
+        heads_room: the most tokens the heads may draft (0 if they are not used);
+        extend: the lookup after the heads' heads_room tokens (draft of at most
+        extension_room tokens, match length), None where heads+lookup is not used."""
+        options = []
         if lookup and lookup[0]:
-            m, speed = best_length(self.lookup_rates(lookup[1], len(lookup[0])), self.cost)
-            options.append((speed, "lookup", m, len(lookup[0]), ("lookup", lookup[1])))
+            options.append(self._lookup_option(lookup[1], len(lookup[0])))
         if heads_room > 0:
-            m, speed = best_length(self.heads.rates(heads_room), self.cost, self.cost.draft_s())
-            options.append((speed, "heads", m, heads_room, ("heads",)))
-        paying = [o for o in options if o[2] and self._pays(o[0])]
+            options.append(self._heads_option(heads_room))
+        paying = [o for o in options if o.m and self._pays(o.speed)]
+        if extend is not None and heads_room > 0 and extension_room > 0:
+            best = max((o.speed for o in paying), default=0.0)
+            bound = max(self._combined_option(n, heads_room, extension_room).speed for n in range(1, MAX_NGRAM + 1))
+            heads_tried = not paying and any(o.source == "heads" for o in self._tries(options)[0])
+            if (self._pays(bound) and bound > best) or heads_tried:
+                found, ngram = extend()
+                if found:
+                    combined = self._combined_option(ngram, heads_room, len(found))
+                    options.append(combined)
+                    if combined.m and self._pays(combined.speed):
+                        paying.append(combined)
         if paying:
-            speed, source, m, _, key = max(paying, key=lambda o: o[0])
-            self._tried[key] = self.steps
-            return source, m
-        # A try, where a right draft would pay: a drafter never tried, else (when due and paid
-        # for) the one tried longest ago.
-        options = [o for o in options if self._could_pay(o[1], o[3])]
-        untried = [o for o in options if o[4] not in self._tried]
-        due = self.steps - self._last_try >= self.explore_gap
-        candidates = untried or ([o for o in options if self._credit >= self._try_cost(o[1], o[3])] if due else [])
+            choice = max(paying, key=lambda o: o.speed)
+            self._tried[choice.key] = self.steps
+            return choice.source, choice.m
+        candidates, untried = self._tries(options)
         if not candidates:
             return "", 0
-        _, source, _, room, key = min(candidates, key=lambda o: self._tried.get(o[4], -1))
+        choice = min(candidates, key=lambda o: self._tried.get(o.key, -1))  # the one tried longest ago
         if not untried:
-            self._credit -= self._try_cost(source, room)
+            self._credit -= self._try_cost(choice.per_token_s)
             self._last_try = self.steps
-        self._tried[key] = self.steps
+        self._tried[choice.key] = self.steps
         self.explored += 1
-        return source, room
+        return choice.source, choice.room
 
     def record(self, proposal: Proposal, accepted: int, verified: int) -> None:
-        """The first `accepted` of the proposal's first `verified` tokens were accepted."""
-        table = self.heads if proposal.source == "heads" else self._lookup_table(proposal.ngram)
-        table.record(verified, accepted)
+        """The first `accepted` of the proposal's first `verified` tokens were accepted. The
+        lookup part says something only where the heads' part before it was all accepted;
+        where it was verified, it moves the copy streak."""
+        heads = proposal.heads
+        if heads:
+            self.heads.record(min(verified, heads), min(accepted, heads))
+        if verified > heads and accepted >= heads:
+            self._table(self.extension if heads else self.lookup, proposal.ngram).record(verified - heads, accepted - heads)
+            self.streak = min(MAX_STREAK, self.streak + 1) if accepted == verified else 0
         self._verdict = None
+
+    def observe_lookup(self, ngram: int, streak: int, accepted: int, verified: int) -> None:
+        """A lookup continuation found at `streak` but not drafted: the tokens committed after
+        it agreed with its first `accepted` of `verified`. The same evidence a draft would
+        have given (with sampling, a committed token equals a one-hot draft with the
+        probability that the draft would have been accepted), for nothing."""
+        if verified < 1:
+            return
+        Acceptance.record(self.lookup.setdefault((ngram, streak), Acceptance()), verified, accepted)
+        before = self.streak
+        self.streak = min(MAX_STREAK, streak + 1) if accepted == verified else 0
+        if self.streak != before:
+            self._verdict = None  # (one observation's change of a rate waits for the 16-step renewal)
 
     def observe_forward(self, n_rows: int, seconds: float) -> None:
         self.cost.observe(n_rows, seconds)

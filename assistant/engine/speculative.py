@@ -40,7 +40,7 @@ from assistant.engine.base import (
     DecodeStats,
     GenerationConfig,
 )
-from assistant.engine.drafting import LOOKUP_HEAD, CostCurve, DraftPlanner, History, Proposal
+from assistant.engine.drafting import LOOKUP_HEAD, SHADOW_TOKENS, CostCurve, DraftPlanner, History, Proposal
 from assistant.engine.healing import allowed_tokens, restrict, still_to_heal
 
 
@@ -88,6 +88,9 @@ class _Greedy:
     def pick(self, row: int) -> int:
         return row
 
+    def likeliest(self, rows: list[int]) -> list[int]:
+        return rows
+
     def verify(self, target: int, draft: int, draft_row: int) -> tuple[bool, int]:
         """Accept the draft if head 1 agrees; else head 1's own token comes next."""
         return target == draft, target
@@ -105,6 +108,10 @@ class _Sampling:
 
     def pick(self, row: torch.Tensor) -> int:
         return int(torch.multinomial(row, 1, generator=self.generator))
+
+    def likeliest(self, rows: torch.Tensor) -> list[int]:
+        """Each row's most likely token: what a choice may look at before the token is drawn."""
+        return rows.argmax(-1).tolist()
 
     def verify(self, p: torch.Tensor, draft: int, q: torch.Tensor | None) -> tuple[bool, torch.Tensor]:
         """Accept with probability min(1, p/q); else the next token follows max(0, p - q).
@@ -145,10 +152,12 @@ def decode(
     """Generate after `prompt`, whose first `start_pos` tokens are already cached.
 
     config.drafter says who drafts: "heads" (heads 2..k, every step as many as fit),
-    "lookup" (context lookup, config.draft_len tokens at most), "both" (each step the one
-    expected to commit more tokens, by the acceptance learned in this call) or "auto" (the
-    drafter and length that maximise expected tokens per second: `planner`, the engine's,
-    which knows the cost of a forward)."""
+    "lookup" (context lookup, config.draft_len tokens at most), "heads+lookup" (every step
+    the heads' tokens, then the lookup continuation after them, config.draft_len tokens in
+    all at most), "both" (each step the proposal of those three expected to commit more
+    tokens, by the acceptance learned in this call) or "auto" (the proposal and length that
+    maximise expected tokens per second: `planner`, the engine's, which knows the cost of a
+    forward)."""
     if not 0 <= start_pos < len(prompt):
         raise ValueError(f"start_pos {start_pos} must leave at least one of {len(prompt)} prompt tokens to feed")
     drafter = config.drafter
@@ -206,19 +215,56 @@ def decode(
             return STOP_MAX_TOKENS
         return None
 
-    def heads_draft(n: int) -> Proposal:
-        """Heads 2..n+1's drafts at the last accepted position (their logits computed now)."""
+    def heads_rows(n: int):
+        """Heads 2..n+1's prepared rows at the last accepted position (their logits computed now)."""
         clock = time.perf_counter()
         logits = out.draft_logits(last_index, n)  # (n, V)
         elapsed = time.perf_counter() - clock
         stats.model_s += elapsed
         if planner is not None:
             planner.observe_draft(n, elapsed)
-        rows = chooser.prepare(logits)
-        return Proposal([chooser.pick(rows[i]) for i in range(n)], "heads", rows)
+        return chooser.prepare(logits)
+
+    def heads_draft(n: int, rows=None) -> Proposal:
+        """The heads' first n tokens, drawn now (from `rows` where already prepared)."""
+        rows = heads_rows(n) if rows is None else rows
+        return Proposal([chooser.pick(rows[i]) for i in range(n)], "heads", rows, heads=n)
+
+    def extended(heads: Proposal | None, room: int, m: int | None = None) -> Proposal | None:
+        """`heads` followed by the lookup continuation of the n-gram that ends with their
+        tokens (m tokens in all at most, None: as many as `room` allows); the heads alone
+        where no lookup matches."""
+        before = heads.tokens if heads else []
+        found, ngram = history.lookup(min(room, m or room) - len(before), after=before)
+        if not heads:
+            return Proposal(found, "lookup", ngram=ngram) if found else None
+        if not found:
+            return heads
+        return Proposal(before + found, "heads+lookup", heads.rows, ngram=ngram, heads=len(before))
+
+    # Lookup continuations found but not drafted: (history length, continuation, match length, streak).
+    shadows: list[tuple[int, list[int], int, int]] = []
+
+    def check_shadows() -> None:
+        """Tell the planner how each undrafted lookup continuation fared against the tokens
+        committed since: as a draft of its first SHADOW_TOKENS would have (one token right
+        is weak evidence of a copy where a few tokens are possible; two in a row is less
+        often luck)."""
+        while shadows:
+            at, found, ngram, streak = shadows[0]
+            committed = history.ids[at : history.length].tolist()
+            need = min(len(found), SHADOW_TOKENS)
+            agree = next((i for i, (a, b) in enumerate(zip(found[:need], committed)) if a != b), None)
+            if agree is None and len(committed) < need:
+                return  # not all in yet (the later ones are younger)
+            accepted = need if agree is None else agree
+            planner.observe_lookup(ngram, streak, accepted, need if agree is None else agree + 1)
+            shadows.pop(0)
 
     def propose(room: int) -> Proposal | None:
         """The draft for this step, of at most `room` tokens; None: a plain step."""
+        if shadows:
+            check_shadows()
         if room <= 0:
             return None
         if drafter == "heads":
@@ -227,14 +273,34 @@ def decode(
             found, ngram = history.lookup(min(room, config.draft_len))
             return Proposal(found, "lookup", ngram=ngram) if found else None
         lookup_room, heads_room = min(room, config.draft_len), min(room, k - 1) if uses_heads else 0
+        if drafter == "heads+lookup":
+            return extended(heads_draft(heads_room) if heads_room else None, lookup_room)
         want_lookup, want_heads = planner.wanted(lookup_room, heads_room)
         if not (want_lookup or want_heads):
-            return None  # nothing may pay and no try is due: a plain step, no lookup, no planning
+            return None  # no draft would pay, even a right one: a plain step, no lookup, no planning
         found, ngram = history.lookup(lookup_room) if want_lookup else ([], 0)
-        source, m = planner.plan((found, ngram) if found else None, heads_room if want_heads else 0)
+        rows = None
+
+        def extend() -> tuple[list[int], int]:
+            # What the choice may know before the heads' tokens are drawn: the lookup after
+            # their likeliest tokens (with greedy choice, the tokens themselves).
+            nonlocal rows
+            rows = heads_rows(heads_room)
+            return history.lookup(lookup_room - heads_room, after=chooser.likeliest(rows))
+
+        use_both = want_lookup and want_heads and lookup_room > heads_room > 0
+        source, m = planner.plan((found, ngram) if found else None, heads_room if want_heads else 0,
+                                 extend if use_both else None, lookup_room - heads_room)
         if source == "lookup":
             return Proposal(found[:m], "lookup", ngram=ngram)
-        return heads_draft(m) if source == "heads" else None
+        if found and source != "heads+lookup":  # its extension is checked as it is drafted
+            shadows.append((history.length, found, ngram, planner.streak))
+        if source == "heads":
+            return heads_draft(m, rows)
+        if source == "heads+lookup":
+            # The heads' tokens are drawn now; the lookup follows the ones drawn.
+            return extended(heads_draft(heads_room, rows), lookup_room, m)
+        return None
 
     started = time.perf_counter()
     if config.max_new_tokens == 0:
@@ -283,26 +349,29 @@ def decode(
         verify_rows = chooser.prepare(verify_logits)
         accepted = 0
         next_row = None
-        by_lookup = proposal is not None and proposal.source == "lookup"
+        n_heads = proposal.heads if proposal else 0  # the heads' positions come first; the rest are lookup's
         for i in range(len(drafts)):
             stats.draft_proposed[i] += 1  # unconditional: acceptance[i] = P(at least i + 1 drafts accepted)
-            if by_lookup:
+            if i >= n_heads:
                 stats.lookup_proposed[i] += 1
         for i, draft in enumerate(drafts):
-            ok, row = chooser.verify(verify_rows[i], draft, None if by_lookup else proposal.rows[i])
+            by_heads = i < n_heads
+            ok, row = chooser.verify(verify_rows[i], draft, proposal.rows[i] if by_heads else None)
             if not ok:
                 next_row = row
                 break
             stats.draft_accepted[i] += 1
-            if by_lookup:
+            if not by_heads:
                 stats.lookup_accepted[i] += 1
             accepted += 1
-            reason = emit(draft, LOOKUP_HEAD if by_lookup else i + 2)
+            reason = emit(draft, i + 2 if by_heads else LOOKUP_HEAD)
             if reason is not None:
                 break
         if planner is not None and proposal is not None:
             # A stop inside the draft left the rest unverified: it says nothing about them.
             planner.record(proposal, accepted, verified=len(drafts) if reason is None else accepted)
+            if len(drafts) > proposal.heads:
+                shadows.clear()  # a lookup draft verified now says more of the streak than the older ones
         position += 1 + accepted  # the token and the accepted drafts are now cached
         last_index = accepted
         if reason is not None:

@@ -203,7 +203,7 @@ def test_cli_bench_with_peers_in_fast_and_exact_mode(exported, tmp_path):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "a.py").write_text(body[:2000])
     env = {**os.environ, "MTP_ASSISTANT_HOME": str(tmp_path / "home")}  # where the auto drafter's probe is kept
-    for exact in ([], ["--exact", "--drafter", "heads,lookup,both,auto"]):
+    for exact in ([], ["--exact", "--drafter", "heads,lookup,heads+lookup,both,auto", "--draft-len", "12"]):
         out = tmp_path / "bench.json"
         proc = subprocess.run(
             [sys.executable, "-m", "assistant.cli", "bench", "--model", str(model_dir), "--engine", "llama", "--peers",
@@ -217,7 +217,8 @@ def test_cli_bench_with_peers_in_fast_and_exact_mode(exported, tmp_path):
         assert report["exact_engines"]["llama f32"] == bool(exact)
         if exact:
             assert report["mismatches"] == 0  # every drafter's output is plain decoding's
-            for drafter in ("lookup", "both", "auto"):
+            assert report["meta"]["draft_len"] == 12
+            for drafter in ("lookup", "heads+lookup", "both", "auto"):
                 assert f"| llama f32 {drafter} | 1 |" in proc.stdout
                 assert report["runs_by_engine"][f"llama f32 {drafter}"] == 3
             assert list((tmp_path / "home" / "probes").glob("probe-*.json"))

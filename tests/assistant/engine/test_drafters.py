@@ -1,6 +1,7 @@
-"""Drafters (heads, context lookup, both, cost-aware auto) in the one speculative loop:
-stub models whose drafts are always or never right, n-gram lookup itself, the planner,
-exact greedy output and exact sampling distribution on real models."""
+"""Drafters (heads, context lookup, heads+lookup, both, cost-aware auto) in the one
+speculative loop: stub models whose drafts are always or never right, n-gram lookup itself,
+the planner and its copy streaks, exact greedy output and exact sampling distribution on
+real models."""
 
 import random
 
@@ -66,7 +67,7 @@ def test_lookup_copies_from_the_callers_sequences():
     assert without.tokens == out.tokens and without.stats.forward_passes > 10
 
 
-@pytest.mark.parametrize("drafter", ["heads", "lookup", "both", "auto"])
+@pytest.mark.parametrize("drafter", ["heads", "lookup", "heads+lookup", "both", "auto"])
 @pytest.mark.parametrize("agree", [True, False])
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_every_drafter_gives_head_ones_tokens_with_stops_and_limits(drafter, agree, k):
@@ -135,7 +136,7 @@ def test_acceptance_is_conditional_and_bounded_by_its_prior():
     assert best_length([0.5] * 4, CostCurve([1.0, 1.9, 2.8, 3.5, 4.2]))[0] == 0
 
 
-@pytest.mark.parametrize("drafter", ["lookup", "both", "auto"])
+@pytest.mark.parametrize("drafter", ["lookup", "heads+lookup", "both", "auto"])
 def test_random_model_every_drafter_greedy_equals_plain(drafter):
     engine = TorchEngine(random_model(4, n_layers=6), ByteTokenizer(), dtype=torch.float64)
     # A cheap verifier, so that auto drafts (the probe of a busy test machine might not).
@@ -156,7 +157,7 @@ def test_trained_model_lookup_and_both_equal_plain_and_accept_drafts(trained_mod
     engine = TorchEngine(loaded.model, loaded.tokenizer)
     tok = loaded.tokenizer
     rng = random.Random(1)
-    tpf = {"lookup": [], "both": []}
+    tpf = {"lookup": [], "heads+lookup": [], "both": []}
     for cut in [rng.randrange(300, len(body) - 1) for _ in range(4)]:
         prompt = tok.encode(body[max(0, cut - 200) : cut])
         plain = engine.generate(prompt, GenerationConfig(max_new_tokens=40, k=1, reuse_prefix=False))
@@ -167,13 +168,16 @@ def test_trained_model_lookup_and_both_equal_plain_and_accept_drafts(trained_mod
                                                                     drafter=drafter))
                     assert spec.tokens == plain.tokens, (cut, drafter, k, reuse)
             tpf[drafter].append(spec.stats.tokens_per_forward)
-    assert max(tpf["lookup"]) > 1.3 and max(tpf["both"]) > 1.3, tpf  # repetitive code: lookups are right
+    assert min(max(t) for t in tpf.values()) > 1.3, tpf  # repetitive code: lookups are right
 
 
-@pytest.mark.parametrize("drafter,k", [("lookup", 1), ("both", 3)])
+@pytest.mark.parametrize("drafter,k", [("lookup", 1), ("both", 3), ("heads+lookup", 2), ("auto", 2)])
 def test_lookup_sampling_matches_plain_sampling_distribution(drafter, k):
     """A lookup draft is a one-hot proposal: accepted with probability p(token), else the
-    next token is drawn from p without it. Chi-square against the exact distribution."""
+    next token is drawn from p without it; heads+lookup's heads' positions keep the heads'
+    proposal rows. Chi-square against the exact distribution. auto is taught to prefer
+    heads+lookup: its choice is made before the heads' tokens are drawn (from their
+    likeliest ones), the extension's length after."""
     import math
     from collections import Counter
 
@@ -184,9 +188,14 @@ def test_lookup_sampling_matches_plain_sampling_distribution(drafter, k):
     prompt = [1, 2, 3, 0, 1, 2]  # "1 2" then, after a generated token, matches to copy from
     exact = exact_joint(model, prompt, 3, 1.0)
     engine = TorchEngine(model, ByteTokenizer(), dtype=torch.float64)
+    if drafter == "auto":
+        engine._costs = {k: CostCurve.free()}
+        engine._planner.heads = fixed(0.9)
+        engine._planner.lookup = {(n, s): fixed(0.05) for n in range(1, 4) for s in range(3)}
+        engine._planner.extension = {(n, s): fixed(0.9) for n in range(1, 4) for s in range(3)}
     samples = 3000
     counts = Counter()
-    accepted = proposed = by_lookup = 0
+    accepted = proposed = by_lookup = after_heads = 0
     for seed in range(samples):
         config = GenerationConfig(max_new_tokens=3, k=k, temperature=1.0, seed=seed, drafter=drafter, draft_len=2)
         out = engine.generate(prompt, config)
@@ -194,8 +203,11 @@ def test_lookup_sampling_matches_plain_sampling_distribution(drafter, k):
         accepted += sum(out.stats.draft_accepted)
         proposed += sum(out.stats.draft_proposed)
         by_lookup += sum(out.stats.lookup_proposed)
+        after_heads += sum(out.stats.lookup_proposed[k - 1:]) - sum(out.stats.lookup_proposed[: k - 1])
     # Lookup drafts in most calls; accept and reject paths both run.
     assert by_lookup > samples / 2 and 0.1 < accepted / proposed < 0.9, (accepted, proposed, by_lookup)
+    if drafter in ("heads+lookup", "auto"):
+        assert after_heads == by_lookup  # every lookup token followed the heads' token
     cells = [s for s, p in exact.items() if p * samples >= 5]
     rest = 1 - sum(exact[s] for s in cells)
     chi2 = sum((counts[s] - exact[s] * samples) ** 2 / (exact[s] * samples) for s in cells)
@@ -301,23 +313,23 @@ def test_a_draft_that_pays_only_on_paper_is_not_made():
     assert planner.plan(None, heads_room=1) == ("heads", 1)
 
 
-def test_nothing_to_gain_means_no_lookup_and_no_planning():
+def test_nothing_to_gain_means_no_drafts_no_heads_and_a_lookup_only_to_see_copies():
     planner = DraftPlanner(CostCurve([1.0 + 0.1 * r for r in range(9)], learns=False))
     for n in range(1, 4):
         planner.lookup_rates(n, 8)
-        planner.lookup[n].record(1, 0)
-        planner.lookup[n].accepted[0], planner.lookup[n].proposed[0] = 0.0, 50.0
-        planner._tried[("lookup", n)] = 0
+        planner.lookup[n, 0].record(1, 0)  # by (match length, copy streak)
+        planner.lookup[n, 0].accepted[0], planner.lookup[n, 0].proposed[0] = 0.0, 50.0
+        planner._tried[("lookup", n, 0)] = 0
     planner.heads.accepted, planner.heads.proposed = [0.0] * 3, [50.0] * 3
     planner._tried[("heads",)] = 0
-    plain = 0
+    drafts = heads = 0
     for _ in range(200):
-        lookup, heads = planner.wanted(8, 3)
-        if lookup or heads:
-            planner.plan(([1] * 8, 2) if lookup else None, 3 if heads else 0)  # a try, made
-        else:
-            plain += 1
-    assert plain >= 200 - 200 // planner.explore_gap - 1  # all but the steps where a try is due
+        lookup, heads_wanted = planner.wanted(8, 3)
+        assert lookup  # a right lookup would pay: it runs, to be checked against what is committed
+        heads += heads_wanted
+        drafts += planner.plan(([1] * 8, 2), 3 if heads_wanted else 0)[1] > 0
+    tries = 200 // planner.explore_gap + 1  # the steps where a try is due
+    assert drafts <= tries and heads <= tries, (drafts, heads)
     # Where a right draft could not pay (a row costs what a forward does), never even a try.
     linear = DraftPlanner(CostCurve([float(r) for r in range(1, 10)], learns=False))
     assert all(linear.wanted(8, 3) == (False, False) for _ in range(100))
@@ -410,3 +422,172 @@ def test_lookup_in_several_sequences_stays_inside_each():
     assert h.lookup(4) == ([3, 3], 2)  # the first sequence of the longest matches, and not past its end
     h = History([7, 8], room=4, extra=[(5, 8), (6, 6, 8, 1)])
     assert h.lookup(4) == ([1], 1)  # (5, 8) ends at 8: nothing follows it there
+
+
+# --- heads+lookup, and copy streaks ---
+
+class ScriptModel:
+    """Head 1 writes `script` (after position p comes script[p + 1]); heads 2..k its next
+    tokens where `heads_right`, else a token the script never has. Keeps each decoding
+    forward's (position of its first draft token, number of draft tokens)."""
+
+    def __init__(self, script, heads_right=True):
+        self.script, self.heads_right = list(script), heads_right
+        self.vocab = max(script) + 2
+        self.drafts = []
+
+    def forward(self, tokens, start_pos, k, all_rows=True):
+        if all_rows:
+            self.drafts.append((start_pos + 1, len(tokens) - 1))
+        return _ScriptOutput(self, range(start_pos, start_pos + len(tokens)))
+
+    def token(self, position):
+        return self.script[position] if position < len(self.script) else self.vocab - 1
+
+
+class _ScriptOutput:
+    def __init__(self, model, positions):
+        self.model, self.positions = model, positions
+
+    def _rows(self, tokens):
+        return torch.nn.functional.one_hot(torch.tensor(tokens), self.model.vocab).float()
+
+    def next_logits(self, start=0):
+        return self._rows([self.model.token(p + 1) for p in list(self.positions)[start:]])
+
+    def draft_logits(self, index, n=None):
+        p, wrong = self.positions[index], self.model.vocab - 1
+        return self._rows([self.model.token(p + 1 + h) if self.model.heads_right else wrong for h in range(1, 1 + n)])
+
+
+def script_run(model, prompt_len, k, planner=None, **config):
+    gen = GenerationConfig(max_new_tokens=len(model.script) - prompt_len, **config)
+    out = decode(model, model.script[:prompt_len], 0, gen, k, 4096, lambda t: b"", planner=planner)
+    assert out.tokens == model.script[prompt_len:]
+    return out
+
+
+@pytest.mark.parametrize("agree", [True, False])
+@pytest.mark.parametrize("draft_len", [2, 4, 8, 16])
+def test_heads_plus_lookup_drafts_the_heads_then_the_copy_after_them(agree, draft_len):
+    """The heads' 3 tokens, then the lookup continuation of the 3-gram that ends with them:
+    always right on the periodic stub when the heads are."""
+    per_forward = 1 + max(3, draft_len)  # head 1's token, the heads' 3, the copy up to draft_len in all
+    out = run(StubModel(agree=agree), 4, PERIODIC, max_new=1 + 6 * per_forward, drafter="heads+lookup",
+              draft_len=draft_len)
+    extension = per_forward - 4
+    assert out.stats.lookup_proposed[:3] == [0, 0, 0]  # the heads' positions are the heads'
+    if agree:
+        assert out.token_heads[: per_forward + 1] == [1, 2, 3, 4] + [LOOKUP_HEAD] * extension + [1]
+        assert out.stats.forward_passes == 1 + 6
+        assert out.stats.lookup_accepted == out.stats.lookup_proposed
+    else:  # the heads wrong: the copy after their tokens is never even verified
+        assert out.stats.tokens_per_forward == 1.0 and set(out.token_heads) == {1}
+        assert sum(out.stats.lookup_accepted) == 0
+
+
+def test_lookup_after_a_draft_matches_the_ngram_that_ends_with_it_and_keeps_nothing():
+    h = History([5, 1, 2, 9, 7, 3, 1], room=4)
+    assert h.lookup(2, after=[2]) == ([9, 7], 2)  # "1 2": the history's last token, the draft's
+    assert h.lookup(2, after=[8]) == ([], 0)
+    assert h.length == 7 and h.lookup(2) == ([2, 9], 1)  # the drafts were not kept
+    h.append(6)
+    assert h.lookup(3, after=[1, 2]) == ([9, 7, 3], 2)
+
+
+# A script whose copy only the heads reach: the prompt holds "a b c" then the copied segment;
+# the continuation starts with a token never seen, then "a b c" (the heads' drafts), then the copy.
+COPY_SOURCE = list(range(100, 140))
+HEADS_THEN_COPY = [7, 8, 9, 1, 2, 3, *COPY_SOURCE, 9, 8] + [500, 1, 2, 3, *COPY_SOURCE[:30]]
+
+
+@pytest.mark.parametrize("drafter", ["both", "auto"])
+def test_both_and_auto_take_heads_plus_lookup_where_only_it_reaches_the_copy(drafter):
+    planner = None
+    if drafter == "auto":  # heads known to be right (as both's free verifier finds at once)
+        planner = DraftPlanner(CostCurve([1.0 + 0.1 * r for r in range(9)], learns=False), heads=fixed(0.9))
+    model = ScriptModel(HEADS_THEN_COPY)
+    out = script_run(model, 48, 4, planner, drafter=drafter, draft_len=8)
+    # The first forward drafts "1 2 3" (heads) and the 5 copied tokens after them.
+    assert model.drafts[0] == (49, 8) and out.token_heads[:10] == [1, 2, 3, 4] + [LOOKUP_HEAD] * 5 + [1]
+
+
+def fixed(rate):
+    return Acceptance(prior=rate, weight=1e9)  # a rate taught for good
+
+
+def test_the_planner_takes_heads_plus_lookup_where_it_is_expected_fastest():
+    cost = CostCurve([1.0, 1.5, 2.1, 2.6, 3.0, 3.4, 3.8, 4.0, 4.2], head_s=0.05, learns=False)  # this CPU's shape
+    calls = []
+
+    def extend(found=(7,) * 5, ngram=3):
+        def look():
+            calls.append(1)
+            return list(found), ngram
+        return look
+
+    def planner(heads, lookup, extension):
+        p = DraftPlanner(cost, heads=fixed(heads))
+        p.lookup = {(n, 0): fixed(lookup) for n in range(1, 4)}
+        p.extension = {(n, 0): fixed(extension) for n in range(1, 4)}
+        return p
+
+    # Heads right, the copy after them right, the lookup of the history itself wrong.
+    assert planner(0.95, 0.1, 0.99).plan(([5] * 8, 1), 3, extend(), 5) == ("heads+lookup", 8)
+    # The copy after the heads' tokens wrong: the heads alone.
+    assert planner(0.95, 0.1, 0.1).plan(([5] * 8, 1), 3, extend(), 5) == ("heads", 3)
+    # The history's own lookup right: it, without drafting the heads to look after them.
+    calls.clear()
+    assert planner(0.6, 0.99, 0.99).plan(([5] * 8, 3), 3, extend(), 5) == ("lookup", 8)
+    assert calls == []
+    # No match after the heads' tokens: heads+lookup is no option.
+    assert planner(0.95, 0.1, 0.99).plan(None, 3, extend(found=()), 5) == ("heads", 3)
+    # A short match after them: the heads and what there is.
+    assert planner(0.95, 0.1, 0.99).plan(None, 3, extend(found=(7, 7)), 5) == ("heads+lookup", 5)
+    # wanted() asks for both where only heads+lookup pays.
+    assert planner(0.8, 0.1, 0.99).wanted(8, 3) == (True, True)
+
+
+def noise(seed, n):
+    """Text outside copies: tokens 1..4 at random, where every lookup finds a match whose
+    continuation is right a quarter of the time."""
+    rng = random.Random(seed)
+    return [rng.randint(1, 4) for _ in range(n)]
+
+
+def test_copy_streaks_draft_long_inside_a_copy_and_stop_soon_after_it():
+    source = list(range(1000, 1100))
+    prompt = source + noise(0, 12)
+    copy = source[10:90]
+    script = prompt + noise(1, 120) + copy + noise(2, 120)
+    model = ScriptModel(script)
+    cost = CostCurve([1.0, 1.5, 2.1, 2.6, 3.0, 3.4, 3.8, 4.0, 4.2], learns=False)  # this CPU's shape
+    planner = DraftPlanner(cost)
+    script_run(model, len(prompt), 1, planner, drafter="auto", draft_len=8)
+    copy_start = len(prompt) + 120
+    copy_end = copy_start + len(copy)
+    inside = [n for p, n in model.drafts if copy_start + 8 <= p < copy_end - 8]
+    after = [n for p, n in model.drafts if p >= copy_end]
+    # Inside the copy every step drafts all it may.
+    assert inside and all(n == 8 for n in inside), inside
+    # After it: no long draft past the first few steps.
+    long_after = [p for p, n in model.drafts if p >= copy_end and n > 2]
+    assert len(long_after) <= 3 and all(p < copy_end + 20 for p in long_after), (long_after, after)
+    # The same without streaks (one table per match length, which the text outside copies
+    # teaches): the copy is hardly drafted.
+    flat_model = ScriptModel(script)
+    script_run(flat_model, len(prompt), 1, NoStreaks(cost), drafter="auto", draft_len=8)
+    flat_inside = [n for p, n in flat_model.drafts if copy_start + 8 <= p < copy_end - 8]
+    assert sum(flat_inside) < sum(inside) / 2, (flat_inside, inside)
+
+
+class NoStreaks(DraftPlanner):
+    """A planner whose copy streak stays 0: lookup rates per match length only."""
+
+    def record(self, proposal, accepted, verified):
+        super().record(proposal, accepted, verified)
+        self.streak = 0
+
+    def observe_lookup(self, ngram, streak, accepted, verified):
+        super().observe_lookup(ngram, 0, accepted, verified)
+        self.streak = 0

@@ -318,16 +318,17 @@ def test_sampling_on_llama_cpp_logits_is_seeded_for_every_k(model64):
 
 @pytest.mark.parametrize("quant", ["f16", "q4_k_m"])
 def test_every_drafter_equals_plain_in_exact_mode(model64, quant, tmp_path):
-    """Lookup, both and cost-aware auto drafts verified by head 1: plain greedy's tokens, with
-    and without prefix reuse, for every k; the probe is measured once and kept in its file."""
+    """Lookup, heads+lookup, both and cost-aware auto drafts verified by head 1: plain
+    greedy's tokens, with and without prefix reuse, for every k; the probe is measured once
+    and kept in its file."""
     loaded, body = model64
     engine = engine_for(loaded, quant, probe_dir=tmp_path)
     tok = loaded.tokenizer
-    drafted = 0
+    drafted = after_heads = 0
     for text in cuts(body, 3, seed=4, width=200):
         prompt = tok.encode(text)
         plain = engine.generate(prompt, GenerationConfig(max_new_tokens=40, k=1, reuse_prefix=False)).tokens
-        for drafter in ("lookup", "both", "auto"):
+        for drafter in ("lookup", "heads+lookup", "both", "auto"):
             for k in (1, 2, 4):
                 for reuse in (False, True):
                     config = GenerationConfig(max_new_tokens=40, k=k, reuse_prefix=reuse, drafter=drafter,
@@ -335,7 +336,10 @@ def test_every_drafter_equals_plain_in_exact_mode(model64, quant, tmp_path):
                     result = engine.generate(prompt, config)
                     assert result.tokens == plain, (text[-30:], drafter, k, reuse)
                     drafted += sum(result.stats.lookup_accepted)
+                    if drafter == "heads+lookup" and k > 1:
+                        after_heads += sum(result.stats.lookup_accepted[k - 1 :])
     assert drafted > 0, "repetitive code: some lookup drafts must be accepted"
+    assert after_heads > 0, "and some copies after the heads' drafts"
     assert len(list(tmp_path.glob("probe-*.json"))) == 3  # one per k
     reloaded = engine_for(loaded, quant, probe_dir=tmp_path)
     reloaded.generate(tok.encode(body[:50]), GenerationConfig(max_new_tokens=4, k=4, drafter="auto"))
