@@ -293,7 +293,7 @@ def decode(
                                  extend if use_both else None, lookup_room - heads_room)
         if source == "lookup":
             return Proposal(found[:m], "lookup", ngram=ngram)
-        if found and source != "heads+lookup":  # its extension is checked as it is drafted
+        if found and source != "heads+lookup" and planner.max_streak > 0:  # its extension is checked as it is drafted
             shadows.append((history.length, found, ngram, planner.streak))
         if source == "heads":
             return heads_draft(m, rows)
