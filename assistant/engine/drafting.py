@@ -25,8 +25,8 @@ by the engine across requests; the heads' prior comes from the model's card wher
 measured them. A drafter is tried once at first, and one that does not pay only rarely
 again, within a small share of the time.
 
-Copy streaks (DraftPlanner.max_streak; off by default, see there): lookup acceptance is bimodal. Inside a copied region nearly every draft is
-right, elsewhere few are; so the lookup and extension rates are kept per `streak`, the
+Copy streaks (DraftPlanner.max_streak; off by default, see there): lookup acceptance is
+bimodal. Inside a copied region nearly every draft is right, elsewhere few are; so the lookup and extension rates are kept per `streak`, the
 number of lookup drafts in a row (capped at MAX_STREAK) accepted in full. Inside a copy the
 planner then drafts long, and one rejection drops it back to the rates of the text outside
 copies. A lookup found but not drafted counts too, as a draft of its first SHADOW_TOKENS
