@@ -109,6 +109,10 @@ def run_program(
     problem = _unusable(chosen)
     if problem:
         raise SandboxUnavailable(f"the {chosen!r} isolation does not work here: {problem}")
+    if "\0" in program:
+        # Python refuses such source, and no argument vector can carry it: a model's output
+        # with a NUL in it fails as a program, without being run.
+        return SandboxResult(False, "failed", "SyntaxError: source code cannot contain null bytes", chosen)
     return _run(chosen, program, limits)
 
 

@@ -166,6 +166,7 @@ def test_every_descendant_dies_when_the_program_ends(isolation):
         ("import os; os.abort()", False, "crashed"),
         ("x = bytearray(4 << 30)", False, "failed"),  # over the address-space limit
         ("open('big', 'wb').write(bytes(64 << 20))", False, "failed"),  # over the file-size limit (EFBIG)
+        ("x = 1\0", False, "failed"),  # a NUL (model output can hold one): not Python source
     ],
 )
 def test_outcomes_and_their_reasons(isolation, program, passed, reason):
