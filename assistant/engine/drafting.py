@@ -21,7 +21,8 @@ conditional acceptance rates are c_1..c_m is expected to commit 1 + sum_i prod_{
 tokens, so each step drafts the m (and the proposal) that maximise tokens per second, zero
 unless that beats a plain step by a margin. The rates are learned online per drafter and
 draft position (for lookup and the extension also per match length and copy streak), kept
-by the engine across requests; the heads' prior comes from the model's card where it
+by the engine across requests, and within each completion (its own drafts, with the
+long-run rate as their prior); the heads' prior comes from the model's card where it
 measured them. A drafter is tried once at first, and one that does not pay only rarely
 again, within a small share of the time.
 
@@ -158,14 +159,16 @@ class Acceptance:
     accepted: list[float] = field(default_factory=list)
     proposed: list[float] = field(default_factory=list)
 
-    def rates(self, length: int) -> list[float]:
-        """The estimates of positions 0..length-1. A position never drafted is taken to be no
-        better than the one before it: after rejections at the first position, the prior of
-        the later ones would otherwise make a long draft look worth it."""
+    def rates(self, length: int, priors: Sequence[float] | None = None) -> list[float]:
+        """The estimates of positions 0..length-1 (`priors`: the prior of each, in place of
+        the table's own). A position never drafted is taken to be no better than the one
+        before it: after rejections at the first position, the prior of the later ones would
+        otherwise make a long draft look worth it."""
         self._grow(length)
+        priors = self.priors if priors is None else priors
         out: list[float] = []
         for i in range(length):
-            prior = self.priors[i] if i < len(self.priors) else self.prior
+            prior = priors[i] if i < len(priors) else self.prior
             if self.proposed[i] == 0:
                 out.append(min(prior, out[-1]) if out else prior)
             else:
@@ -202,6 +205,11 @@ class CostCurve:
     """Seconds of one forward of R = 1..len(rows) rows (rows[R - 1], as the probe measured them)
     and of one head's draft, and what decoding has measured since (observe).
 
+    A forward of several rows also slows the 1-row forward after it (`switch_s`): llama.cpp
+    reuses its compute graph only while the batch keeps its shape, and the caches are the
+    other forward's (0.3-0.5 ms on a 2 ms step of the shipped model on this CPU, with graph
+    reuse turned off 0.2 ms). That is a cost of the draft, so forward_s(R > 1) includes it.
+
     The probe runs at one context length on a machine that may have been busy at that
     moment; the forwards decoding runs are the real thing, at the real context lengths and
     under the machine's present load, so the curve follows them: a running mean per row
@@ -210,14 +218,17 @@ class CostCurve:
 
     rows: list[float]
     head_s: float = 0.0
+    switch_s: float = 0.0
     learns: bool = True  # False: the curve stays what it was given (CostCurve.free)
     rate: float = 0.1  # weight of a new observation in the running mean
     _rows: list[float] = field(init=False, repr=False, compare=False)
     _head: float = field(init=False, repr=False, compare=False)
+    _switch: float = field(init=False, repr=False, compare=False)
+    _previous_rows: int = field(default=0, init=False, repr=False, compare=False)  # of the last forward observed; 0: unknown
     _at_least: list[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._rows, self._head = list(self.rows), self.head_s
+        self._rows, self._head, self._switch = list(self.rows), self.head_s, self.switch_s
         self._monotone()
 
     def _monotone(self) -> None:
@@ -225,20 +236,33 @@ class CostCurve:
         self._at_least = list(itertools.accumulate(self._rows, max))
 
     def forward_s(self, n_rows: int) -> float:
+        """A decoding step of n_rows rows: its forward, and for n_rows > 1 the switch back."""
         rows = self._at_least
         if n_rows <= len(rows):
-            return rows[n_rows - 1]
+            return rows[n_rows - 1] + (self._switch if n_rows > 1 else 0.0)
         # Past the probe: linear in the rows, at the last measured slope
         slope = self._rows[-1] - self._rows[-2] if len(self._rows) > 1 else self._rows[-1]
-        return rows[-1] + max(0.0, slope) * (n_rows - len(rows))
+        return rows[-1] + max(0.0, slope) * (n_rows - len(rows)) + self._switch
 
     def draft_s(self) -> float:
         """What one head's draft costs (its share of the heads' lazily computed logits)."""
         return self._head
 
+    def begin(self) -> None:
+        """A decode starts: the forward before its first step (a prefill, another request's) is not one observed."""
+        self._previous_rows = 0
+
     def observe(self, n_rows: int, seconds: float) -> None:
         """A decoding forward of n_rows rows took `seconds` (its logits included)."""
+        previous, self._previous_rows = self._previous_rows, n_rows
         if not self.learns or seconds <= 0:
+            return
+        if n_rows == 1 and previous != 1:
+            # After several rows (or after what was not observed), a 1-row forward says what
+            # switching back costs, not what one row costs.
+            if previous > 1:
+                extra = _bounded(seconds, self._rows[0] + self._switch) - self._rows[0]
+                self._switch = max(0.0, self._switch + self.rate * (extra - self._switch))
             return
         if n_rows > len(self._rows):
             self._rows += [self.forward_s(r) for r in range(len(self._rows) + 1, n_rows + 1)]
@@ -250,6 +274,7 @@ class CostCurve:
             self._rows = [r * scale for r in self._rows]
             self._at_least = [r * scale for r in self._at_least]
             self._head *= scale
+            self._switch *= scale
         else:
             self._rows[n_rows - 1] = new
             self._monotone()
@@ -321,9 +346,15 @@ class DraftPlanner:
       only as often as a budget of `explore_share` of the plain steps' time allows. So the
       planner's measurements cost at most that share of the time where nothing pays.
     Where no draft would pay even if right, a step does no lookup and no planning (wanted).
-    Where only a right one would, the lookup still runs: what it found is checked against
+    Where only a right one would, with copy streaks on, the lookup still runs: what it found is checked against
     the tokens committed after it (observe_lookup), free evidence of its acceptance, and
     how the planner sees a copy begin (the copy streak) while it drafts nothing.
+
+    Acceptance differs more between completions than the engine's long-run rates show (a
+    completion inside code that repeats gets nearly every lookup draft right, the next one
+    almost none), so each rate the planner uses is that of this completion's drafts (begin
+    starts one) with the long-run rate as their prior, worth `recent_weight` drafts: two
+    rejected drafts stop a drafter that the long run favours, two accepted ones start one.
 
     The heads+lookup proposal uses the heads' rates for its heads' positions and its own
     table (`extension`, per match length and streak) for the lookup's; its lookup needs the
@@ -342,6 +373,7 @@ class DraftPlanner:
     # they raised tokens per forward (3.56 -> 4.57) but not the speed (1.19x either way).
     max_streak: int = 0
     margin: float = 0.1
+    recent_weight: float = 2.0
     explore_gap: int = 32
     explore_share: float = 0.02
     steps: int = 0  # steps planned (or skipped as plain) in the engine's life
@@ -349,15 +381,36 @@ class DraftPlanner:
     _credit: float = field(default=0.0, repr=False)  # seconds of the exploration budget not yet spent
     _last_try: int = field(default=-(10**9), repr=False)
     _tried: dict = field(default_factory=dict, repr=False)  # option key -> step of its last draft
+    # this completion's drafts, by table: "heads", ("lookup" or "extension", match length, streak)
+    _recent: dict = field(default_factory=dict, repr=False)
     # (rooms and streak, may lookup pay, may heads pay, may heads+lookup pay,
     #  (would right lookup drafts pay, right heads drafts))
     _verdict: tuple | None = field(default=None, repr=False)
 
+    def begin(self) -> None:
+        """A completion starts: what the last one's drafts showed no longer applies."""
+        self._recent.clear()
+        self._verdict = None
+        self.cost.begin()
+
+    def heads_rates(self, length: int) -> list[float]:
+        return self._rates("heads", self.heads, length)
+
     def lookup_rates(self, ngram: int, length: int) -> list[float]:
-        return self._table(self.lookup, ngram).rates(length)
+        return self._rates(("lookup", ngram, self.streak), self._table(self.lookup, ngram), length)
 
     def extension_rates(self, ngram: int, length: int) -> list[float]:
-        return self._table(self.extension, ngram).rates(length)
+        return self._rates(("extension", ngram, self.streak), self._table(self.extension, ngram), length)
+
+    def _rates(self, key, table: Acceptance, length: int) -> list[float]:
+        rates = table.rates(length)
+        recent = self._recent.get(key)
+        return recent.rates(length, priors=rates) if recent else rates
+
+    def _record(self, key, table: Acceptance, proposed: int, accepted: int) -> None:
+        table.record(proposed, accepted)
+        recent = self._recent.setdefault(key, Acceptance(weight=self.recent_weight, memory=float("inf")))
+        recent.record(proposed, accepted)
 
     def _table(self, tables: dict[tuple[int, int], Acceptance], ngram: int) -> Acceptance:
         key = (ngram, self.streak)
@@ -378,14 +431,14 @@ class DraftPlanner:
 
     def _heads_option(self, room: int) -> _Option:
         per_token = self._per_token(room, room)
-        m, speed = best_length(self.heads.rates(room), self.cost, per_token)
+        m, speed = best_length(self.heads_rates(room), self.cost, per_token)
         return _Option(speed, "heads", m, room, ("heads",), per_token)
 
     def _combined_option(self, ngram: int, heads: int, extension: int) -> _Option:
         """All `heads` of the heads' tokens, then at least one of `extension` lookup tokens."""
         room = heads + extension
         per_token = self._per_token(heads, room)
-        rates = self.heads.rates(heads) + self.extension_rates(ngram, extension)
+        rates = self.heads_rates(heads) + self.extension_rates(ngram, extension)
         m, speed = best_length(rates, self.cost, per_token, first=heads + 1)
         return _Option(speed, "heads+lookup", m, room, ("heads+lookup", ngram, self.streak), per_token)
 
@@ -495,9 +548,11 @@ class DraftPlanner:
         where it was verified, it moves the copy streak."""
         heads = proposal.heads
         if heads:
-            self.heads.record(min(verified, heads), min(accepted, heads))
+            self._record("heads", self.heads, min(verified, heads), min(accepted, heads))
         if verified > heads and accepted >= heads:
-            self._table(self.extension if heads else self.lookup, proposal.ngram).record(verified - heads, accepted - heads)
+            name, tables = ("extension", self.extension) if heads else ("lookup", self.lookup)
+            key = (name, proposal.ngram, self.streak)
+            self._record(key, self._table(tables, proposal.ngram), verified - heads, accepted - heads)
             self.streak = min(self.max_streak, self.streak + 1) if accepted == verified else 0
         self._verdict = None
 
@@ -508,7 +563,7 @@ class DraftPlanner:
         probability that the draft would have been accepted), for nothing."""
         if verified < 1:
             return
-        Acceptance.record(self.lookup.setdefault((ngram, streak), Acceptance()), verified, accepted)
+        self._record(("lookup", ngram, streak), self.lookup.setdefault((ngram, streak), Acceptance()), verified, accepted)
         before = self.streak
         self.streak = min(self.max_streak, streak + 1) if accepted == verified else 0
         if self.streak != before:
@@ -563,26 +618,37 @@ def probe_prefix(max_seq_len: int) -> int:
 
 def probe_costs(step, k: int, max_rows: int = 8, prefix: int = 32, repeats: int = 5, token: int = 0) -> CostCurve:
     """Measure on `step` (a speculative.StepModel; its cache is overwritten) what one forward of
-    R = 1..max_rows rows costs after a short prefix, k heads as decode runs them, and what
-    one head's draft costs. Median of `repeats`, the R interleaved so that a busy moment on a
-    shared machine spreads over all of them."""
+    R = 1..max_rows rows costs after a short prefix, k heads as decode runs them, what one
+    head's draft costs and what a 1-row forward after several rows costs more than one after
+    one row (CostCurve.switch_s). Medians of `repeats`, the R interleaved so that a busy
+    moment on a shared machine spreads over all of them."""
+
+    def timed(r: int):
+        clock = time.perf_counter()
+        out = step.forward([token] * r, prefix, k)
+        out.next_logits()
+        return out, time.perf_counter() - clock
+
     step.forward([token] * prefix, 0, k, all_rows=False).next_logits(prefix - 1)
     times: list[list[float]] = [[] for _ in range(max_rows)]
+    after_rows: list[float] = []  # a 1-row forward right after one of several rows
     heads: list[float] = []
     for _ in range(repeats):
         for r in range(1, max_rows + 1):
-            clock = time.perf_counter()
-            out = step.forward([token] * r, prefix, k)
-            out.next_logits()
-            times[r - 1].append(time.perf_counter() - clock)
-        if k > 1:
-            clock = time.perf_counter()
-            out.draft_logits(0)
-            heads.append((time.perf_counter() - clock) / (k - 1))
+            out, seconds = timed(r)
+            if r > 1:
+                times[r - 1].append(seconds)
+                if k > 1:
+                    clock = time.perf_counter()
+                    out.draft_logits(0)
+                    heads.append((time.perf_counter() - clock) / (k - 1))
+                after_rows.append(timed(1)[1])
+            times[0].append(timed(1)[1])  # after one row
     rows = [statistics.median(t) for t in times]
+    switch = max(0.0, statistics.median(after_rows) - rows[0]) if after_rows else 0.0
     # A curve that falls with R is noise: what R rows cost is at least what fewer cost.
     rows = list(np.maximum.accumulate(rows))
-    return CostCurve(rows, statistics.median(heads) if heads else 0.0)
+    return CostCurve(rows, statistics.median(heads) if heads else 0.0, switch)
 
 
 def probe_key(model_file: Path, **settings) -> str:
@@ -609,7 +675,7 @@ def cached_probe(cache_dir: Path | None, key: str, measure) -> CostCurve:
             data = json.loads(path.read_text())
             rows = [float(r) for r in data["rows"]]
             if rows and all(r > 0 for r in rows):
-                return CostCurve(rows, float(data["head_s"]))
+                return CostCurve(rows, float(data["head_s"]), float(data["switch_s"]))
         except (ValueError, KeyError, TypeError, OSError):
             pass
     curve = measure()
@@ -617,7 +683,7 @@ def cached_probe(cache_dir: Path | None, key: str, measure) -> CostCurve:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"rows": curve.rows, "head_s": curve.head_s}))
+            tmp.write_text(json.dumps({"rows": curve.rows, "head_s": curve.head_s, "switch_s": curve.switch_s}))
             tmp.replace(path)
         except OSError:
             pass  # a read-only home: measure again next time

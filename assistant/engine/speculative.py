@@ -165,6 +165,8 @@ def decode(
         raise ValueError("the auto drafter needs the engine's planner (the cost of a forward on this machine)")
     if drafter == "both" and planner is None:
         planner = DraftPlanner(CostCurve.free())  # a free verifier: draft as much as is expected to be right
+    if planner is not None:
+        planner.begin()
     uses_heads = drafter != "lookup" and k > 1
     uses_lookup = drafter != "heads"
     chooser = _Greedy() if config.temperature == 0 else _Sampling(config.temperature, config.seed)
