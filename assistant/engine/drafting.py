@@ -184,6 +184,11 @@ class Acceptance:
             self.proposed[i] = self.proposed[i] * keep + 1
             self.accepted[i] = self.accepted[i] * keep + (i < accepted)
 
+    def fade(self, keep: float) -> None:
+        """Every observation now counts `keep` times what it did."""
+        self.accepted = [a * keep for a in self.accepted]
+        self.proposed = [p * keep for p in self.proposed]
+
     def _grow(self, length: int) -> None:
         while len(self.proposed) < length:
             self.proposed.append(0.0)
@@ -208,7 +213,8 @@ class CostCurve:
     A forward of several rows also slows the 1-row forward after it (`switch_s`): llama.cpp
     reuses its compute graph only while the batch keeps its shape, and the caches are the
     other forward's (0.3-0.5 ms on a 2 ms step of the shipped model on this CPU, with graph
-    reuse turned off 0.2 ms). That is a cost of the draft, so forward_s(R > 1) includes it.
+    reuse turned off 0.2 ms). It is a cost of the draft that ends a run of drafts
+    (best_length).
 
     The probe runs at one context length on a machine that may have been busy at that
     moment; the forwards decoding runs are the real thing, at the real context lengths and
@@ -236,13 +242,16 @@ class CostCurve:
         self._at_least = list(itertools.accumulate(self._rows, max))
 
     def forward_s(self, n_rows: int) -> float:
-        """A decoding step of n_rows rows: its forward, and for n_rows > 1 the switch back."""
         rows = self._at_least
         if n_rows <= len(rows):
-            return rows[n_rows - 1] + (self._switch if n_rows > 1 else 0.0)
+            return rows[n_rows - 1]
         # Past the probe: linear in the rows, at the last measured slope
         slope = self._rows[-1] - self._rows[-2] if len(self._rows) > 1 else self._rows[-1]
-        return rows[-1] + max(0.0, slope) * (n_rows - len(rows)) + self._switch
+        return rows[-1] + max(0.0, slope) * (n_rows - len(rows))
+
+    def switch_back_s(self) -> float:
+        """What a 1-row forward right after a forward of several rows costs more than one after one row."""
+        return self._switch
 
     def draft_s(self) -> float:
         """What one head's draft costs (its share of the heads' lazily computed logits)."""
@@ -304,15 +313,21 @@ def best_length(
 ) -> tuple[int, float]:
     """(m, tokens per second) of the draft length m in 0 and first..len(rates) that commits
     the most tokens per second; per_token_s: what drafting a token costs on top of the
-    forward, one figure for every position or one per position."""
+    forward, one figure for every position or one per position.
+
+    A draft that ends in a rejection is followed by a plain step, which pays the cost's
+    switch back to one row; after one accepted in full the copy (or the heads' run) goes on
+    as a rule and the next step drafts again. So a draft of m pays the switch with the
+    probability that not all of its m tokens are accepted."""
     if isinstance(per_token_s, (int, float)):
         per_token_s = [float(per_token_s)] * len(rates)
     best = (0, 1.0 / cost.forward_s(1))
-    drafting = 0.0
+    drafting, all_accepted = 0.0, 1.0
     for m, tokens in enumerate(expected_tokens(rates)):
         if m:
             drafting += per_token_s[m - 1]
-            speed = tokens / (cost.forward_s(1 + m) + drafting)
+            all_accepted *= rates[m - 1]
+            speed = tokens / (cost.forward_s(1 + m) + drafting + cost.switch_back_s() * (1.0 - all_accepted))
             if m >= first and speed > best[1]:
                 best = (m, speed)
     return best
@@ -355,6 +370,7 @@ class DraftPlanner:
     almost none), so each rate the planner uses is that of this completion's drafts (begin
     starts one) with the long-run rate as their prior, worth `recent_weight` drafts: two
     rejected drafts stop a drafter that the long run favours, two accepted ones start one.
+    That evidence fades over about `recent_steps` steps, as a copy may begin again.
 
     The heads+lookup proposal uses the heads' rates for its heads' positions and its own
     table (`extension`, per match length and streak) for the lookup's; its lookup needs the
@@ -374,6 +390,7 @@ class DraftPlanner:
     max_streak: int = 0
     margin: float = 0.1
     recent_weight: float = 2.0
+    recent_steps: float = 16.0
     explore_gap: int = 32
     explore_share: float = 0.02
     steps: int = 0  # steps planned (or skipped as plain) in the engine's life
@@ -381,7 +398,8 @@ class DraftPlanner:
     _credit: float = field(default=0.0, repr=False)  # seconds of the exploration budget not yet spent
     _last_try: int = field(default=-(10**9), repr=False)
     _tried: dict = field(default_factory=dict, repr=False)  # option key -> step of its last draft
-    # this completion's drafts, by table: "heads", ("lookup" or "extension", match length, streak)
+    # this completion's drafts, by table ("heads", ("lookup" or "extension", match length,
+    # streak)): (their Acceptance, the step it was faded to)
     _recent: dict = field(default_factory=dict, repr=False)
     # (rooms and streak, may lookup pay, may heads pay, may heads+lookup pay,
     #  (would right lookup drafts pay, right heads drafts))
@@ -404,13 +422,26 @@ class DraftPlanner:
 
     def _rates(self, key, table: Acceptance, length: int) -> list[float]:
         rates = table.rates(length)
-        recent = self._recent.get(key)
+        recent = self._recent_table(key)
         return recent.rates(length, priors=rates) if recent else rates
 
     def _record(self, key, table: Acceptance, proposed: int, accepted: int) -> None:
         table.record(proposed, accepted)
-        recent = self._recent.setdefault(key, Acceptance(weight=self.recent_weight, memory=float("inf")))
+        recent = self._recent_table(key)
+        if recent is None:
+            recent = Acceptance(weight=self.recent_weight, memory=float("inf"))
+            self._recent[key] = (recent, self.steps)
         recent.record(proposed, accepted)
+
+    def _recent_table(self, key) -> Acceptance | None:
+        """This completion's table `key`, faded to the present step."""
+        if key not in self._recent:
+            return None
+        table, at = self._recent[key]
+        if at != self.steps:
+            table.fade((1.0 - 1.0 / self.recent_steps) ** (self.steps - at))
+            self._recent[key] = (table, self.steps)
+        return table
 
     def _table(self, tables: dict[tuple[int, int], Acceptance], ngram: int) -> Acceptance:
         key = (ngram, self.streak)
@@ -483,8 +514,10 @@ class DraftPlanner:
         return len(per_token_s) > 0 and self._pays(best_length([1.0] * len(per_token_s), self.cost, per_token_s)[1])
 
     def _try_cost(self, per_token_s: list[float]) -> float:
-        """What a try of len(per_token_s) tokens costs beyond a plain step (drafting included)."""
-        return self.cost.forward_s(1 + len(per_token_s)) - self.cost.forward_s(1) + sum(per_token_s)
+        """What a try of len(per_token_s) tokens costs beyond a plain step (drafting and, for a
+        try that fails, the switch back to one row included)."""
+        return (self.cost.forward_s(1 + len(per_token_s)) - self.cost.forward_s(1) + sum(per_token_s)
+                + self.cost.switch_back_s())
 
     def _tries(self, options: list[_Option]) -> tuple[list[_Option], bool]:
         """(the options a try may take, whether they are untried ones): where a right draft
