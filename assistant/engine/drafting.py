@@ -402,7 +402,7 @@ class DraftPlanner:
     # streak)): (their Acceptance, the step it was faded to)
     _recent: dict = field(default_factory=dict, repr=False)
     # (rooms and streak, may lookup pay, may heads pay, may heads+lookup pay,
-    #  (would right lookup drafts pay, right heads drafts))
+    #  (would right lookup drafts pay, right heads drafts), (what a try of each costs))
     _verdict: tuple | None = field(default=None, repr=False)
 
     def begin(self) -> None:
@@ -479,14 +479,12 @@ class DraftPlanner:
         False makes it a plain step with no planning work. heads+lookup drafts at most
         lookup_room tokens, the first heads_room of them the heads'."""
         self.steps += 1
-        plain_s = self.cost.forward_s(1)
-        lookup_cost, heads_cost = self._per_token(0, lookup_room), self._per_token(heads_room, heads_room)
-        cap = 2 * max(self._try_cost(lookup_cost), self._try_cost(heads_cost))
-        self._credit = min(self._credit + self.explore_share * plain_s, cap)
         rooms = (lookup_room, heads_room, self.streak)
         if self._verdict is None or self._verdict[0] != rooms or self.steps % 16 == 0:
-            # The costs drift a little every step; the verdict is renewed every 16 and after every draft.
+            # The costs drift a little every step; the verdict is renewed every 16 and after
+            # every draft (this runs at every step, plain ones too: the rest is kept short).
             ngrams = range(1, MAX_NGRAM + 1)
+            lookup_cost, heads_cost = self._per_token(0, lookup_room), self._per_token(heads_room, heads_room)
             may_lookup = lookup_room > 0 and any(self._pays(self._lookup_option(n, lookup_room).speed) for n in ngrams)
             may_heads = heads_room > 0 and self._pays(self._heads_option(heads_room).speed)
             extension = lookup_room - heads_room
@@ -494,14 +492,16 @@ class DraftPlanner:
                 self._pays(self._combined_option(n, heads_room, extension).speed) for n in ngrams
             )
             worth_a_try = (self._could_pay(lookup_cost), self._could_pay(heads_cost))
-            self._verdict = (rooms, may_lookup, may_heads, may_both, worth_a_try)
-        _, may_lookup, may_heads, may_both, (try_lookup, try_heads) = self._verdict
+            try_costs = (self._try_cost(lookup_cost), self._try_cost(heads_cost))
+            self._verdict = (rooms, may_lookup, may_heads, may_both, worth_a_try, try_costs)
+        _, may_lookup, may_heads, may_both, (try_lookup, try_heads), (lookup_try_s, heads_try_s) = self._verdict
+        self._credit = min(self._credit + self.explore_share * self.cost.forward_s(1), 2 * max(lookup_try_s, heads_try_s))
         due = self.steps - self._last_try >= self.explore_gap
         if try_lookup:
             untried = any(("lookup", n, self.streak) not in self._tried for n in range(1, MAX_NGRAM + 1))
-            try_lookup = untried or (due and self._credit >= self._try_cost(lookup_cost))
+            try_lookup = untried or (due and self._credit >= lookup_try_s)
         if try_heads:
-            try_heads = ("heads",) not in self._tried or (due and self._credit >= self._try_cost(heads_cost))
+            try_heads = ("heads",) not in self._tried or (due and self._credit >= heads_try_s)
         # A lookup runs wherever a right lookup draft would pay, drafted or not: an undrafted
         # one is checked against the tokens committed after it (observe_lookup), which is how
         # the planner sees a copy begin where it drafts nothing.
