@@ -361,9 +361,9 @@ class DraftPlanner:
       only as often as a budget of `explore_share` of the plain steps' time allows. So the
       planner's measurements cost at most that share of the time where nothing pays.
     Where no draft would pay even if right, a step does no lookup and no planning (wanted).
-    Where only a right one would, with copy streaks on, the lookup still runs: what it found is checked against
-    the tokens committed after it (observe_lookup), free evidence of its acceptance, and
-    how the planner sees a copy begin (the copy streak) while it drafts nothing.
+    Where only a right one would, with copy streaks on, the lookup still runs: what it found
+    is checked against the tokens committed after it (observe_lookup), free evidence of its
+    acceptance, and how the planner sees a copy begin (the copy streak) while it drafts nothing.
 
     Acceptance differs more between completions than the engine's long-run rates show (a
     completion inside code that repeats gets nearly every lookup draft right, the next one
