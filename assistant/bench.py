@@ -85,7 +85,8 @@ class LlamaCppPeer:
     `Llama.generate`, plain or with `LlamaPromptLookupDecoding(num_pred_tokens=10)` as its
     draft model. Its context settings are Llama's defaults (flash attention off, f16 KV
     cache) but for the context length and the threads, which are ours: `threads` for
-    1-token steps and prompts alike (Llama's default for prompts is every core).
+    1-token steps, `batch_threads` for forwards of several rows (None: every logical core,
+    Llama's default and ours).
 
     Only what the bench reads is measured: tokens, wall time (prefill = up to the first
     token) and forwards (calls of Llama.eval). It runs k = 1 only: n_future is 1."""
@@ -95,7 +96,7 @@ class LlamaCppPeer:
     measures_model_time = False  # no split of its time between llama.cpp and Python
 
     def __init__(self, gguf: Path | str, n_ctx: int, threads: int | None = None, lookup: bool = False,
-                 n_gpu_layers: int = 0):
+                 n_gpu_layers: int = 0, batch_threads: int | None = None):
         import os
 
         import llama_cpp
@@ -103,7 +104,7 @@ class LlamaCppPeer:
 
         threads = threads or max(1, (os.cpu_count() or 2) // 2)  # as LlamaSettings: about the physical cores
         draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if lookup else None
-        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=batch_threads,
                                    n_gpu_layers=n_gpu_layers, draft_model=draft, verbose=False)
         self.max_seq_len = n_ctx
         self.label = PEER_LOOKUP if lookup else PEER_PLAIN
@@ -173,9 +174,9 @@ def with_drafters(engines: dict[str, Any], drafters: Sequence[str]) -> dict[str,
 
 
 def llama_cpp_peers(gguf: Path | str, n_ctx: int, threads: int | None = None,
-                    n_gpu_layers: int = 0) -> dict[str, LlamaCppPeer]:
+                    n_gpu_layers: int = 0, batch_threads: int | None = None) -> dict[str, LlamaCppPeer]:
     """llama-cpp-python plain and with prompt lookup, by label, for run_bench's engines."""
-    peers = [LlamaCppPeer(gguf, n_ctx, threads, lookup, n_gpu_layers) for lookup in (False, True)]
+    peers = [LlamaCppPeer(gguf, n_ctx, threads, lookup, n_gpu_layers, batch_threads) for lookup in (False, True)]
     return {p.label: p for p in peers}
 
 
@@ -232,6 +233,7 @@ class BenchEngines:
     device: str = "cpu"
     dtype: str = "float32"
     threads: int | None = None  # torch's and llama.cpp's (None: their defaults)
+    batch_threads: int | None = None  # llama.cpp's of a forward of several rows (None: every logical core)
     exact: bool = False  # llama: exact mode (LlamaSettings.exact)
     with_torch: bool = False  # llama: also the torch engine, then the baseline
     peers: bool = False  # llama: also llama-cpp-python on the first export's main GGUF, then the baseline
@@ -266,7 +268,8 @@ def bench_engines(model_dir: Path | str, spec: BenchEngines = BenchEngines()) ->
     baseline = None
     if spec.engine == "llama":
         for quant in spec.quants:
-            eng = load_engine(model_dir, "llama", spec.device, spec.dtype, quant, spec.threads, exact=spec.exact)
+            eng = load_engine(model_dir, "llama", spec.device, spec.dtype, quant, spec.threads, exact=spec.exact,
+                              batch_threads=spec.batch_threads)
             engines[f"llama {eng.quant}"] = eng
         first = next(iter(engines.values()))
         # The first export's own heads score head accuracy: no torch weights needed.
@@ -276,14 +279,14 @@ def bench_engines(model_dir: Path | str, spec: BenchEngines = BenchEngines()) ->
             baseline = "torch"
         if spec.peers:
             engines |= llama_cpp_peers(first.files[0], first.max_seq_len, spec.threads,
-                                       n_gpu_layers=0 if spec.device == "cpu" else -1)
+                                       n_gpu_layers=0 if spec.device == "cpu" else -1, batch_threads=spec.batch_threads)
             baseline = PEER_PLAIN
     elif spec.engine == "torch":
         engines["torch"] = load_engine(model_dir, "torch", spec.device, spec.dtype)
         scorer = torch_scorer(engines["torch"].model)
     else:
         eng = load_engine(model_dir, spec.engine, spec.device, spec.dtype, spec.quants[0], spec.threads,
-                          exact=spec.exact)
+                          exact=spec.exact, batch_threads=spec.batch_threads)
         engines[eng.label] = eng
         scorer = scorer_for(eng)
     return BenchSetup(with_drafters(engines, spec.drafters), scorer, baseline)

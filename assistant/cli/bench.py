@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help="runs of each prompt by every decoder, interleaved; the fastest of each counts (on a shared "
                         "machine: the one least disturbed)")
     p.add_argument("--threads", type=int, help="CPU threads (torch and llama.cpp)")
+    p.add_argument("--batch-threads", type=int,
+                   help="llama.cpp's threads for forwards of several rows, ours and llama-cpp-python's (default: "
+                        "every logical core, llama.cpp's default)")
     p.add_argument("--out", help="also write the results as JSON here")
     add_device_arguments(p)
     p.set_defaults(func=cmd_bench)
@@ -57,8 +60,8 @@ def cmd_bench(args) -> int:
     model_dir = ModelStore().resolve(args.model)
     spec = BenchEngines(
         engine=args.engine, quants=tuple(q.strip() for q in (args.quant or "").split(",") if q.strip()) or (None,),
-        device=args.device, dtype=args.dtype, threads=args.threads, exact=args.exact, with_torch=args.with_torch,
-        peers=args.peers, drafters=tuple(d.strip() for d in args.drafter.split(",") if d.strip()),
+        device=args.device, dtype=args.dtype, threads=args.threads, batch_threads=args.batch_threads, exact=args.exact,
+        with_torch=args.with_torch, peers=args.peers, drafters=tuple(d.strip() for d in args.drafter.split(",") if d.strip()),
     )
     setup = bench_engines(model_dir, spec)
     engines = setup.engines
@@ -73,10 +76,12 @@ def cmd_bench(args) -> int:
     )
     print(file=sys.stderr)
     result.meta = {
-        "model": str(model_dir), "engine": ", ".join(engines), "threads": args.threads, "prompts": args.prompts, "max_new": args.max_new,
+        "model": str(model_dir), "engine": ", ".join(engines), "threads": args.threads,
+        "batch_threads": args.batch_threads, "prompts": args.prompts, "max_new": args.max_new,
         "draft_len": args.draft_len, "repeats": args.repeats,
         "device": args.device, "dtype": args.dtype,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+                   f"{args.batch_threads or os.cpu_count()} llama.cpp batch threads",
     }
     print(f"model {model_dir}, engines {', '.join(engines)} ({args.device}, {args.dtype}), {result.prompts} prompts "
           f"({args.prompts}), {args.max_new} new tokens each, greedy; {result.meta['machine']}")

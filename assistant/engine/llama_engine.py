@@ -74,7 +74,11 @@ _POOLING_NONE = 0  # llama_pooling_type: embeddings per token, not pooled
 @dataclass(frozen=True)
 class LlamaSettings:
     quant: str | None = None  # None: the first of PREFERRED_QUANTS that was exported, else any export
-    threads: int | None = None  # CPU threads; None: half the logical cores (about the physical ones)
+    threads: int | None = None  # CPU threads of a 1-row forward; None: half the logical cores (about the physical ones)
+    # CPU threads of a forward of several rows (a prompt, a draft's verification): compute-bound
+    # where one row is memory-bound, so more threads help it. None: every logical core,
+    # llama.cpp's own default (n_threads_batch).
+    batch_threads: int | None = None
     n_gpu_layers: int = -1  # blocks offloaded when libllama was built with a GPU backend; -1: all
     n_ubatch: int = 512  # micro-batch size: a longer prompt is decoded in several
     # False (the default): llama.cpp's own defaults, what llama.cpp users run: KV type and
@@ -144,8 +148,8 @@ class _Context:
         params.n_batch = n_ctx  # a whole prompt in one llama_decode (split into micro-batches)
         params.n_ubatch = min(settings.n_ubatch, n_ctx)
         params.n_seq_max = 1
-        threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
-        params.n_threads = params.n_threads_batch = threads
+        params.n_threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
+        params.n_threads_batch = settings.batch_threads or os.cpu_count() or 1
         if exact:
             params.type_k = params.type_v = _GGML_TYPE_F32
             params.flash_attn_type = _FLASH_ATTN_DISABLED
@@ -430,10 +434,11 @@ class LlamaEngine:
     @classmethod
     def from_dir(
         cls, model_dir, quant: str | None = None, threads: int | None = None, device: str = "cpu", exact: bool = False,
-        probe_dir: Path | None = None,
+        probe_dir: Path | None = None, batch_threads: int | None = None,
     ) -> "LlamaEngine":
         gpu_layers = 0 if device == "cpu" else -1
-        settings = LlamaSettings(quant=quant, threads=threads, n_gpu_layers=gpu_layers, exact=exact, probe_dir=probe_dir)
+        settings = LlamaSettings(quant=quant, threads=threads, batch_threads=batch_threads, n_gpu_layers=gpu_layers,
+                                 exact=exact, probe_dir=probe_dir)
         return cls(model_dir, settings)
 
     def generate(
@@ -464,7 +469,8 @@ class LlamaEngine:
         on the shipped model)."""
         if k not in self._costs:
             s = self.settings
-            key = probe_key(self.files[0], quant=self.quant, threads=s.threads, exact=self.exact, k=k,
+            key = probe_key(self.files[0], quant=self.quant, threads=s.threads, batch_threads=s.batch_threads,
+                            exact=self.exact, k=k,
                             gpu_layers=s.n_gpu_layers, heads=[p.name for p in self.files[1:k]],
                             prefix=probe_prefix(self.max_seq_len))
             self._costs[k] = cached_probe(s.probe_dir, key, lambda: self._probe_costs(k))

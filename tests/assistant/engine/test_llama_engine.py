@@ -267,6 +267,23 @@ def test_fast_mode_is_the_default_everywhere(model64):
     assert load_engine(loaded.path, "llama", threads=1, exact=True).exact is True
 
 
+def test_forwards_of_several_rows_use_every_core_unless_told(model64):
+    """llama.cpp's own default: one row is memory-bound, a prompt or a draft's verification
+    compute-bound (n_threads_batch)."""
+    import llama_cpp
+
+    loaded, body = model64
+    default = load_engine(loaded.path, "llama", threads=1)
+    told = load_engine(loaded.path, "llama", threads=1, batch_threads=1)
+    for engine, batch in ((default, os.cpu_count()), (told, 1)):
+        for context in [engine._step.main, *engine._step.heads]:
+            assert llama_cpp.llama_n_threads(context.ctx) == 1
+            assert llama_cpp.llama_n_threads_batch(context.ctx) == batch
+    prompt = default.tokenizer.encode(body[:200])
+    config = GenerationConfig(max_new_tokens=24, k=4)
+    assert default.generate(prompt, config).tokens == told.generate(prompt, config).tokens
+
+
 @pytest.mark.parametrize("quant", QUANTS)
 def test_fast_mode_speculative_differs_from_plain_only_at_near_ties(model64, quant):
     loaded, body = model64
