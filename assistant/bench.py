@@ -104,8 +104,9 @@ class LlamaCppPeer:
 
         threads = threads or max(1, (os.cpu_count() or 2) // 2)  # as LlamaSettings: about the physical cores
         draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if lookup else None
-        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=batch_threads,
-                                   n_gpu_layers=n_gpu_layers, draft_model=draft, verbose=False)
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
+                                   n_threads_batch=batch_threads, n_gpu_layers=n_gpu_layers, draft_model=draft,
+                                   verbose=False)
         self.max_seq_len = n_ctx
         self.label = PEER_LOOKUP if lookup else PEER_PLAIN
         self._evals = 0
@@ -279,7 +280,8 @@ def bench_engines(model_dir: Path | str, spec: BenchEngines = BenchEngines()) ->
             baseline = "torch"
         if spec.peers:
             engines |= llama_cpp_peers(first.files[0], first.max_seq_len, spec.threads,
-                                       n_gpu_layers=0 if spec.device == "cpu" else -1, batch_threads=spec.batch_threads)
+                                       n_gpu_layers=0 if spec.device == "cpu" else -1,
+                                       batch_threads=spec.batch_threads)
             baseline = PEER_PLAIN
     elif spec.engine == "torch":
         engines["torch"] = load_engine(model_dir, "torch", spec.device, spec.dtype)

@@ -61,7 +61,8 @@ def cmd_bench(args) -> int:
     spec = BenchEngines(
         engine=args.engine, quants=tuple(q.strip() for q in (args.quant or "").split(",") if q.strip()) or (None,),
         device=args.device, dtype=args.dtype, threads=args.threads, batch_threads=args.batch_threads, exact=args.exact,
-        with_torch=args.with_torch, peers=args.peers, drafters=tuple(d.strip() for d in args.drafter.split(",") if d.strip()),
+        with_torch=args.with_torch, peers=args.peers,
+        drafters=tuple(d.strip() for d in args.drafter.split(",") if d.strip()),
     )
     setup = bench_engines(model_dir, spec)
     engines = setup.engines
@@ -80,8 +81,8 @@ def cmd_bench(args) -> int:
         "batch_threads": args.batch_threads, "prompts": args.prompts, "max_new": args.max_new,
         "draft_len": args.draft_len, "repeats": args.repeats,
         "device": args.device, "dtype": args.dtype,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                   f"{args.batch_threads or os.cpu_count()} llama.cpp batch threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads, {args.batch_threads or os.cpu_count()} llama.cpp batch threads",
     }
     print(f"model {model_dir}, engines {', '.join(engines)} ({args.device}, {args.dtype}), {result.prompts} prompts "
           f"({args.prompts}), {args.max_new} new tokens each, greedy; {result.meta['machine']}")

@@ -74,7 +74,7 @@ _POOLING_NONE = 0  # llama_pooling_type: embeddings per token, not pooled
 @dataclass(frozen=True)
 class LlamaSettings:
     quant: str | None = None  # None: the first of PREFERRED_QUANTS that was exported, else any export
-    threads: int | None = None  # CPU threads of a 1-row forward; None: half the logical cores (about the physical ones)
+    threads: int | None = None  # CPU threads of a 1-row forward; None: half the logical cores (~ the physical ones)
     # CPU threads of a forward of several rows (a prompt, a draft's verification): compute-bound
     # where one row is memory-bound, so more threads help it. None: every logical core,
     # llama.cpp's own default (n_threads_batch).
@@ -470,8 +470,7 @@ class LlamaEngine:
         if k not in self._costs:
             s = self.settings
             key = probe_key(self.files[0], quant=self.quant, threads=s.threads, batch_threads=s.batch_threads,
-                            exact=self.exact, k=k,
-                            gpu_layers=s.n_gpu_layers, heads=[p.name for p in self.files[1:k]],
+                            exact=self.exact, k=k, gpu_layers=s.n_gpu_layers, heads=[p.name for p in self.files[1:k]],
                             prefix=probe_prefix(self.max_seq_len))
             self._costs[k] = cached_probe(s.probe_dir, key, lambda: self._probe_costs(k))
         self._planner.cost = self._costs[k]
