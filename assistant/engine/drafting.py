@@ -230,7 +230,8 @@ class CostCurve:
     _rows: list[float] = field(init=False, repr=False, compare=False)
     _head: float = field(init=False, repr=False, compare=False)
     _switch: float = field(init=False, repr=False, compare=False)
-    _previous_rows: int = field(default=0, init=False, repr=False, compare=False)  # of the last forward observed; 0: unknown
+    # the rows of the last forward observed (0: unknown)
+    _previous_rows: int = field(default=0, init=False, repr=False, compare=False)
     _at_least: list[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -495,7 +496,8 @@ class DraftPlanner:
             try_costs = (self._try_cost(lookup_cost), self._try_cost(heads_cost))
             self._verdict = (rooms, may_lookup, may_heads, may_both, worth_a_try, try_costs)
         _, may_lookup, may_heads, may_both, (try_lookup, try_heads), (lookup_try_s, heads_try_s) = self._verdict
-        self._credit = min(self._credit + self.explore_share * self.cost.forward_s(1), 2 * max(lookup_try_s, heads_try_s))
+        cap = 2 * max(lookup_try_s, heads_try_s)
+        self._credit = min(self._credit + self.explore_share * self.cost.forward_s(1), cap)
         due = self.steps - self._last_try >= self.explore_gap
         if try_lookup:
             untried = any(("lookup", n, self.streak) not in self._tried for n in range(1, MAX_NGRAM + 1))
@@ -596,7 +598,8 @@ class DraftPlanner:
         probability that the draft would have been accepted), for nothing."""
         if verified < 1:
             return
-        self._record(("lookup", ngram, streak), self.lookup.setdefault((ngram, streak), Acceptance()), verified, accepted)
+        table = self.lookup.setdefault((ngram, streak), Acceptance())
+        self._record(("lookup", ngram, streak), table, verified, accepted)
         before = self.streak
         self.streak = min(self.max_streak, streak + 1) if accepted == verified else 0
         if self.streak != before:

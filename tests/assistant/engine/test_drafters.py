@@ -250,7 +250,8 @@ def test_probe_file_is_reused_and_a_damaged_one_is_measured_again(tmp_path):
     assert cached_probe(tmp_path, key, measure).rows == [1e-3, 2e-3]
     again = cached_probe(tmp_path, key, measure)
     assert again.head_s == 1e-4 and again.switch_s == 3e-4 and len(calls) == 1
-    (tmp_path / f"probe-{key}.json").write_text('{"rows": [1e-3, 2e-3], "head_s": 1e-4}')  # before switch_s was measured
+    # A file from before switch_s was measured:
+    (tmp_path / f"probe-{key}.json").write_text('{"rows": [1e-3, 2e-3], "head_s": 1e-4}')
     assert cached_probe(tmp_path, key, measure).switch_s == 3e-4 and len(calls) == 2
     (tmp_path / f"probe-{key}.json").write_text("{not json")
     assert cached_probe(tmp_path, key, measure).rows == [1e-3, 2e-3] and len(calls) == 3
@@ -398,7 +399,8 @@ def test_the_switch_back_to_one_row_after_a_draft_is_charged_to_drafts():
     assert best_length([0.6, 0.9], CostCurve([1.0, 1.5, 2.0]))[0] == 2
     assert best_length([0.6, 0.9], CostCurve([1.0, 1.5, 2.0], switch_s=0.8))[0] == 0
     # Drafts always right are followed by drafts: no switch back.
-    assert best_length([1.0, 1.0], CostCurve([1.0, 1.5, 2.0], switch_s=0.8)) == best_length([1.0, 1.0], CostCurve([1.0, 1.5, 2.0]))
+    with_switch, without = CostCurve([1.0, 1.5, 2.0], switch_s=0.8), CostCurve([1.0, 1.5, 2.0])
+    assert best_length([1.0, 1.0], with_switch) == best_length([1.0, 1.0], without)
 
 
 def test_a_completion_whose_lookups_fail_stops_drafting_them_for_a_while_whatever_the_long_run_says():
