@@ -273,8 +273,9 @@ def test_forwards_of_several_rows_use_every_core_unless_told(model64):
     import llama_cpp
 
     loaded, body = model64
-    default = load_engine(loaded.path, "llama", threads=1)
-    told = load_engine(loaded.path, "llama", threads=1, batch_threads=1)
+    # Exact mode (f32 KV cache, no flash attention): only the thread count differs between the two.
+    default = load_engine(loaded.path, "llama", threads=1, exact=True)
+    told = load_engine(loaded.path, "llama", threads=1, exact=True, batch_threads=1)
     for engine, batch in ((default, os.cpu_count()), (told, 1)):
         for context in [engine._step.main, *engine._step.heads]:
             assert llama_cpp.llama_n_threads(context.ctx) == 1
