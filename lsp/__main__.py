@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--model", help="model directory or store name (default: the store's default)")
     p.add_argument("--engine", default="auto", help="auto (llama.cpp where the model has a GGUF export, else torch), torch, llama")
+    p.add_argument("--threads", type=int, help="CPU threads for decoding (default: half the logical cores)")
+    p.add_argument("--batch-threads", type=int,
+                   help="llama.cpp's threads for forwards of several rows (prompts, drafts; default: every logical core)")
     return p
 
 
@@ -57,10 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     from assistant.completion.settings import CompletionSettings
+    from assistant.errors import UserError
     from assistant.store import ModelStore
     from lsp.server import server
 
-    server.base_settings = server.settings = CompletionSettings(model=args.model, engine=args.engine)
+    try:
+        settings = CompletionSettings(model=args.model, engine=args.engine, threads=args.threads,
+                                      batch_threads=args.batch_threads)
+    except UserError as e:
+        print(f"mtp-assistant lsp: {e}", file=sys.stderr)
+        return 2
+    server.base_settings = server.settings = settings
     token_file = None
     try:
         if args.tcp is not None:

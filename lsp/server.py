@@ -145,6 +145,11 @@ class _Workspace(Workspace):
                          sync_kind=self._sync_kind, position_codec=self.position_codec)
 
 
+def _engine_settings(settings: CompletionSettings) -> tuple:
+    """The settings the loaded engine was made with: a change of any of them reloads it."""
+    return settings.model, settings.engine, settings.threads, settings.batch_threads
+
+
 class MtpServer(LanguageServer):
     def __init__(self, settings: CompletionSettings = CompletionSettings()):
         super().__init__("mtp-assistant", "0.1.0", protocol_cls=_Protocol,
@@ -285,7 +290,7 @@ class MtpServer(LanguageServer):
         settings, problems = load_settings(data, self.base_settings)
         for problem in problems:
             self.warn(f"setting ignored: {problem}", kind=f"setting:{problem.split()[0]}")
-        reload = (settings.model, settings.engine) != (self.settings.model, self.settings.engine)
+        reload = _engine_settings(settings) != _engine_settings(self.settings)
         self.settings = settings
         if self.service is not None:
             self.service.update_settings(settings)
@@ -310,13 +315,15 @@ class MtpServer(LanguageServer):
                 model_dir = store.resolve(settings.model) if settings.model else store.model_for(self.root)
                 from assistant.engine import load_engine
 
-                engine = await asyncio.to_thread(load_engine, model_dir, settings.engine)
+                engine = await asyncio.to_thread(load_engine, model_dir, settings.engine, threads=settings.threads,
+                                                 batch_threads=settings.batch_threads)
                 self.service = CompletionService(engine, self.settings, self.context, self.stats)
                 engine_name = engine.label
                 self.stats.model, self.stats.engine = str(model_dir), engine_name
+                self.stats.threads = engine.threads
                 self.stats.warnings = list(engine.warnings)
                 self.model_error = None
-                log.info("model %s loaded (%s engine)", model_dir, engine_name)
+                log.info("model %s loaded (%s engine, threads %d / %d for batches)", model_dir, engine_name, *engine.threads)
                 message = f"model {model_dir.name} ready"
                 for warning in engine.warnings:  # e.g. engine "auto" fell back to torch, and why
                     self.warn(warning)

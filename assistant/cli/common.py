@@ -15,6 +15,8 @@ def add_llama_arguments(p) -> None:
 
     p.add_argument("--quant", choices=QUANTS, help="llama.cpp engine: which GGUF export (default: q8_0 if exported, ...)")
     p.add_argument("--threads", type=int, help="CPU threads (llama.cpp; torch for the torch engine)")
+    p.add_argument("--batch-threads", type=int,
+                   help="llama.cpp's threads for forwards of several rows (default: every logical core)")
 
 
 def add_device_arguments(p) -> None:

@@ -52,7 +52,8 @@ def cmd_complete(args) -> int:
     )
     store = ModelStore()
     model_dir = store.resolve(args.model) if args.model else store.model_for(Path(args.file))
-    engine = load_engine(model_dir, args.engine, args.device, args.dtype, args.quant, args.threads)
+    engine = load_engine(model_dir, args.engine, args.device, args.dtype, args.quant, args.threads,
+                         batch_threads=args.batch_threads)
     # The same path as the language server's: prompt, stop rules, post-processing.
     result = CompletionService(engine, settings).complete(prefix, suffix, uri=Path(args.file).resolve().as_uri())
     print(result.text)

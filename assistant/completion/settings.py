@@ -24,6 +24,11 @@ SECTION = "mtpAssistant"
 class CompletionSettings:
     model: str | None = None  # model directory or store name; None: the store's default
     engine: str = "auto"  # auto: llama.cpp where the model has its files, else torch
+    # CPU threads of the engine (None: half the logical cores, llama.cpp's 1-row steps and
+    # torch alike) and llama.cpp's for forwards of several rows (None: every logical core);
+    # changing either reloads the model.
+    threads: int | None = None
+    batch_threads: int | None = None
     max_tokens: int = 48  # new tokens per completion
     multiline: str = "auto"  # auto: multi-line after a block opener or an opening """; always; never
     max_lines: int = 8  # lines in a multi-line completion
@@ -68,6 +73,8 @@ def _check_field(name: str, value: Any) -> str | None:
     if name == "temperature":
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 10
         return None if ok else f"temperature must be a number in [0, 10], got {value!r}"
+    if name in ("threads", "batch_threads"):
+        return None if value is None else _positive_int(name, value, 1024)
     if name == "workspace_index":
         return None if isinstance(value, bool) else f"workspace_index must be true or false, got {value!r}"
     if name == "context_tokens":

@@ -37,6 +37,7 @@ def _ratio(a: float, b: float) -> float | None:
 class ServerStats:
     def __init__(self, model: str = "", engine: str = ""):
         self.model, self.engine = model, engine
+        self.threads: tuple[int, int] | None = None  # the engine's (see base.Engine)
         self.warnings: list[str] = []  # what the engine reported at load (a fallback, and why)
         self.started = time.time()
         self.requests = self.completions = self.cancelled = self.errors = 0
@@ -94,6 +95,7 @@ class ServerStats:
                 "updated": time.time(),
                 "model": self.model,
                 "engine": self.engine,
+                "threads": list(self.threads) if self.threads else None,
                 "warnings": self.warnings,
                 "requests": self.requests,
                 "completions": self.completions,

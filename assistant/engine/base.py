@@ -182,6 +182,9 @@ class Engine(Protocol):
     exact: bool
     # How logs, stats and screens name it: "torch", "torch cuda bfloat16", "llama.cpp q8_0".
     label: str
+    # CPU threads of a 1-row forward and of a forward of several rows (a prompt, a draft's
+    # verification), as the engine runs them.
+    threads: tuple[int, int]
 
     def generate(
         self,

@@ -95,6 +95,11 @@ class LlamaSettings:
     probe_dir: Path | None = None
 
 
+def resolved_threads(settings: LlamaSettings) -> tuple[int, int]:
+    """(threads of a 1-row forward, of a forward of several rows) that settings ask for."""
+    return settings.threads or max(1, (os.cpu_count() or 2) // 2), settings.batch_threads or os.cpu_count() or 1
+
+
 # check_export parses every GGUF of an export (about a second for the shipped model, on every
 # load); an export whose files all have the stamp they had when it passed is not parsed again.
 _checked_exports: dict[tuple, list[Path]] = {}
@@ -148,8 +153,7 @@ class _Context:
         params.n_batch = n_ctx  # a whole prompt in one llama_decode (split into micro-batches)
         params.n_ubatch = min(settings.n_ubatch, n_ctx)
         params.n_seq_max = 1
-        params.n_threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
-        params.n_threads_batch = settings.batch_threads or os.cpu_count() or 1
+        params.n_threads, params.n_threads_batch = self.threads = resolved_threads(settings)
         if exact:
             params.type_k = params.type_v = _GGML_TYPE_F32
             params.flash_attn_type = _FLASH_ATTN_DISABLED
@@ -390,6 +394,7 @@ class LlamaEngine:
         self.max_seq_len = config.max_seq_len
         self.warnings: list[str] = []  # see base.Engine
         self.label = f"llama.cpp {quant}"
+        self.threads = resolved_threads(settings)  # see base.Engine
         reads_final = _reads_final(files[0], config)
         contexts: list[_Context] = []
         try:

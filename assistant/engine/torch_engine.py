@@ -87,6 +87,7 @@ class TorchEngine:
         self.warnings: list[str] = []  # see base.Engine
         default = (self.device.type, dtype) == ("cpu", torch.float32)
         self.label = "torch" if default else f"torch {self.device.type} {str(dtype).removeprefix('torch.')}"
+        self.threads = (torch.get_num_threads(),) * 2  # see base.Engine (torch's threads are per process)
         # The "auto" drafter's: acceptance learned across calls, a probed cost curve per k.
         self._planner: DraftPlanner = planner_for(None)
         self._costs: dict[int, CostCurve] = {}

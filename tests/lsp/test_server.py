@@ -3,6 +3,8 @@
 import asyncio
 import json
 import os
+import shutil
+import time
 
 import pytest
 from lsprotocol import types
@@ -173,6 +175,26 @@ async def test_invalid_settings_fall_back_with_a_warning(tiny_model_dir, tmp_pat
         assert short.items[0].insert_text == expected(tiny_model_dir, TEXT, LINE, CHAR, {"maxTokens": 3, **NO_CAP})
         assert list((client.home / "servers").glob("*.json"))
     assert not list((tmp_path / "home" / "servers").glob("*.json"))  # removed on a clean exit
+
+
+async def test_thread_settings_reach_the_engine_and_a_change_reloads_it(tiny_model_dir, tmp_path):
+    from models.gguf_export import export_model
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "exported")
+    export_model(model, "f32")
+    options = {**OPTIONS, "engine": "llama", "threads": 1, "batchThreads": 1}
+    async with running_server(model, tmp_path, options) as client:
+        snap = await stats(client)
+        assert (snap["engine"], snap["threads"]) == ("llama.cpp f32", [1, 1])
+        uri = open_doc(client, "a.py", TEXT)
+        assert (await inline(client, uri, LINE, CHAR)).items
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams({**options, "batchThreads": 2}))
+        deadline = time.monotonic() + 120
+        while (snap := await stats(client))["threads"] != [1, 2] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert snap["threads"] == [1, 2] and snap["ready"]
+        assert (await inline(client, uri, LINE, CHAR)).items
+        assert (await stats(client))["errors"] == 0
 
 
 async def test_telemetry_and_the_stats_file(client):

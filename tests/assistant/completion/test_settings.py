@@ -16,6 +16,10 @@ from assistant.completion.settings import CompletionSettings, load_settings
         ({"engine": "gpu"}, "engine", "auto", 1),
         ({"suffixShare": float("nan")}, "suffix_share", 0.2, 1),
         ({"heads": None}, "heads", None, 0),
+        ({"threads": 2}, "threads", 2, 0),
+        ({"threads": 0}, "threads", None, 1),
+        ({"batchThreads": 4}, "batch_threads", 4, 0),
+        ({"batchThreads": "all"}, "batch_threads", None, 1),
         ({"model": ""}, "model", None, 1),
         ({"timeCapMs": 250, "bogus": 1}, "time_cap_ms", 250, 1),  # unknown keys are reported
         ({"suffixShare": 0.5, "snippetShare": 0.5}, "suffix_share", 0.2, 1),  # fine alone, not together

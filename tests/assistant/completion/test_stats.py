@@ -28,7 +28,7 @@ def test_snapshot_follows_the_contract():
     assert set(snap) == {
         "pid", "started", "updated", "model", "engine", "requests", "completions", "cancelled", "errors",
         "latency_ms", "tokens_per_forward", "acceptance_per_position", "cache_hits", "cache_hit_rate",
-        "shown", "accepted", "acceptance_rate", "warnings",
+        "shown", "accepted", "acceptance_rate", "warnings", "threads",
     }
     assert snap["latency_ms"]["p50"] == pytest.approx(6.0)
     assert snap["tokens_per_forward"] == 2.0

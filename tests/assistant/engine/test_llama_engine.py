@@ -277,6 +277,7 @@ def test_forwards_of_several_rows_use_every_core_unless_told(model64):
     default = load_engine(loaded.path, "llama", threads=1, exact=True)
     told = load_engine(loaded.path, "llama", threads=1, exact=True, batch_threads=1)
     for engine, batch in ((default, os.cpu_count()), (told, 1)):
+        assert engine.threads == (1, batch)  # what callers (the server's stats) are told
         for context in [engine._step.main, *engine._step.heads]:
             assert llama_cpp.llama_n_threads(context.ctx) == 1
             assert llama_cpp.llama_n_threads_batch(context.ctx) == batch
