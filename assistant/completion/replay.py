@@ -68,6 +68,11 @@ class ReplayResult:
             "server_latency_ms": s.get("latency_ms"),
             "cache_hit_rate": s.get("cache_hit_rate"),
             "tokens_per_forward": s.get("tokens_per_forward"),
+            # Of the requests the cache did not serve: what the model did, and where its time went.
+            "model_calls": s.get("model_calls"),
+            "new_tokens_per_call": s["new_tokens"] / s["model_calls"] if s.get("model_calls") else None,
+            "prefill_ms": s.get("prefill_ms"),
+            "decode_ms": s.get("decode_ms"),
             "acceptance_per_position": s.get("acceptance_per_position"),
             "suggestion_rate": self.suggestions / len(every) if every else None,
             "useful_rate": self.useful / self.suggestions if self.suggestions else None,

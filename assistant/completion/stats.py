@@ -43,6 +43,8 @@ class ServerStats:
         self.requests = self.completions = self.cancelled = self.errors = 0
         self.cache_hits = self.shown = self.accepted = 0
         self.new_tokens = self.forward_passes = 0
+        # Where the model's time goes: calls made, seconds in prompts (prefill) and in decoding.
+        self.model_calls, self.prefill_s, self.decode_s = 0, 0.0, 0.0
         self.draft_proposed: list[int] = []
         self.draft_accepted: list[int] = []
         self._latencies_ms: deque[float] = deque(maxlen=WINDOW)
@@ -62,6 +64,9 @@ class ServerStats:
             if decode_stats is not None:
                 self.new_tokens += decode_stats.new_tokens
                 self.forward_passes += decode_stats.forward_passes
+                self.model_calls += 1
+                self.prefill_s += decode_stats.prefill_s
+                self.decode_s += decode_stats.decode_s
                 n = len(decode_stats.draft_proposed)
                 if len(self.draft_proposed) < n:
                     self.draft_proposed += [0] * (n - len(self.draft_proposed))
@@ -103,6 +108,10 @@ class ServerStats:
                 "errors": self.errors,
                 "latency_ms": {q: percentile(latencies, n) for q, n in (("p50", 50), ("p95", 95), ("p99", 99))},
                 "tokens_per_forward": _ratio(self.new_tokens, self.forward_passes),
+                "model_calls": self.model_calls,
+                "new_tokens": self.new_tokens,
+                "prefill_ms": self.prefill_s * 1e3,
+                "decode_ms": self.decode_s * 1e3,
                 # Per draft position (1 = the token after head 1's; a position may be a head's draft or
                 # context lookup's): the share of drafts there that head 1 accepted, None where none was made.
                 "acceptance_per_position": [a / p if p else None for a, p in zip(self.draft_accepted, self.draft_proposed)],

@@ -30,6 +30,9 @@ def test_replay_types_through_a_file(tiny_model_dir, tmp_path):
     assert summary["chars_typed"] == typed and summary["requests"] == typed
     assert summary["latency_ms"]["p50"] > 0 and summary["errors"] == 0
     assert 0 <= summary["cache_hit_rate"] <= 1 and summary["tokens_per_forward"] >= 1
+    calls = summary["model_calls"]
+    assert 0 < calls <= typed and round(calls * summary["new_tokens_per_call"]) >= calls
+    assert summary["prefill_ms"] > 0 and summary["decode_ms"] >= 0
 
 
 @pytest.mark.slow

@@ -18,7 +18,9 @@ def test_percentile(values, q, expected):
 def test_snapshot_follows_the_contract():
     stats = ServerStats(model="m", engine="torch")
     stats.request()
-    stats.completed(0.010, cached=False, decode_stats=DecodeStats(new_tokens=6, forward_passes=3, draft_proposed=[3, 3], draft_accepted=[2, 1]))
+    decoded = DecodeStats(new_tokens=6, forward_passes=3, draft_proposed=[3, 3], draft_accepted=[2, 1], prefill_s=0.004,
+                          decode_s=0.005)
+    stats.completed(0.010, cached=False, decode_stats=decoded)
     stats.request()
     stats.completed(0.002, cached=True)
     stats.suggestion_shown()
@@ -28,10 +30,13 @@ def test_snapshot_follows_the_contract():
     assert set(snap) == {
         "pid", "started", "updated", "model", "engine", "requests", "completions", "cancelled", "errors",
         "latency_ms", "tokens_per_forward", "acceptance_per_position", "cache_hits", "cache_hit_rate",
-        "shown", "accepted", "acceptance_rate", "warnings", "threads",
+        "shown", "accepted", "acceptance_rate", "warnings", "threads", "model_calls", "new_tokens", "prefill_ms",
+        "decode_ms",
     }
     assert snap["latency_ms"]["p50"] == pytest.approx(6.0)
     assert snap["tokens_per_forward"] == 2.0
+    assert (snap["model_calls"], snap["new_tokens"]) == (1, 6)  # the cache hit made no model call
+    assert (snap["prefill_ms"], snap["decode_ms"]) == (pytest.approx(4.0), pytest.approx(5.0))
     assert snap["acceptance_per_position"] == pytest.approx([2 / 3, 1 / 3])
     assert (snap["cache_hits"], snap["cache_hit_rate"], snap["acceptance_rate"]) == (1, 0.5, 0.5)
     json.dumps(snap)  # plain JSON
