@@ -153,7 +153,7 @@ class _Context:
         params.n_batch = n_ctx  # a whole prompt in one llama_decode (split into micro-batches)
         params.n_ubatch = min(settings.n_ubatch, n_ctx)
         params.n_seq_max = 1
-        params.n_threads, params.n_threads_batch = self.threads = resolved_threads(settings)
+        params.n_threads, params.n_threads_batch = resolved_threads(settings)
         if exact:
             params.type_k = params.type_v = _GGML_TYPE_F32
             params.flash_attn_type = _FLASH_ATTN_DISABLED
