@@ -24,9 +24,9 @@ SECTION = "mtpAssistant"
 class CompletionSettings:
     model: str | None = None  # model directory or store name; None: the store's default
     engine: str = "auto"  # auto: llama.cpp where the model has its files, else torch
-    # CPU threads of the engine (None: half the logical cores, llama.cpp's 1-row steps and
-    # torch alike) and llama.cpp's for forwards of several rows (None: every logical core);
-    # changing either reloads the model.
+    # CPU threads of the engine's 1-row steps (None: its default, about the physical cores)
+    # and llama.cpp's for forwards of several rows (None: every logical core); changing
+    # either reloads the model.
     threads: int | None = None
     batch_threads: int | None = None
     max_tokens: int = 48  # new tokens per completion
