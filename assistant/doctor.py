@@ -173,4 +173,8 @@ def _round_trip(client: _StdioClient, workspace: Path, timeout_s: float) -> tupl
     client.send("exit", None, request=False)
     if client.close() != 0:
         raise DoctorError("the server did not exit cleanly after shutdown")
-    return latency_ms, stats.get("engine") or "?", text, list(stats.get("warnings") or [])
+    engine = stats.get("engine") or "?"
+    if stats.get("threads"):  # how fast a step can be: the first thing to check when completions are slow
+        step, batch = stats["threads"]
+        engine += f", {step} thread{'s' if step > 1 else ''} a step, {batch} for prompts and drafts"
+    return latency_ms, engine, text, list(stats.get("warnings") or [])

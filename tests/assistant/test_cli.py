@@ -114,7 +114,7 @@ def test_doctor_runs_the_server_the_editor_would(tmp_path, home):
     assert lines[0].startswith("ok  command: /") and lines[0].endswith("mtp-assistant")
     command = lines[0].removeprefix("ok  command: ")
     assert f"ok  model: {model}" in lines
-    assert "ok  engine: torch" in lines
+    assert "ok  engine: torch, 1 thread a step, 1 for prompts and drafts" in lines  # OMP_NUM_THREADS=1
     assert any(line.startswith("ok  completion round trip: ") for line in lines)
     assert f'command = "{command}"' in report  # the snippet names the real executable
     failed = cli("doctor", "--model", tmp_path / "nothing", env=home, check=False)
