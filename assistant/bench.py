@@ -97,12 +97,13 @@ class LlamaCppPeer:
 
     def __init__(self, gguf: Path | str, n_ctx: int, threads: int | None = None, lookup: bool = False,
                  n_gpu_layers: int = 0, batch_threads: int | None = None):
-        import os
-
         import llama_cpp
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-        threads = threads or max(1, (os.cpu_count() or 2) // 2)  # as LlamaSettings: about the physical cores
+        from assistant.engine.llama_engine import LlamaSettings, resolved_threads
+
+        # The same defaults as our engine's (for batches that is Llama's own too).
+        threads, batch_threads = resolved_threads(LlamaSettings(threads=threads, batch_threads=batch_threads))
         draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if lookup else None
         self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
                                    n_threads_batch=batch_threads, n_gpu_layers=n_gpu_layers, draft_model=draft,
