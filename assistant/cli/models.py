@@ -185,9 +185,7 @@ def _add_models_add_heads_parser(msub) -> None:
     p.add_argument("base", help="a llama GGUF file, or a Hugging Face directory (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("--heads", type=int, default=3, help="new heads (the model then drafts up to 1 + N tokens a forward)")
     p.add_argument("--minutes", type=float, default=10.0, help="training time, over all resumes of the run")
-    corpus = p.add_mutually_exclusive_group(required=True)
-    corpus.add_argument("--repo", help="a code repository to train the heads on (the training corpus rules)")
-    corpus.add_argument("--data", help="a directory of code to train the heads on (same rules)")
+    _add_corpus_arguments(p, "")
     p.add_argument("--name", help="name in the store (default: the base's name + '-mtp')")
     p.add_argument("--default", action="store_true", help="make it the default model")
     p.add_argument("--targets", default="base", choices=("base", "base-soft", "corpus"),
@@ -208,6 +206,14 @@ def _add_models_add_heads_parser(msub) -> None:
     p.set_defaults(func=cmd_models_add_heads)
 
 
+def _add_corpus_arguments(p, prefix: str) -> None:
+    """--repo and --data, each repeatable: the heads train on all of them mixed."""
+    for flag, what in (("--repo", "a code repository"), ("--data", "a directory of code")):
+        p.add_argument(flag, dest="corpus", action="append", metavar=flag.strip("-").upper(),
+                       help=f"{prefix}{what} to train the heads on (the training corpus rules); give several "
+                            "to mix them: broad code makes heads that carry to code they never saw")
+
+
 def cmd_models_add_heads(args) -> int:
     from assistant.training.heads import HeadsConfig, HeadsError, HeadsStopped
     from assistant.training.heads_store import add_heads_to_store, default_name, run_dir_for
@@ -216,10 +222,12 @@ def cmd_models_add_heads(args) -> int:
     base = Path(args.base)
     name = args.name or default_name(base)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(store, name)
+    if not args.corpus:
+        raise CliError("add-heads needs the code to train the heads on: --repo PATH or --data DIR (several mix)")
     stop = threading.Event()
     try:
         config = HeadsConfig(
-            base=str(base), corpus=args.repo or args.data, run_dir=str(run_dir), new_heads=args.heads,
+            base=str(base), corpus=tuple(args.corpus), run_dir=str(run_dir), new_heads=args.heads,
             minutes=args.minutes, targets=args.targets, seq_len=args.seq_len, batch_size=args.batch_size,
             max_seq_len=args.max_seq_len, tokenizer_from=args.tokenizer, max_steps=args.max_steps, device=args.device,
             **{k: v for k, v in (("lr", args.lr), ("soft_top_k", args.soft_top_k)) if v is not None},
@@ -265,9 +273,7 @@ def _add_models_pull_parser(msub) -> None:
     p.add_argument("--revision", help="a branch, tag or commit (default: main)")
     p.add_argument("--name", help="the store name add-heads gives it (default: the file's or repository's name + '-mtp')")
     p.add_argument("--add-heads", action="store_true", help="then run add-heads on it (needs --repo or --data)")
-    corpus = p.add_mutually_exclusive_group()
-    corpus.add_argument("--repo", help="with --add-heads: a code repository to train the heads on")
-    corpus.add_argument("--data", help="with --add-heads: a directory of code to train the heads on")
+    _add_corpus_arguments(p, "with --add-heads: ")
     p.add_argument("--heads", type=int, default=3, help="with --add-heads: new heads")
     p.add_argument("--minutes", type=float, default=10.0, help="with --add-heads: training time")
     p.add_argument("--default", action="store_true", help="with --add-heads: make it the default model")
@@ -279,7 +285,7 @@ def cmd_models_pull(args) -> int:
 
     from assistant.hub import HubError, pull
 
-    if args.add_heads and not (args.repo or args.data):
+    if args.add_heads and not args.corpus:
         raise CliError("--add-heads needs the code to train the heads on: --repo PATH or --data DIR")
     try:
         pulled = pull(args.repo_id, args.file, args.revision)
@@ -292,7 +298,7 @@ def cmd_models_pull(args) -> int:
     if not args.add_heads:
         print(f"next: mtp-assistant {shlex.join(add_heads)} --repo YOUR_CODE [--minutes 30]")
         return 0
-    add_heads += ["--repo", args.repo] if args.repo else ["--data", args.data]
+    add_heads += [arg for path in args.corpus for arg in ("--data", path)]
     add_heads += ["--heads", str(args.heads), "--minutes", str(args.minutes)] + (["--default"] if args.default else [])
     from assistant.cli import build_parser  # the whole command line: pull chains into add-heads
 

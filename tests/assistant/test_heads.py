@@ -1,6 +1,7 @@
 """Heads trained for a plain base by self-distillation: they come to agree with the base,
 the run resumes, the result decodes speculatively exactly as plain, and the CLI wires it."""
 
+import dataclasses
 import json
 
 import pytest
@@ -126,6 +127,30 @@ def test_a_soft_target_run_resumes_and_keeps_its_setting(setup):
         config_for(setup, "run-soft-c", soft_top_k=0)
 
 
+def test_several_corpora_mix_and_a_one_path_run_setting_still_reads(setup, tmp_path):
+    from assistant.training.heads import read_corpora
+
+    _, repo, _ = setup
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(30):  # enough files that the 5% validation split takes some of each root
+        (other / f"m{i}.py").write_text(f"VALUE_{i} = {i}\n" * 20)
+    (other / "copy.py").write_text(CODE)  # the same text as repo/a.py: trained on once
+    train, val = read_corpora((str(repo), str(other)))
+    assert len(train) + len(val) == 2 + 30
+    assert CODE in train + val and (train + val).count(CODE) == 1
+    assert any("VALUE_" in text for text in val) and any("VALUE_" in text for text in train)
+    assert "VALUE_" not in val[0] and "VALUE_" in val[1]  # each root's validation texts in turn
+    with pytest.raises(HeadsError, match="no-such-code"):
+        read_corpora((str(repo), str(tmp_path / "no-such-code")))
+    # Run settings written with one corpus path (before mixes) still name the same run.
+    config = config_for(setup, "run-mix")
+    assert config.corpus == (str(repo),)
+    assert config.resumable_from(HeadsConfig(**json.loads(json.dumps(dataclasses.asdict(config)))))
+    with pytest.raises(HeadsError, match="corpus"):
+        config_for(setup, "run-mix", corpus=())
+
+
 def test_speculative_equals_plain_on_the_result(setup, tmp_path):
     out, result = add_heads(config_for(setup, "run-c"), tmp_path / "mtp", show_progress=False)
     loaded = load_model(out)
@@ -155,10 +180,13 @@ def test_cli_adds_heads_into_the_store(setup, tmp_path, monkeypatch, capsys):
     assert (model_dir / "gguf" / "f32" / "head-3.gguf").is_file()
     code = main(["models", "add-heads", str(base), "--data", str(repo), "--heads", "2", "--max-steps", "1",
                  "--seq-len", "32", "--batch-size", "2", "--name", "tiny-soft", "--device", "cpu",
-                 "--targets", "base-soft", "--soft-top-k", "8"])
+                 "--targets", "base-soft", "--soft-top-k", "8", "--repo", str(repo / "..")])
     assert code == 0
     run_config = json.loads((tmp_path / "home" / "runs" / "add-heads-tiny-soft" / "heads_config.json").read_text())
     assert (run_config["targets"], run_config["soft_top_k"]) == ("base-soft", 8)
+    assert run_config["corpus"] == [str(repo), str(repo / "..")]  # both, in order
+    code = main(["models", "add-heads", str(base), "--name", "no-corpus"])
+    assert code == 1 and "--repo PATH or --data DIR" in capsys.readouterr().err
     assert run_config["lr"] == HeadsConfig.lr  # an unset --lr is the settings' default
     code = main(["models", "add-heads", str(tmp_path / "nope.gguf"), "--data", str(repo), "--name", "other"])
     assert code == 1 and "nope.gguf: does not exist" in capsys.readouterr().err

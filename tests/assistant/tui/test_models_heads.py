@@ -71,7 +71,7 @@ async def test_add_heads_makes_a_model_that_appears_in_the_list(home, base_and_c
         assert any(m.startswith("added main-mtp: ") for m in notifications(app)), notifications(app)
         loaded = load_model(model.path)
         assert loaded.provenance["heads_training"]["steps"] >= 1
-        assert loaded.provenance["heads_training"]["corpus"] == str(corpus.resolve())
+        assert loaded.provenance["heads_training"]["corpus"] == [str(corpus.resolve())]
         assert (model.path / "gguf" / "f32" / "head-3.gguf").is_file()  # servable by llama.cpp too
 
 
