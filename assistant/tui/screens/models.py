@@ -359,7 +359,7 @@ class ModelsScreen(TuiScreen):
         defaults = {f.name: f.default for f in dataclasses.fields(HeadsConfig)}
         fields = [
             FormField("base", "base", placeholder="a .gguf file or a Hugging Face directory"),
-            FormField("corpus", "corpus", placeholder="a repository or a directory of code"),
+            FormField("corpus", "corpus", placeholder="a repository or a directory of code (several: a, b)"),
             FormField("minutes", "minutes", f"{defaults['minutes']:g}"),
             FormField("heads", "heads", str(defaults["new_heads"])),
             FormField("name", "name", placeholder="(the base's name + -mtp)"),
@@ -387,7 +387,8 @@ class ModelsScreen(TuiScreen):
             raise ValueError("add-heads needs a base (a .gguf file or a Hugging Face directory) and a corpus")
         # Absolute paths: a run's settings must read the same to resume it, wherever the UI started.
         base = str(Path(answer["base"]).expanduser().resolve())
-        corpus = str(Path(answer["corpus"]).expanduser().resolve())
+        corpus = tuple(str(Path(path.strip()).expanduser().resolve()) for path in answer["corpus"].split(",")
+                       if path.strip())
         try:
             minutes, heads = float(answer["minutes"]), int(answer["heads"])
         except ValueError:

@@ -58,12 +58,15 @@ async def add_heads(pilot, **answers: str) -> None:
     await pilot.click("#ok")
 
 
-async def test_add_heads_makes_a_model_that_appears_in_the_list(home, base_and_corpus):
+async def test_add_heads_makes_a_model_that_appears_in_the_list(home, base_and_corpus, tmp_path):
     base, corpus = base_and_corpus
+    more = tmp_path / "more"  # a second corpus: the form takes several, comma-separated
+    more.mkdir()
+    (more / "c.py").write_text(CODE.replace("add", "mul").replace("+", "*"))
     app = make_app(home)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.screen.query_one("#model-detail").render().plain != "", what="listing")
-        await add_heads(pilot, base=str(base), corpus=str(corpus), minutes="0.02", heads="2")
+        await add_heads(pilot, base=str(base), corpus=f"{corpus}, {more}", minutes="0.02", heads="2")
         await wait_for(pilot, lambda: [m.name for m in app.screen.models] == ["main-mtp"] and not app.screen._busy,
                        timeout=120, what=f"the new model in the list {notifications(app)}")
         model = app.screen.models[0]
@@ -71,7 +74,7 @@ async def test_add_heads_makes_a_model_that_appears_in_the_list(home, base_and_c
         assert any(m.startswith("added main-mtp: ") for m in notifications(app)), notifications(app)
         loaded = load_model(model.path)
         assert loaded.provenance["heads_training"]["steps"] >= 1
-        assert loaded.provenance["heads_training"]["corpus"] == [str(corpus.resolve())]
+        assert loaded.provenance["heads_training"]["corpus"] == [str(corpus.resolve()), str(more.resolve())]
         assert (model.path / "gguf" / "f32" / "head-3.gguf").is_file()  # servable by llama.cpp too
 
 
