@@ -39,6 +39,10 @@ from models.base_import import Base, build_model, read_base, sha256_files
 from models.checkpoint import write_atomic
 from models.transformer import MTPTransformer
 
+# Heads trained on ~3 passes of a 2.8 MB corpus lost 4-11% of their tokens per forward on code outside it
+# against heads that read 22 MB under once (BENCHMARKS.md, "A broad corpus").
+REPEATED_CORPUS_PASSES = 1.5
+
 CONFIG_FILE = "heads_config.json"
 CHECKPOINT_FILE = "heads_checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -138,9 +142,19 @@ class HeadsResult:
     seconds: float
     first_eval: dict[str, list[float]]
     final_eval: dict[str, list[float]]
+    corpus_passes: float  # how many times the run read its training documents
+
+    def corpus_note(self) -> str | None:
+        """What to do about a corpus read many times, for the user; None when it was not."""
+        if self.corpus_passes < REPEATED_CORPUS_PASSES:
+            return None
+        return (f"the heads read their corpus {self.corpus_passes:.1f} times and learn its habits, so on other code "
+                "they agree less: mixing in broad code (another --data, e.g. the Python standard library) carries "
+                "further (README, 'Bring your own model')")
 
     def summary(self) -> dict[str, Any]:
-        return {"steps": self.steps, "minutes": self.seconds / 60, "before": self.first_eval, "after": self.final_eval}
+        return {"steps": self.steps, "minutes": self.seconds / 60, "corpus_passes": self.corpus_passes,
+                "before": self.first_eval, "after": self.final_eval}
 
 
 def read_corpora(roots: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -159,6 +173,18 @@ def read_corpora(roots: tuple[str, ...]) -> tuple[list[str], list[str]]:
         seen.update(f.text for f in corpus.train + corpus.val)
     val = [text for group in itertools.zip_longest(*vals) for text in group if text is not None]
     return train, val or train
+
+
+def corpus_tokens(texts: list[str], tokenizer, sample_chars: int = 50_000) -> float:
+    """The texts' length in tokens, from the characters per token of their first sample_chars
+    (tokenizing a whole large corpus up front would take minutes)."""
+    total = sum(len(text) for text in texts)
+    sample = ""
+    for text in texts:
+        if len(sample) >= sample_chars:
+            break
+        sample += text[: sample_chars - len(sample)]
+    return max(1.0, total * len(tokenizer.encode(sample)) / max(1, len(sample)))
 
 
 def _device(name: str) -> torch.device:
@@ -331,7 +357,8 @@ def train_heads(
     metrics.close()
     for p in model.parameters():
         p.requires_grad_(False)
-    return HeadsResult(model.cpu(), base, fingerprint, step, seconds, first_eval, final_eval)
+    passes = step * config.batch_size * config.seq_len / corpus_tokens(train_texts, tokenizer)
+    return HeadsResult(model.cpu(), base, fingerprint, step, seconds, first_eval, final_eval, passes)
 
 
 def heads_provenance(config: HeadsConfig, result: HeadsResult) -> dict[str, Any]:

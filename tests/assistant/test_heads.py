@@ -175,6 +175,7 @@ def test_cli_adds_heads_into_the_store(setup, tmp_path, monkeypatch, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "added 2 heads" in out and "tiny-mtp" in out
+    assert "read their corpus" not in out  # 2 small steps: a fraction of one pass
     model_dir = tmp_path / "home" / "models" / "tiny-mtp"
     assert json.loads((model_dir / "config.json").read_text())["model"]["n_future_tokens"] == 3
     assert (model_dir / "gguf" / "f32" / "head-3.gguf").is_file()
@@ -188,6 +189,14 @@ def test_cli_adds_heads_into_the_store(setup, tmp_path, monkeypatch, capsys):
     code = main(["models", "add-heads", str(base), "--name", "no-corpus"])
     assert code == 1 and "--repo PATH or --data DIR" in capsys.readouterr().err
     assert run_config["lr"] == HeadsConfig.lr  # an unset --lr is the settings' default
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "one.py").write_text(CODE[:300])
+    code = main(["models", "add-heads", str(base), "--data", str(small), "--heads", "2", "--max-steps", "6",
+                 "--seq-len", "32", "--batch-size", "4", "--name", "tiny-small", "--device", "cpu"])
+    assert code == 0
+    # 6 x 4 windows of 32 tokens read the 300 tokens ~2.5 times: the CLI says what that costs.
+    assert "note: the heads read their corpus 2." in capsys.readouterr().out
     code = main(["models", "add-heads", str(tmp_path / "nope.gguf"), "--data", str(repo), "--name", "other"])
     assert code == 1 and "nope.gguf: does not exist" in capsys.readouterr().err
 

@@ -433,7 +433,8 @@ class ModelsScreen(TuiScreen):
         else:
             after = " ".join(f"{a:.2f}" for a in result.final_eval["agreement_per_head"])
             self.post_message(self.OperationDone(
-                "add-heads", True, f"added {entry.name}: {result.steps} steps, agreement per new head {after}"))
+                "add-heads", True, f"added {entry.name}: {result.steps} steps, agreement per new head {after}"
+                + (f"; {result.corpus_note()}" if result.corpus_note() else "")))
 
 
 def serves_cell(m: ModelInfo) -> str:
