@@ -142,7 +142,7 @@ class HeadsResult:
     seconds: float
     first_eval: dict[str, list[float]]
     final_eval: dict[str, list[float]]
-    corpus_passes: float  # how many times the run read its training documents
+    corpus_passes: float  # the tokens trained on over the corpus's (estimated) tokens
 
     def corpus_note(self) -> str | None:
         """What to do about a corpus read many times, for the user; None when it was not."""

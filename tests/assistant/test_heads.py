@@ -143,10 +143,11 @@ def test_several_corpora_mix_and_a_one_path_run_setting_still_reads(setup, tmp_p
     assert "VALUE_" not in val[0] and "VALUE_" in val[1]  # each root's validation texts in turn
     with pytest.raises(HeadsError, match="no-such-code"):
         read_corpora((str(repo), str(tmp_path / "no-such-code")))
-    # Run settings written with one corpus path (before mixes) still name the same run.
+    # Run settings as JSON (a list), or written with one corpus path before mixes: the same run.
     config = config_for(setup, "run-mix")
     assert config.corpus == (str(repo),)
     assert config.resumable_from(HeadsConfig(**json.loads(json.dumps(dataclasses.asdict(config)))))
+    assert config.resumable_from(HeadsConfig(**(dataclasses.asdict(config) | {"corpus": str(repo)})))
     with pytest.raises(HeadsError, match="corpus"):
         config_for(setup, "run-mix", corpus=())
 

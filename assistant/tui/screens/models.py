@@ -359,7 +359,7 @@ class ModelsScreen(TuiScreen):
         defaults = {f.name: f.default for f in dataclasses.fields(HeadsConfig)}
         fields = [
             FormField("base", "base", placeholder="a .gguf file or a Hugging Face directory"),
-            FormField("corpus", "corpus", placeholder="a repository or a directory of code (several: a, b)"),
+            FormField("corpus", "corpus", placeholder="repos or code folders, comma-separated"),
             FormField("minutes", "minutes", f"{defaults['minutes']:g}"),
             FormField("heads", "heads", str(defaults["new_heads"])),
             FormField("name", "name", placeholder="(the base's name + -mtp)"),
