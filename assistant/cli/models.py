@@ -243,8 +243,8 @@ def cmd_models_add_heads(args) -> int:
     print(f"added {args.heads} heads to {base} as {entry.name} at {entry.path}" + (" (default)" if entry.is_default else ""))
     print(f"{result.steps} steps in {result.seconds / 60:.1f} min; agreement with the base per new head "
           f"{' '.join(f'{a:.2f}' for a in before)} -> {' '.join(f'{a:.2f}' for a in after)} (run: {run_dir})")
-    if result.corpus_note():
-        print(f"note: {result.corpus_note()}")
+    if note := result.corpus_note():
+        print(f"note: {note}")
     return 0
 
 

@@ -432,9 +432,10 @@ class ModelsScreen(TuiScreen):
             self.post_message(self.OperationDone("add-heads", False, f"{type(e).__name__}: {e}"))
         else:
             after = " ".join(f"{a:.2f}" for a in result.final_eval["agreement_per_head"])
+            note = result.corpus_note()
             self.post_message(self.OperationDone(
                 "add-heads", True, f"added {entry.name}: {result.steps} steps, agreement per new head {after}"
-                + (f"; {result.corpus_note()}" if result.corpus_note() else "")))
+                + (f"; {note}" if note else "")))
 
 
 def serves_cell(m: ModelInfo) -> str:
