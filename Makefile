@@ -7,16 +7,27 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup run test test-slow bench-backward bench-model bench-decode default-model clean
 
+# llama-cpp-python as pyproject.toml pins it, built from source for this CPU
+# (-march=native) but without ggml's AMX kernels: where the CPU has AMX, this release's
+# kernels load a tile configuration the compiler left partly uninitialised and fault in the
+# first decode (SIGSEGV at ldtilecfg on a Sapphire Rapids VM whose AMX works otherwise;
+# ggml-org/llama.cpp#20824, #26954). Without a wheel cache, so that a wheel built earlier
+# with them is not reused.
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64 amd64,$(shell uname -m)),-DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)")
+
 # The CPU build of torch goes in first: with no torch installed, pip would resolve
 # `torch` to a multi-GB CUDA build. llama-cpp-python builds from source (~5 min on
-# 2 cores; pip caches the wheel afterwards).
+# 2 cores).
 setup: $(VENV)/.installed system-packages
 $(VENV)/.installed: pyproject.toml
 	@echo "== creating $(VENV) and installing torch (CPU build) =="
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	@echo "== installing mtp-assistant and its dependencies: llama-cpp-python compiles from source,"
-	@echo "   about 5 minutes on 2 cores the first time (pip caches the wheel afterwards) =="
+	@echo "== building llama-cpp-python from source: about 5 minutes on 2 cores =="
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(PY) -m pip install --quiet --no-cache-dir '$(LLAMA_CPP_PYTHON)'
+	@echo "== installing mtp-assistant and its other dependencies =="
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
