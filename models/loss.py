@@ -92,11 +92,14 @@ def _soft_head_loss(logits: torch.Tensor, target: torch.Tensor, ids: torch.Tenso
 
 def _head_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits (B, T, V), target (B, T) -> mean loss, top-1 hits, scored count."""
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)
+    valid = target != IGNORE_INDEX
+    count = valid.sum()
+    # A sum over the count rather than the mean: no scored row gives a loss of 0, not NaN.
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum") / count.clamp(min=1)
     with torch.no_grad():
-        valid = target != IGNORE_INDEX
         correct = ((logits.argmax(-1) == target) & valid).sum()
-    return loss, correct, valid.sum()
+    return loss, correct, count
 
 
 def mtp_loss(
@@ -141,11 +144,18 @@ def mtp_forward_backward(
 
     losses, corrects, counts = [], [], []
     for head, weight in enumerate(weights):
-        with autocast:
-            logits = model.output(model.head_hidden(z_leaf, head))  # (B, T, V)
         if soft is None:
-            loss, correct, count = _head_loss(logits, targets[:, head])
+            # Only the scored rows reach the output matrix: a head whose targets are mostly
+            # IGNORE_INDEX (path-masked distillation) then pays for the rows it learns from.
+            target = targets[:, head]  # (B, T)
+            valid = target != IGNORE_INDEX
+            with autocast:
+                hidden = model.head_hidden(z_leaf, head)  # (B, T, D)
+                logits = model.output(hidden[valid])[None]  # (1, N, V)
+            loss, correct, count = _head_loss(logits, target[valid][None])
         else:
+            with autocast:
+                logits = model.output(model.head_hidden(z_leaf, head))  # (B, T, V)
             loss, correct, count = _soft_head_loss(logits, targets[:, head], soft.ids[:, head], soft.probs[:, head])
         # Autograd keeps what it needs (the log-probabilities); holding the logits
         # through the backward would add a second (B, T, V) tensor to the peak.

@@ -188,10 +188,12 @@ def _add_models_add_heads_parser(msub) -> None:
     _add_corpus_arguments(p, "")
     p.add_argument("--name", help="name in the store (default: the base's name + '-mtp')")
     p.add_argument("--default", action="store_true", help="make it the default model")
-    p.add_argument("--targets", default="base", choices=("base", "base-soft", "corpus"),
-                   help="base: agree with the base's own greedy tokens (self-distillation); base-soft: learn the "
-                        "base's whole next-token distributions (their top --soft-top-k); corpus: the text's")
-    # Unset numbers take HeadsConfig's defaults (read there, not here: it imports torch).
+    # Unset settings take HeadsConfig's defaults (read there, not here: it imports torch).
+    p.add_argument("--targets", choices=("base-path", "base", "base-soft", "corpus"),
+                   help="base-path (the default): agree with the base's own greedy tokens where the text went "
+                        "the base's way (self-distillation, what decoding accepts); base: at every position; "
+                        "base-soft: learn the base's whole next-token distributions (their top --soft-top-k); "
+                        "corpus: the text's tokens")
     p.add_argument("--soft-top-k", type=int,
                    help="with --targets base-soft: how many of the base's likeliest tokens each target keeps (32)")
     p.add_argument("--run-dir", help="where the resumable run lives (default: the store's runs/add-heads-NAME)")
@@ -228,9 +230,10 @@ def cmd_models_add_heads(args) -> int:
     try:
         config = HeadsConfig(
             base=str(base), corpus=tuple(args.corpus), run_dir=str(run_dir), new_heads=args.heads,
-            minutes=args.minutes, targets=args.targets, seq_len=args.seq_len, batch_size=args.batch_size,
+            minutes=args.minutes, seq_len=args.seq_len, batch_size=args.batch_size,
             max_seq_len=args.max_seq_len, tokenizer_from=args.tokenizer, max_steps=args.max_steps, device=args.device,
-            **{k: v for k, v in (("lr", args.lr), ("soft_top_k", args.soft_top_k)) if v is not None},
+            **{k: v for k, v in (("targets", args.targets), ("lr", args.lr), ("soft_top_k", args.soft_top_k))
+               if v is not None},
         )
         with _stop_on_first_ctrl_c(stop):
             entry, result = add_heads_to_store(store, config, name, args.default, stop=stop)

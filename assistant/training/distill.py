@@ -25,8 +25,9 @@ import torch
 from models.loss import IGNORE_INDEX, HeadStats, SoftTargets, mtp_forward_backward
 from models.transformer import MTPTransformer
 
-# The model's greedy tokens (distillation), its top-K distributions, or the text's tokens.
-TARGET_MODES = ("base", "base-soft", "corpus")
+# The model's greedy tokens (distillation), those only where the text took the model's own
+# path (see head_targets), its top-K distributions, or the text's tokens.
+TARGET_MODES = ("base", "base-path", "base-soft", "corpus")
 DEFAULT_TOP_K = 32
 
 
@@ -71,12 +72,24 @@ def greedy_pass(model: MTPTransformer, tokens: torch.Tensor,
 def head_targets(tokens: torch.Tensor, greedy: torch.Tensor, draft_heads: int, mode: str) -> torch.Tensor:
     """(B, draft_heads, L) targets: draft head j (predicting t+1+j) at position t gets the
     model's greedy token at t+1+j (greedy[t+j]), or with mode "corpus" the text's token
-    x[t+1+j]; IGNORE_INDEX past the end of the window."""
+    x[t+1+j]; IGNORE_INDEX past the end of the window.
+
+    Mode "base-path" keeps greedy[t+j] only where the text's tokens x[t+1..t+j] are the
+    model's own greedy tokens. Decoding accepts head j's draft when it is the token the model
+    picks after its own tokens g1..gj, and greedy[t+j] is that token only where the text
+    went the model's way; elsewhere it answers a prefix the head cannot see."""
     B, L = tokens.shape
     targets = torch.full((B, draft_heads, L), IGNORE_INDEX, dtype=torch.long, device=tokens.device)
+    # on_path[:, s]: the model's greedy token after position s is the text's x[s+1].
+    on_path = torch.zeros((B, L), dtype=torch.bool, device=tokens.device)
+    on_path[:, : L - 1] = greedy[:, : L - 1] == tokens[:, 1:]
+    path = torch.ones_like(on_path)  # path[:, t]: x[t+1..t+j] all on the model's path
     for j in range(1, draft_heads + 1):
-        if mode == "base":
+        if mode in ("base", "base-path"):
             targets[:, j - 1, : L - j] = greedy[:, j:]
+            if mode == "base-path":
+                path[:, : L - j] &= on_path[:, j - 1 : L - 1]
+                targets[:, j - 1, : L - j][~path[:, : L - j]] = IGNORE_INDEX
         else:
             targets[:, j - 1, : L - j - 1] = tokens[:, j + 1 :]
     return targets

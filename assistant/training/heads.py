@@ -1,10 +1,11 @@
 """New heads for a plain base model, trained by self-distillation.
 
 New head i (predicting t+i) is trained to agree with the base, not with the corpus: its
-target at position t is the base's own greedy token at t+i, or with `targets="base-soft"`
-the base's whole next-token distribution there (its top `soft_top_k`), `targets="corpus"`
-trains on the text instead; the batch and the targets are made as
-assistant/training/distill.py says.
+target at position t is the base's own greedy token at t+i, where the text up to there is
+what the base itself would have written (`targets="base-path"`, the default), at every
+position (`"base"`), or with `targets="base-soft"` the base's whole next-token distribution
+there (its top `soft_top_k`); `targets="corpus"` trains on the text instead; the batch and
+the targets are made as assistant/training/distill.py says.
 
 Time-boxed (`minutes`, the total over resumes) and resumable: the run directory holds
 
@@ -70,9 +71,11 @@ class HeadsConfig:
     run_dir: str
     new_heads: int = 3
     minutes: float = 10.0  # training time over all resumes
-    # "base": self-distillation on the base's greedy tokens; "base-soft": on its next-token
+    # "base-path": self-distillation on the base's greedy tokens where the text went the base's
+    # way (10 minutes on broad code: 1.97 tokens per forward where "base", all of its greedy
+    # tokens, gave 1.83; BENCHMARKS.md); "base": on all of them; "base-soft": on its next-token
     # distributions (KL from their top soft_top_k); "corpus": the text's own next tokens.
-    targets: str = "base"
+    targets: str = "base-path"
     soft_top_k: int = DEFAULT_TOP_K
     seq_len: int = 256
     batch_size: int = 8
@@ -367,6 +370,7 @@ def heads_provenance(config: HeadsConfig, result: HeadsResult) -> dict[str, Any]
         "new_heads": config.new_heads,
         "heads_training": {
             "targets": {"base": "the base's greedy tokens (self-distillation)",
+                        "base-path": "the base's greedy tokens where the text took its path (self-distillation)",
                         "base-soft": f"the base's next-token distributions, top {config.soft_top_k} "
                                      "(self-distillation)",
                         "corpus": "the corpus"}[config.targets],

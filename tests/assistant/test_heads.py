@@ -39,9 +39,12 @@ def setup(tmp_path_factory):
 
 
 def config_for(setup, run, **changes) -> HeadsConfig:
+    """A run on CODE. Its targets are all of the base's greedy tokens: a random base rarely
+    writes what CODE says, so the default path targets would keep few positions."""
     base, repo, root = setup
     settings = dict(base=str(base), corpus=str(repo), run_dir=str(root / run), new_heads=2, minutes=5, seq_len=64,
-                    batch_size=4, lr=3e-3, warmup_steps=5, eval_windows=4, max_steps=40, device="cpu")
+                    batch_size=4, lr=3e-3, warmup_steps=5, eval_windows=4, max_steps=40, device="cpu",
+                    targets="base")
     return HeadsConfig(**(settings | changes))
 
 
@@ -54,6 +57,52 @@ def test_targets_are_the_base_greedy_tokens_shifted():
     assert targets[0, 1, -2:].tolist() == [IGNORE_INDEX] * 2
     corpus = head_targets(tokens, greedy, 2, "corpus")
     assert corpus[0, 0, :3].tolist() == [2, 3, 4] and corpus[0, 1, -3:].tolist() == [IGNORE_INDEX] * 3
+
+
+def test_path_targets_keep_the_base_tokens_only_where_the_text_took_the_base_path():
+    tokens = torch.arange(10).view(1, 10)
+    greedy = torch.arange(1, 11).view(1, 10)  # the base predicts every next token of the text...
+    greedy[0, 3] = 99  # ...but the one after position 3
+    targets = head_targets(tokens, greedy, 2, "base-path")
+    full = head_targets(tokens, greedy, 2, "base")
+    kept = targets != IGNORE_INDEX
+    assert torch.equal(targets[kept], full[kept])
+    # New head 1 at t needs x[t+1] on the path (t != 3); new head 2 also x[t+2] (t not in 2, 3).
+    assert kept[0, 0].nonzero().flatten().tolist() == [0, 1, 2, 4, 5, 6, 7, 8]
+    assert kept[0, 1].nonzero().flatten().tolist() == [0, 1, 4, 5, 6, 7]
+
+
+def test_path_targets_train_on_the_base_own_text_and_count_only_its_path(setup):
+    from assistant.training.distill import distill_forward_backward, evaluate_agreement
+    from models.base_import import build_model, read_base
+
+    torch.manual_seed(0)
+    model = build_model(read_base(str(setup[0])), 2)
+    # The base's own greedy continuations of random prompts: text entirely on its path.
+    windows = torch.randint(0, 256, (12, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for _ in range(40):
+            nxt = model.output(model.head_hidden(model.trunk(windows), 0))[:, -1].argmax(-1, keepdim=True)
+            windows = torch.cat([windows, nxt], dim=1)
+    train, held_out = windows[:8], windows[8:]
+    trainable = [p for block in model.extra_heads for p in block.parameters()]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3)
+    before = evaluate_agreement(model, held_out).accuracy
+    for _ in range(60):
+        stats = distill_forward_backward(model, train, "base-path")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    after = evaluate_agreement(model, held_out).accuracy
+    assert (after > before + 0.2).all(), (before, after)
+    # On a text that leaves the path at every token only the positions before it count.
+    off_path = train.clone()
+    off_path[:, 20:] = (off_path[:, 20:] + 1) % 256
+    with torch.no_grad():
+        _, greedy, _ = greedy_pass(model, off_path)
+    counted = distill_forward_backward(model, off_path, "base-path").count
+    expected = head_targets(off_path, greedy, 2, "base-path") != IGNORE_INDEX
+    assert counted.tolist() == expected.sum((0, 2)).tolist() and counted[1] < counted[0] < 8 * 48
+    optimizer.zero_grad(set_to_none=True)
 
 
 def test_soft_targets_are_the_base_distributions_shifted_like_the_greedy_tokens():
@@ -177,6 +226,8 @@ def test_cli_adds_heads_into_the_store(setup, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "added 2 heads" in out and "tiny-mtp" in out
     assert "read their corpus" not in out  # 2 small steps: a fraction of one pass
+    default_run = json.loads((tmp_path / "home" / "runs" / "add-heads-tiny-mtp" / "heads_config.json").read_text())
+    assert default_run["targets"] == HeadsConfig.targets == "base-path"
     model_dir = tmp_path / "home" / "models" / "tiny-mtp"
     assert json.loads((model_dir / "config.json").read_text())["model"]["n_future_tokens"] == 3
     assert (model_dir / "gguf" / "f32" / "head-3.gguf").is_file()

@@ -74,6 +74,26 @@ def test_ignore_index_positions_do_not_count():
     assert stats.count.tolist() == [10, 7]
 
 
+def test_scattered_ignored_rows_give_the_naive_gradients_and_an_empty_head_adds_nothing():
+    model = make_model(3)
+    inputs, targets = split_window(torch.randint(0, 40, (2, 14), generator=torch.Generator().manual_seed(1)), 3)
+    drop = torch.rand(targets.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    targets[drop] = IGNORE_INDEX
+    targets[:, 2] = IGNORE_INDEX  # no scored row at all for head 3
+    naive, naive_stats = mtp_loss(model, inputs, targets)
+    assert torch.isfinite(naive) and naive_stats.count[2] == 0
+    naive.backward()
+    expected = grads(model)
+    model.zero_grad()
+    stats = mtp_forward_backward(model, inputs, targets)
+    assert stats.count[2] == 0 and stats.loss[2] == 0 and torch.isfinite(stats.loss).all()
+    for name, p in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], atol=1e-12, rtol=1e-10, msg=name)
+        else:
+            assert p.grad is None or not p.grad.any(), name
+
+
 def teacher(shape: tuple[int, ...], k: int, seed: int = 2) -> tuple[torch.Tensor, SoftTargets]:
     """A random teacher's logits (B, n, T, V) and its top-k SoftTargets."""
     generator = torch.Generator().manual_seed(seed)
