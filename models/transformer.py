@@ -69,6 +69,22 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 MAX_STEP_ROWS = 16
 
 
+def linear_rows_invariant(shapes: set[tuple[int, int]], dtype: torch.dtype, device: torch.device | str = "cpu",
+                          rows: int = MAX_STEP_ROWS) -> bool:
+    """Whether F.linear gives a row the same bits for every row count 1..rows, for weights of
+    these (out, in) shapes on this device and dtype. It is the kernels' choice, so it is
+    measured: CPU fp32 picks other kernels for small row counts, and so does fp16 on a CPU
+    with AVX512-FP16, where bf16 keeps its bits."""
+    generator = torch.Generator().manual_seed(0)
+    for out_features, in_features in sorted(shapes):
+        weight = torch.randn(out_features, in_features, generator=generator).to(device, dtype)
+        x = torch.randn(1, rows, in_features, generator=generator).to(device, dtype)
+        one_row = torch.cat([F.linear(x[:, t : t + 1], weight) for t in range(rows)], dim=1)
+        if not all(torch.equal(F.linear(x[:, :n], weight), one_row[:, :n]) for n in range(2, rows + 1)):
+            return False
+    return True
+
+
 @dataclass
 class LayerCache:
     """Keys and values of one block, written in place at absolute positions."""
@@ -78,8 +94,8 @@ class LayerCache:
     # Attend each new token of a step (up to MAX_STEP_ROWS after a cached prefix) with its own
     # attention call, exactly the call a 1-token step makes: the fused masked kernel rounds a
     # token's output differently from the 1-query kernel. With matmuls whose rows do not
-    # depend on the batch's row count (CPU bf16/fp16; not CPU fp32, see BENCHMARKS.md), a
-    # token then gets the same bits in a k-token verify step as in plain decoding.
+    # depend on the batch's row count (linear_rows_invariant), a token then gets the same
+    # bits in a k-token verify step as in plain decoding.
     step_equivalent: bool = False
 
 

@@ -23,7 +23,7 @@ from assistant.engine.base import (
 from assistant.engine.drafting import CostCurve, DraftPlanner, planner_for, probe_costs, probe_prefix
 from assistant.engine.speculative import decode, forward_heads
 from assistant.errors import UserError
-from models.transformer import KVCache, MTPTransformer, compute_dtype
+from models.transformer import MAX_STEP_ROWS, KVCache, MTPTransformer, compute_dtype, linear_rows_invariant
 
 
 class _TorchStepOutput:
@@ -49,12 +49,18 @@ class _TorchStepOutput:
 
 
 class _TorchStepModel:
-    def __init__(self, model: MTPTransformer, unembedding: torch.Tensor, cache: KVCache, device: torch.device):
+    def __init__(self, model: MTPTransformer, unembedding: torch.Tensor, cache: KVCache, device: torch.device,
+                 token_steps: bool = False):
         self.model, self.unembedding, self.cache, self.device = model, unembedding, cache, device
+        self.token_steps = token_steps  # run a step's tokens one at a time (see TorchEngine)
 
     def forward(self, tokens: Sequence[int], start_pos: int, k: int, all_rows: bool = True) -> _TorchStepOutput:
         x = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-        hidden = self.model.forward_hidden(x, start_pos, self.cache, heads=range(k))  # (1, k, T, D)
+        if self.token_steps and start_pos > 0 and 1 < len(tokens) <= MAX_STEP_ROWS:
+            hidden = torch.cat([self.model.forward_hidden(x[:, t : t + 1], start_pos + t, self.cache, heads=range(k))
+                                for t in range(len(tokens))], dim=2)  # (1, k, T, D)
+        else:
+            hidden = self.model.forward_hidden(x, start_pos, self.cache, heads=range(k))  # (1, k, T, D)
         return _TorchStepOutput(self.unembedding, hidden[0])
 
 
@@ -71,10 +77,18 @@ class TorchEngine:
             )
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
-        # Half-precision CPU matmuls give a row the same bits whatever the batch's row count
-        # (measured; fp32 ones do not), so there a verify step's rows are plain steps' rows
-        # once each token's attention is its own call (see LayerCache.step_equivalent).
-        self._step_equivalent = dtype in (torch.bfloat16, torch.float16)
+        # In half precision a verify step must give each token a plain step's bits: rounded
+        # that coarsely, logits near-tie often enough that any other rounding flips tokens.
+        # Where this device's matmuls give a row the same bits whatever the row count, the
+        # cache makes each token's attention its own call (LayerCache.step_equivalent) and
+        # that suffices; where they do not (fp16 on a CPU with AVX512-FP16), a step's tokens
+        # are run one at a time, as plain decoding runs them: exact, but with no gain.
+        half = dtype in (torch.bfloat16, torch.float16)
+        # The blocks' matmuls; the logits are this engine's own product, a row at a time.
+        shapes = {tuple(m.weight.shape) for m in self.model.modules()
+                  if isinstance(m, torch.nn.Linear) and m is not self.model.output}
+        self._step_equivalent = half and linear_rows_invariant(shapes, dtype, self.device)
+        self._token_steps = half and not self._step_equivalent
         weight = self.model.output.weight.detach()
         self._unembedding = weight.to(compute_dtype(weight.dtype))
         self.tokenizer = tokenizer
@@ -85,6 +99,10 @@ class TorchEngine:
         self._cached: list[int] = []  # tokens whose KV is valid, in position order
         self._lock = threading.Lock()  # one generation at a time on the shared cache
         self.warnings: list[str] = []  # see base.Engine
+        if self._token_steps:
+            self.warnings.append(f"{str(dtype).removeprefix('torch.')} matmuls on this {self.device.type} round a row "
+                                 "by the row count, so drafts are verified a token at a time (exact, no faster than "
+                                 "plain decoding); bfloat16 or float32 keep the gain")
         default = (self.device.type, dtype) == ("cpu", torch.float32)
         self.label = "torch" if default else f"torch {self.device.type} {str(dtype).removeprefix('torch.')}"
         self.threads = (torch.get_num_threads(),) * 2  # see base.Engine (torch's threads are per process)
@@ -114,7 +132,7 @@ class TorchEngine:
         with self._lock:
             if self._cache is None:
                 self._cache = self.model.new_cache(batch=1, step_equivalent=self._step_equivalent)
-            step = _TorchStepModel(self.model, self._unembedding, self._cache, self.device)
+            step = _TorchStepModel(self.model, self._unembedding, self._cache, self.device, self._token_steps)
             planner = self._planned(step, k) if config.drafter == "auto" else None
             reusable = config.reuse_prefix and self._cache_k == k
             # At least the last prompt token is fed again: its logits start the decoding.

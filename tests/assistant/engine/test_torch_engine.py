@@ -57,6 +57,31 @@ def test_half_precision_speculative_greedy_equals_plain(dtype):
             assert two_calls(prompt, k) == plain, (k, prompt)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_verify_step_gives_each_token_the_bits_of_a_plain_step(dtype):
+    """Whichever way the engine chose for this CPU's kernels (a step-equivalent cache, or the
+    tokens one at a time), a 4-token forward after a prefix gives every head's hidden state
+    bit for bit as four 1-token forwards do."""
+    from assistant.engine.torch_engine import _TorchStepModel
+
+    engine = TorchEngine(random_model(4, n_layers=6, seed=3, dim=64), ByteTokenizer(), dtype=dtype)
+    assert engine._step_equivalent != engine._token_steps
+    tokens = torch.randint(0, 261, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def step_model():
+        cache = engine.model.new_cache(batch=1, step_equivalent=engine._step_equivalent)
+        step = _TorchStepModel(engine.model, engine._unembedding, cache, engine.device, engine._token_steps)
+        step.forward(tokens[:30], 0, 4)  # the prefill
+        return step
+
+    with torch.inference_mode():
+        plain = step_model()
+        steps = [plain.forward(tokens[p : p + 1], p, 4).hidden[:, 0] for p in range(30, 34)]  # (k, D) each
+        verify = step_model().forward(tokens[30:34], 30, 4).hidden  # (k, 4, D)
+    for t in range(4):
+        assert torch.equal(verify[:, t], steps[t]), t
+
+
 def test_trained_model_speculative_greedy_equals_plain_and_accepts_drafts(trained_model):
     loaded, body = trained_model
     engine = TorchEngine(loaded.model, loaded.tokenizer)
