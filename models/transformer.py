@@ -69,12 +69,14 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 MAX_STEP_ROWS = 16
 
 
-def linear_rows_invariant(shapes: set[tuple[int, int]], dtype: torch.dtype, device: torch.device | str = "cpu",
+def linear_rows_invariant(model: "MTPTransformer", dtype: torch.dtype, device: torch.device | str = "cpu",
                           rows: int = MAX_STEP_ROWS) -> bool:
     """Whether F.linear gives a row the same bits for every row count 1..rows, for weights of
-    these (out, in) shapes on this device and dtype. It is the kernels' choice, so it is
-    measured: CPU fp32 picks other kernels for small row counts, and so does fp16 on a CPU
-    with AVX512-FP16, where bf16 keeps its bits."""
+    the shapes of the model's blocks on this device and dtype (the output matrix is left out:
+    decoding makes the logits a row at a time). It is the kernels' choice, so it is measured:
+    CPU fp32 picks other kernels for small row counts, and so does fp16 on a CPU with
+    AVX512-FP16, where bf16 keeps its bits."""
+    shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear) and m is not model.output}
     generator = torch.Generator().manual_seed(0)
     for out_features, in_features in sorted(shapes):
         weight = torch.randn(out_features, in_features, generator=generator).to(device, dtype)

@@ -84,10 +84,7 @@ class TorchEngine:
         # that suffices; where they do not (fp16 on a CPU with AVX512-FP16), a step's tokens
         # are run one at a time, as plain decoding runs them: exact, but with no gain.
         half = dtype in (torch.bfloat16, torch.float16)
-        # The blocks' matmuls; the logits are this engine's own product, a row at a time.
-        shapes = {tuple(m.weight.shape) for m in self.model.modules()
-                  if isinstance(m, torch.nn.Linear) and m is not self.model.output}
-        self._step_equivalent = half and linear_rows_invariant(shapes, dtype, self.device)
+        self._step_equivalent = half and linear_rows_invariant(self.model, dtype, self.device)
         self._token_steps = half and not self._step_equivalent
         weight = self.model.output.weight.detach()
         self._unembedding = weight.to(compute_dtype(weight.dtype))

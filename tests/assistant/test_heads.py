@@ -89,7 +89,7 @@ def test_path_targets_train_on_the_base_own_text_and_count_only_its_path(setup):
     optimizer = torch.optim.AdamW(trainable, lr=3e-3)
     before = evaluate_agreement(model, held_out).accuracy
     for _ in range(60):
-        stats = distill_forward_backward(model, train, "base-path")
+        distill_forward_backward(model, train, "base-path")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     after = evaluate_agreement(model, held_out).accuracy
@@ -102,7 +102,6 @@ def test_path_targets_train_on_the_base_own_text_and_count_only_its_path(setup):
     counted = distill_forward_backward(model, off_path, "base-path").count
     expected = head_targets(off_path, greedy, 2, "base-path") != IGNORE_INDEX
     assert counted.tolist() == expected.sum((0, 2)).tolist() and counted[1] < counted[0] < 8 * 48
-    optimizer.zero_grad(set_to_none=True)
 
 
 def test_soft_targets_are_the_base_distributions_shifted_like_the_greedy_tokens():
